@@ -1,0 +1,420 @@
+"""
+Command-line options turned into one frozen L{Config}.
+
+Every option of C{python -m app} is parsed and validated here, once.  A bad
+value raises L{ConfigError}, which the command line reports as one line naming
+the option and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from klein import Klein
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+DEMO_STATIC = DEMO_DIR / "static"
+DEMO_CGI = DEMO_DIR / "cgi-bin"
+DEMO_WSGI = "app.demo_wsgi:application"
+
+#: Top-level path segments owned by the server itself; --mount may not take them.
+RESERVED_PREFIXES = frozenset(
+    {
+        "",
+        "health",
+        "static",
+        "wsgi",
+        "cgi-bin",
+        "private",
+        "proxy",
+        "session",
+        "counter",
+        "clock",
+        "calendar",
+        "pay",
+        "form",
+        "echo",
+        "delayed",
+    }
+)
+
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
+
+
+class ConfigError(Exception):
+    """
+    A bad option value: C{option} names the option, C{message} says why.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    Everything the server needs to know, built once from the command line.
+
+    Paths are absolute.  C{None} means "not served" for the optional mounts.
+    """
+
+    listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
+    static_dir: Path | None = DEMO_STATIC
+    mounts: tuple[tuple[str, Path], ...] = ()
+    cgi_dir: Path | None = DEMO_CGI
+    cgi_interpreters: tuple[tuple[str, str], ...] = ((".py", sys.executable),)
+    cgi_timeout: float = 60.0
+    wsgi: str | None = DEMO_WSGI
+    wsgi_app: Callable[..., Any] | None = field(default=None, compare=False)
+    wsgi_threads: int = 10
+    proxy: str | None = None
+    htpasswd: Path | None = None
+    htdigest: Path | None = None
+    realm: str = "app"
+    homes: Path | None = None
+    session_timeout: float = 900.0
+    max_sessions: int = 100_000
+    max_body: int = 1_048_576
+    idle_timeout: float = 60.0
+    access_log: str | None = None
+    log_format: str = "text"
+    routes: tuple[str, ...] = ()
+    route_apps: tuple[Klein, ...] = field(default=(), compare=False)
+    workers: int = 1
+    demo: bool = True
+    display_tracebacks: bool = False
+
+
+class _Parser(argparse.ArgumentParser):
+    """
+    An argument parser whose errors are one line and exit status 2.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the whole usage block first; one line is clearer.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _typed(kind: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+
+    return convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """
+    The parser for C{python -m app}; its help is the option reference.
+    """
+    parser = _Parser(
+        prog="python -m app",
+        description=(
+            "Serve the Twisted Web in 60 seconds demo site (or your own Klein routes)."
+        ),
+    )
+    add = parser.add_argument
+    add(
+        "--listen",
+        action="append",
+        metavar="ENDPOINT",
+        help="Twisted server endpoint string; repeatable "
+        "(default: tcp:8080:interface=127.0.0.1)",
+    )
+    add("--static", metavar="DIR", help="directory served at /static/")
+    add(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="PREFIX=DIR",
+        help="a further directory served at /PREFIX/; repeatable",
+    )
+    add("--cgi-dir", metavar="DIR", help="CGI scripts served at /cgi-bin/")
+    add(
+        "--cgi-interpreter",
+        action="append",
+        default=[],
+        metavar="EXT=PROGRAM",
+        help="run scripts ending in EXT through PROGRAM; repeatable",
+    )
+    add(
+        "--cgi-timeout",
+        type=_typed(_positive_float, "a positive number of seconds"),
+        default=60.0,
+        metavar="SECONDS",
+        help="kill a CGI script that has not answered by then (default: 60)",
+    )
+    add("--wsgi", metavar="MODULE:CALLABLE", help="WSGI application at /wsgi/")
+    add(
+        "--wsgi-threads",
+        type=_typed(_positive_int, "a positive whole number"),
+        default=10,
+        metavar="N",
+        help="threads in the WSGI pool (default: 10)",
+    )
+    add("--proxy", metavar="URL", help="upstream HTTP server mounted at /proxy/")
+    add("--htpasswd", metavar="FILE", help="bcrypt users for HTTP Basic")
+    add("--htdigest", metavar="FILE", help="users for HTTP Digest")
+    add("--realm", default="app", metavar="NAME", help="auth realm (default: app)")
+    add("--homes", metavar="DIR", help="/private/ serves DIR/USER/public_html")
+    add(
+        "--session-timeout",
+        type=_typed(_positive_float, "a positive number of seconds"),
+        default=900.0,
+        metavar="SECONDS",
+        help="idle time after which a session expires (default: 900)",
+    )
+    add(
+        "--max-sessions",
+        type=_typed(_positive_int, "a positive whole number"),
+        default=100_000,
+        metavar="N",
+        help="sessions held at once (default: 100000)",
+    )
+    add(
+        "--max-body",
+        type=_typed(_non_negative_int, "a whole number of bytes"),
+        default=1_048_576,
+        metavar="BYTES",
+        help="largest request body accepted (default: 1048576)",
+    )
+    add(
+        "--idle-timeout",
+        type=_typed(_positive_float, "a positive number of seconds"),
+        default=60.0,
+        metavar="SECONDS",
+        help="close connections idle this long (default: 60)",
+    )
+    add("--access-log", metavar="PATH", help="Combined Log Format file; - is stdout")
+    add(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="format of the server log on stdout (default: text)",
+    )
+    add(
+        "--routes",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="serve the routes of MODULE's Klein instance `app`; repeatable",
+    )
+    add(
+        "--workers",
+        type=_typed(_positive_int, "a positive whole number"),
+        default=1,
+        metavar="N",
+        help="worker processes (default: 1)",
+    )
+    add(
+        "--no-demo",
+        dest="demo",
+        action="store_false",
+        help="serve only /health, the mounts named by options and --routes",
+    )
+    add(
+        "--display-tracebacks",
+        action="store_true",
+        help="show tracebacks in 500 pages (development only)",
+    )
+    return parser
+
+
+def _directory(option: str, text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise ConfigError(option, f"{text!r} is not a directory")
+    return path.resolve()
+
+
+def _readable_file(option: str, text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ConfigError(option, f"{text!r} is not a readable file")
+    return path.resolve()
+
+
+def _mount(text: str) -> tuple[str, Path]:
+    prefix, sep, directory = text.partition("=")
+    prefix = prefix.strip("/")
+    if not sep or not directory:
+        raise ConfigError("--mount", f"expected PREFIX=DIR, got {text!r}")
+    segments = prefix.split("/")
+    if not all(_PLAIN_SEGMENT.fullmatch(s) for s in segments):
+        raise ConfigError("--mount", f"{prefix!r} is not a plain path prefix")
+    if segments[0] in RESERVED_PREFIXES:
+        raise ConfigError("--mount", f"/{segments[0]}/ is served by the server itself")
+    return prefix, _directory("--mount", directory)
+
+
+def _interpreter(text: str) -> tuple[str, str]:
+    extension, sep, program = text.partition("=")
+    if not sep or not re.fullmatch(r"\.[A-Za-z0-9_]+", extension):
+        raise ConfigError("--cgi-interpreter", f"expected .EXT=PROGRAM, got {text!r}")
+    found = shutil.which(program)
+    if found is None:
+        raise ConfigError("--cgi-interpreter", f"{program!r} is not an executable")
+    return extension, found
+
+
+def load_object(option: str, spec: str) -> Any:
+    """
+    Import C{MODULE:NAME} and return the object, or raise L{ConfigError}.
+    """
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name.isidentifier():
+        raise ConfigError(option, f"expected MODULE:CALLABLE, got {spec!r}")
+    module = _import(option, module_name)
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise ConfigError(option, f"module {module_name!r} has no {name!r}") from None
+
+
+def _import(option: str, module_name: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except Exception as error:  # any import-time failure is a bad option value
+        raise ConfigError(
+            option, f"cannot import {module_name!r}: {type(error).__name__}: {error}"
+        ) from None
+
+
+def _route_app(module_name: str) -> Klein:
+    module = _import("--routes", module_name)
+    app = getattr(module, "app", None)
+    if not isinstance(app, Klein):
+        raise ConfigError("--routes", f"module {module_name!r} has no Klein `app`")
+    return app
+
+
+def _proxy(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ConfigError("--proxy", f"{text!r} is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            "--proxy", f"expected an http:// or https:// URL, got {text!r}"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError("--proxy", "the upstream URL takes no query or fragment")
+    return text
+
+
+def _access_log(text: str) -> str:
+    if text == "-":
+        return text
+    parent = Path(text).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise ConfigError("--access-log", f"directory {str(parent)!r} does not exist")
+    return str(Path(text).expanduser().resolve())
+
+
+def config_from_args(argv: Sequence[str]) -> Config:
+    """
+    Parse C{argv} (without the program name) into a L{Config}.
+
+    @raise SystemExit: with status 2 for malformed options (argparse).
+    @raise ConfigError: for well-formed options whose values are bad.
+    """
+    args = build_parser().parse_args(list(argv))
+    demo: bool = args.demo
+
+    static_dir = (
+        _directory("--static", args.static)
+        if args.static
+        else (DEMO_STATIC if demo else None)
+    )
+    cgi_dir = (
+        _directory("--cgi-dir", args.cgi_dir)
+        if args.cgi_dir
+        else (DEMO_CGI if demo else None)
+    )
+    interpreters = dict(Config.cgi_interpreters)
+    interpreters.update(_interpreter(text) for text in args.cgi_interpreter)
+
+    mounts = tuple(_mount(text) for text in args.mount)
+    prefixes = [prefix for prefix, _ in mounts]
+    if len(set(prefixes)) != len(prefixes):
+        raise ConfigError("--mount", "the same prefix is mounted twice")
+
+    wsgi: str | None = args.wsgi or (DEMO_WSGI if demo else None)
+    wsgi_app = None
+    if wsgi is not None:
+        wsgi_app = load_object("--wsgi", wsgi)
+        if not callable(wsgi_app):
+            raise ConfigError("--wsgi", f"{wsgi!r} is not callable")
+
+    htpasswd = _readable_file("--htpasswd", args.htpasswd) if args.htpasswd else None
+    htdigest = _readable_file("--htdigest", args.htdigest) if args.htdigest else None
+    homes = _directory("--homes", args.homes) if args.homes else None
+
+    realm: str = args.realm
+    if not realm or any(ch in realm for ch in '"\\\r\n') or not realm.isprintable():
+        raise ConfigError("--realm", "a realm is printable and has no quotes")
+
+    return Config(
+        listen=tuple(args.listen or Config.listen),
+        static_dir=static_dir,
+        mounts=mounts,
+        cgi_dir=cgi_dir,
+        cgi_interpreters=tuple(sorted(interpreters.items())),
+        cgi_timeout=args.cgi_timeout,
+        wsgi=wsgi,
+        wsgi_app=wsgi_app,
+        wsgi_threads=args.wsgi_threads,
+        proxy=_proxy(args.proxy) if args.proxy else None,
+        htpasswd=htpasswd,
+        htdigest=htdigest,
+        realm=realm,
+        homes=homes,
+        session_timeout=args.session_timeout,
+        max_sessions=args.max_sessions,
+        max_body=args.max_body,
+        idle_timeout=args.idle_timeout,
+        access_log=_access_log(args.access_log) if args.access_log else None,
+        log_format=args.log_format,
+        routes=tuple(args.routes),
+        route_apps=tuple(_route_app(name) for name in args.routes),
+        workers=args.workers,
+        demo=demo,
+        display_tracebacks=args.display_tracebacks,
+    )

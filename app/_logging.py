@@ -1,0 +1,102 @@
+"""
+The server's own log, on standard output, as text or as JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import IO
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    LogLevelFilterPredicate,
+    eventAsText,
+    formatEvent,
+    globalLogBeginner,
+)
+from zope.interface import provider
+
+LOG_FORMATS = ("text", "json")
+
+
+def text_observer(stream: IO[str]) -> ILogObserver:
+    """
+    One line per event: ISO time, C{[namespace#level]}, the message, and the
+    traceback below it when the event carries a failure.
+    """
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        text = eventAsText(
+            event,
+            includeTimestamp=False,
+            includeSystem=False,
+            includeTraceback=True,
+        )
+        stamp = _timestamp(event)
+        namespace = event.get("log_namespace", "-")
+        level = _level_name(event)
+        stream.write(f"{stamp} [{namespace}#{level}] {text}\n")
+        stream.flush()
+
+    return observe  # type: ignore[no-any-return]
+
+
+def json_observer(stream: IO[str]) -> ILogObserver:
+    """
+    One JSON object per line with C{time}, C{level}, C{namespace}, C{text}
+    (the formatted message, not the template) and C{failure} when there is
+    one.  twisted's own C{jsonFileLogObserver} writes the template instead.
+    """
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        record: dict[str, str] = {
+            "time": _timestamp(event),
+            "level": _level_name(event),
+            "namespace": str(event.get("log_namespace", "-")),
+            "text": formatEvent(event),
+        }
+        failure = event.get("log_failure")
+        if failure is not None:
+            record["failure"] = failure.getTraceback()
+        stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        stream.flush()
+
+    return observe  # type: ignore[no-any-return]
+
+
+def make_observer(log_format: str, stream: IO[str]) -> ILogObserver:
+    """
+    The observer for C{log_format}, passing events at info level and above.
+    """
+    observer = json_observer(stream) if log_format == "json" else text_observer(stream)
+    return FilteringLogObserver(
+        observer, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)]
+    )
+
+
+def start_logging(log_format: str, stream: IO[str]) -> None:
+    """
+    Send the global log (twisted's and ours) to C{stream}.
+    """
+    globalLogBeginner.beginLoggingTo(
+        [make_observer(log_format, stream)], redirectStandardIO=False
+    )
+
+
+def _timestamp(event: LogEvent) -> str:
+    when = event.get("log_time")
+    moment = (
+        datetime.fromtimestamp(when, UTC) if when is not None else datetime.now(UTC)
+    )
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _level_name(event: LogEvent) -> str:
+    level = event.get("log_level")
+    return level.name if isinstance(level, type(LogLevel.info)) else "info"

@@ -1,0 +1,103 @@
+"""
+The server's own HTML: one page template, one error-page helper.
+
+Every error the server answers (its routes, its mounts, its protocol limits)
+goes through L{error_page}, so clients see one style and never a traceback
+unless the operator asked for it.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from http import HTTPStatus
+
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from zope.interface import implementer
+
+HTML_TYPE = b"text/html; charset=utf-8"
+
+_DETAILS = {
+    400: "The request could not be understood.",
+    401: "You need to log in to see this page.",
+    402: "Please pay.",
+    403: "You may not see this page.",
+    404: "There is nothing at this address.",
+    405: "This address does not take that method.",
+    408: "The request took too long to arrive.",
+    413: "The request body is larger than this server accepts.",
+    414: "The request line is longer than this server accepts.",
+    416: "The requested range is not satisfiable.",
+    431: "The request headers are larger than this server accepts.",
+    500: "The server failed to answer this request.",
+    501: "This server does not know that method.",
+    502: "The upstream server could not be reached.",
+    503: "The server is busy; try again shortly.",
+    504: "The upstream server did not answer in time.",
+}
+
+
+def reason(code: int) -> str:
+    """
+    The standard reason phrase for C{code}.
+    """
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "Unknown Status"
+
+
+def page(title: str, body_html: str) -> bytes:
+    """
+    A complete HTML document; C{title} is escaped, C{body_html} is not.
+    """
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title></head>\n"
+        f"<body>\n{body_html}\n</body></html>\n"
+    ).encode()
+
+
+def error_page(code: int, detail: str | None = None, extra_html: str = "") -> bytes:
+    """
+    The body of the error page for C{code}; C{detail} is plain text.
+    """
+    title = f"{code} {reason(code)}"
+    text = detail if detail is not None else _DETAILS.get(code, reason(code))
+    return page(title, f"<h1>{escape(title)}</h1>\n<p>{escape(text)}</p>{extra_html}")
+
+
+def render_error(request: IRequest, code: int, detail: str | None = None) -> bytes:
+    """
+    Set up C{request} for the error page of C{code} and return its body,
+    ready to be returned from C{render} or written.
+    """
+    body = error_page(code, detail)
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", HTML_TYPE)
+    request.setHeader(b"content-length", b"%d" % (len(body),))
+    return body
+
+
+@implementer(IResource)
+class ErrorResource:
+    """
+    A leaf resource that answers every request with one error page; mounts
+    return it for what they refuse (for example a traversal attempt).
+    """
+
+    isLeaf = True
+
+    def __init__(self, code: int, detail: str | None = None) -> None:
+        self.code = code
+        self.detail = detail
+
+    def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
+        return self
+
+    def putChild(self, path: bytes, child: IResource) -> None:
+        raise NotImplementedError("an error page has no children")
+
+    def render(self, request: IRequest) -> bytes:
+        return render_error(request, self.code, self.detail)

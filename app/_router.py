@@ -1,0 +1,315 @@
+"""
+One resource that dispatches to the routes of several Klein apps.
+
+Routes are written with Klein's decorators; this resource matches a request
+against their werkzeug maps and calls the same endpoints Klein would, with
+the rules this server promises instead of Klein's defaults:
+
+  - Layers in priority order: the built-in routes first, then each
+    C{--routes} module, so a built-in route wins a clash.
+  - A missing or extra trailing slash redirects with the query string kept:
+    301 for GET and HEAD, 308 otherwise (Klein answers 308 and drops the
+    query for C{/dir?a=1}, and 404 for C{/health/}; klein#431 and werkzeug's
+    strict-slashes redirect, which is built without the query).
+  - C{//} is never merged away: C{//health} is not C{/health}.
+  - Unknown paths are 404, wrong methods 405 with C{Allow}, handler errors
+    500 with one logged traceback: all as the server's own HTML pages.
+  - A synchronous result is answered synchronously, without Deferreds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from klein import Klein
+from klein._dihttp import Response as KleinResponse
+from klein.interfaces import IKleinRequest
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRenderable
+from twisted.web.resource import IResource, Resource, getChildForRequest
+from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.template import renderElement
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
+
+from app._pages import HTML_TYPE, error_page, page
+
+log = Logger()
+
+#: Characters left as they are when a decoded path is put back into Location.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def new_app() -> Klein:
+    """
+    A Klein app whose map keeps C{//} in paths; routes of the server are
+    declared on these.
+    """
+    app = Klein()
+    app.url_map.merge_slashes = False
+    return app
+
+
+@dataclass(frozen=True)
+class _Layer:
+    adapter: MapAdapter
+    apps: dict[str, Klein]
+
+
+@dataclass(frozen=True)
+class _Found:
+    app: Klein
+    endpoint: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Redirect:
+    path: str
+
+
+@dataclass(frozen=True)
+class _NotAllowed:
+    allowed: tuple[str, ...]
+
+
+_Match = _Found | _Redirect | _NotAllowed | None
+
+
+def _layer(apps: Sequence[Klein]) -> _Layer:
+    """
+    Merge the rules of C{apps} into one map, each endpoint renamed so that
+    it remembers its app.
+    """
+    url_map = Map(merge_slashes=False)
+    owners: dict[str, Klein] = {}
+    for index, app in enumerate(apps):
+        for rule in app.url_map.iter_rules():
+            name = f"{index}:{rule.endpoint}"
+            copy = rule.empty()
+            copy.endpoint = name
+            copy.merge_slashes = False
+            url_map.add(copy)
+            owners[name] = app
+    # Matching never looks at the host; bind once instead of per request.
+    return _Layer(url_map.bind("localhost"), owners)
+
+
+class Router(Resource):
+    """
+    The root resource of the site.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        builtin: Sequence[Klein],
+        extra: Sequence[Klein] = (),
+        *,
+        display_tracebacks: bool = False,
+    ) -> None:
+        super().__init__()
+        self._layers = [_layer(builtin)] + [_layer([app]) for app in extra]
+        self._display_tracebacks = display_tracebacks
+
+    # -- matching ---------------------------------------------------------
+
+    def _match_once(self, path: str, method: str) -> _Match:
+        for layer in self._layers:
+            try:
+                rule, arguments = layer.adapter.match(path, method, return_rule=True)
+            except RequestRedirect as redirect:
+                return _Redirect(urlsplit(redirect.new_url).path)
+            except MethodNotAllowed as error:
+                return _NotAllowed(tuple(error.valid_methods or ()))
+            except NotFound:
+                continue
+            assert isinstance(rule, Rule)
+            endpoint = str(rule.endpoint)
+            app = layer.apps[endpoint]
+            return _Found(app, endpoint.partition(":")[2], dict(arguments))
+        return None
+
+    def _match(self, path: str, method: str) -> _Match:
+        found = self._match_once(path, method)
+        if found is None and len(path) > 1 and path.endswith("/"):
+            trimmed = path.rstrip("/") or "/"
+            if self._match_once(trimmed, method) is not None:
+                return _Redirect(quote(trimmed, safe=_PATH_SAFE))
+        return found
+
+    # -- rendering --------------------------------------------------------
+
+    def render(self, request: Request) -> bytes | int:
+        body = self._dispatch(request)
+        if body is NOT_DONE_YET or request.method != b"HEAD":
+            return body
+        # twisted.web logs a warning for every HEAD whose render returns a
+        # body; answer it here instead, with the length the GET would have.
+        assert isinstance(body, bytes)
+        request.setHeader(b"content-length", b"%d" % (len(body),))
+        request.write(b"")
+        request.finish()
+        return NOT_DONE_YET
+
+    def _dispatch(self, request: Request) -> bytes | int:
+        postpath: list[bytes] = request.postpath or []
+        prepath: list[bytes] = request.prepath or []
+        try:
+            path = "/" + "/".join(segment.decode("utf-8") for segment in postpath)
+        except UnicodeDecodeError:
+            return self._error(request, 400, "The path is not valid UTF-8.")
+        if path.startswith("//"):
+            # werkzeug strips leading slashes before matching: //health would
+            # be /health, and //host/ looks like another site to a browser.
+            return self._error(request, 404)
+        method = request.method.decode("latin-1")
+        match = self._match(path, method)
+        if match is None:
+            return self._error(request, 404)
+        if isinstance(match, _Redirect):
+            return self._redirect(request, match.path)
+        if isinstance(match, _NotAllowed):
+            request.setHeader(b"allow", ", ".join(match.allowed).encode("ascii"))
+            return self._error(request, 405)
+
+        app = match.app
+        handler = app.endpoints[match.endpoint]
+        segment_count: int = handler.segment_count  # type: ignore[attr-defined]
+        prepath.extend(postpath[:segment_count])
+        request.prepath = prepath
+        request.postpath = postpath[segment_count:]
+        try:
+            result = app.execute_endpoint(match.endpoint, request, **match.arguments)
+        except Exception:
+            return self._failed(request, Failure())
+        if isinstance(result, Deferred):
+            return self._render_later(request, result)
+        try:
+            return self._render_result(request, result)
+        except Exception:
+            return self._failed(request, Failure())
+
+    def _render_later(self, request: Request, result: Deferred[Any]) -> int:
+        gone: list[Failure] = []
+
+        def client_went_away(reason: Failure) -> None:
+            gone.append(reason)
+            result.cancel()
+
+        request.notifyFinish().addErrback(client_went_away)
+
+        def write(value: Any) -> None:
+            if gone:
+                return
+            body = self._render_result(request, value)
+            if body is NOT_DONE_YET:
+                return
+            assert isinstance(body, bytes)
+            if (
+                not request.startedWriting
+                and request.responseHeaders.getRawHeaders(b"content-length") is None
+            ):
+                request.setHeader(b"content-length", b"%d" % (len(body),))
+            request.write(body)
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            if gone:
+                if not failure.check(CancelledError):
+                    log.failure(
+                        "Rendering {uri} failed after the client went away",
+                        failure,
+                        uri=_uri(request),
+                    )
+                return
+            if request.startedWriting:
+                log.failure("Rendering {uri} failed", failure, uri=_uri(request))
+                request.loseConnection()
+                return
+            body = self._failed(request, failure)
+            request.write(body)
+            request.finish()
+
+        result.addCallback(write).addErrback(failed).addErrback(
+            lambda failure: log.failure("Writing a response failed", failure)
+        )
+        return NOT_DONE_YET
+
+    def _render_result(self, request: Request, result: Any) -> bytes | int:
+        if isinstance(result, KleinResponse):
+            result = result._applyToRequest(request)
+        if isinstance(result, bytes):
+            return result
+        if isinstance(result, str):
+            return result.encode("utf-8")
+        if result is None:
+            return b""
+        if IResource.providedBy(result):
+            request.render(getChildForRequest(result, request))
+            return NOT_DONE_YET
+        if IRenderable.providedBy(result):
+            renderElement(request, result)
+            return NOT_DONE_YET
+        if isinstance(result, Deferred):
+            return self._render_later(request, result)
+        raise TypeError(f"a route returned {type(result).__name__}, not a response")
+
+    # -- answers ------------------------------------------------------------
+
+    def _error(self, request: Request, code: int, detail: str | None = None) -> bytes:
+        body = error_page(code, detail)
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", HTML_TYPE)
+        return body
+
+    def _redirect(self, request: Request, path: str) -> bytes:
+        if path.startswith(("//", "/\\")) or not path.startswith("/"):
+            # A Location starting with // would leave this host.
+            return self._error(request, 404)
+        query = request.uri.partition(b"?")[2]
+        location = path.encode("ascii")
+        if query:
+            location += b"?" + quote(query, safe=_PATH_SAFE + "?%").encode("ascii")
+        code = 301 if request.method in (b"GET", b"HEAD") else 308
+        request.setResponseCode(code)
+        request.setHeader(b"location", location)
+        request.setHeader(b"content-type", HTML_TYPE)
+        target = escape(location.decode("ascii"))
+        return page("Moved", f'<p>This page is at <a href="{target}">{target}</a>.</p>')
+
+    def _failed(self, request: Request, failure: Failure) -> bytes:
+        """
+        The answer to a handler that raised: its HTTP error, or a logged 500.
+        """
+        error = failure.value
+        if isinstance(error, HTTPException) and error.code is not None:
+            if isinstance(error, MethodNotAllowed) and error.valid_methods:
+                request.setHeader(b"allow", ", ".join(error.valid_methods).encode())
+            return self._error(request, error.code)
+        log.failure("Rendering {uri} failed", failure, uri=_uri(request))
+        request.setResponseCode(500)
+        request.setHeader(b"content-type", HTML_TYPE)
+        if self._display_tracebacks:
+            trace = escape(failure.getTraceback())
+            return error_page(500, extra_html=f"\n<pre>{trace}</pre>")
+        return error_page(500)
+
+
+def _uri(request: Request) -> str:
+    return bytes(request.uri).decode("latin-1")
+
+
+def branch_segments(request: Request) -> list[str]:
+    """
+    The path below a branch route, as Klein splits it.
+    """
+    segments: list[str] = IKleinRequest(request).branch_segments
+    return segments

@@ -1,0 +1,3 @@
+"""
+Password files, credential checkers and the realm guarding /private/.
+"""

@@ -1,0 +1,202 @@
+"""
+Protocol limits of the HTTP layer, with exact bytes over a raw socket.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+
+from app._config import Config
+from app._http import MAX_HEADER_COUNT, MAX_REQUEST_LINE
+from app._site import build_site
+from app.testing import LiveServer, stub_treq
+from tests.rawhttp import connect, exchange, parse_response
+
+
+def _port(live: LiveServer) -> int:
+    return int(live.port.getHost().port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_over_max_body_is_413(server: LiveServer) -> None:
+    response = await server.post(
+        "/echo", data=b"x" * (2 * 1024 * 1024), headers={"content-type": "a/b"}
+    )
+    assert response.code == 413
+    assert "413" in await response.text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_at_max_body_is_accepted() -> None:
+    live = await LiveServer.start(["--max-body", "1000"])
+    try:
+        response = await live.post("/echo", data=b"y" * 1000)
+        assert response.code == 200
+        assert await response.content() == b"y" * 1000
+        response = await live.post("/echo", data=b"y" * 1001)
+        assert response.code == 413
+        await response.content()
+    finally:
+        await live.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_413_comes_instead_of_100_continue(server: LiveServer) -> None:
+    client = await connect(reactor, _port(server))
+    client.send(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    data = await client.closed
+    status, headers, body = parse_response(data)
+    assert status == 413
+    assert b"100 Continue" not in data
+    assert headers[b"connection"] == b"close"
+    assert int(headers[b"content-length"]) == len(body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_413_reaches_a_client_that_keeps_sending(server: LiveServer) -> None:
+    client = await connect(reactor, _port(server))
+    client.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
+    for _ in range(30):
+        client.send(b"z" * 65536)
+    data = await client.closed
+    assert parse_response(data)[0] == 413
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chunked_body_over_max_body_is_413() -> None:
+    live = await LiveServer.start(["--max-body", "100"])
+    try:
+        chunk = b"40\r\n" + b"c" * 64 + b"\r\n"
+        data = await exchange(
+            reactor,
+            _port(live),
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunk * 3
+            + b"0\r\n\r\n",
+        )
+        assert parse_response(data)[0] == 413
+        assert b"HTTP/1.1 200" not in data
+    finally:
+        await live.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_chunked_body_is_echoed(server: LiveServer) -> None:
+    data = await exchange(
+        reactor,
+        _port(server),
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\nContent-Type: text/plain\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+    )
+    status, _headers, body = parse_response(data)
+    assert status == 200
+    assert body == b"hello"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_overlong_request_line_is_414(server: LiveServer) -> None:
+    path = b"/" + b"a" * MAX_REQUEST_LINE
+    data = await exchange(reactor, _port(server), b"GET " + path + b" HTTP/1.1\r\n\r\n")
+    status, headers, _ = parse_response(data)
+    assert status == 414
+    assert headers[b"x-content-type-options"] == b"nosniff"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_line_that_never_ends_is_414(server: LiveServer) -> None:
+    data = await exchange(reactor, _port(server), b"GET /" + b"a" * 40000)
+    assert parse_response(data)[0] == 414
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_huge_header_is_431(server: LiveServer) -> None:
+    data = await exchange(
+        reactor,
+        _port(server),
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n",
+    )
+    assert parse_response(data)[0] == 431
+
+
+@pytest_twisted.ensureDeferred
+async def test_too_many_headers_is_431(server: LiveServer) -> None:
+    headers = b"".join(b"X-H%d: v\r\n" % i for i in range(MAX_HEADER_COUNT + 1))
+    data = await exchange(
+        reactor, _port(server), b"GET / HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
+    )
+    assert parse_response(data)[0] == 431
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_small_headers_within_limits_are_fine(server: LiveServer) -> None:
+    headers = b"".join(b"X-H%d: v\r\n" % i for i in range(MAX_HEADER_COUNT - 2))
+    data = await exchange(
+        reactor,
+        _port(server),
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + b"\r\n",
+    )
+    assert parse_response(data)[0] == 200
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["garbage", "version", "header", "negative", "two-lengths", "bad-chunk"],
+)
+@pytest_twisted.ensureDeferred
+async def test_malformed_requests_are_a_400_page(
+    server: LiveServer, request_bytes: bytes
+) -> None:
+    data = await exchange(reactor, _port(server), request_bytes)
+    status, _headers, body = parse_response(data)
+    assert status == 400
+    assert b"400 Bad Request" in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_head_that_trickles_in_is_cut_off() -> None:
+    clock = Clock()
+    site = build_site(Config(demo=False, idle_timeout=5), reactor, clock)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        client = await connect(reactor, port.getHost().port)
+        client.send(b"GET /health HTTP/1.1\r\n")
+        for _ in range(9):
+            # A byte a second keeps twisted's own idle timer from ever firing.
+            await _settle()
+            client.send(b"X")
+            clock.advance(1)
+        data = await client.closed
+        assert parse_response(data)[0] == 408
+    finally:
+        await port.stopListening()
+
+
+async def _settle() -> None:
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, 0.01, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stub_treq_serves_the_same_site() -> None:
+    site = build_site(Config(demo=True), reactor, Clock())
+    client = stub_treq(site)
+    response = await client.get("http://example.invalid/pay")
+    assert response.code == 402
+    assert response.headers.getRawHeaders(b"server") == [b"app"]
+    assert "Please pay." in await client.text_content(response)

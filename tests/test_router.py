@@ -1,0 +1,159 @@
+"""
+Dispatch: redirects, error pages, user route modules, handler failures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_twisted
+from twisted.logger import formatEvent
+
+from app.testing import LiveServer
+from tests.conftest import failures
+
+
+@pytest_twisted.async_yield_fixture
+async def routed() -> AsyncIterator[LiveServer]:
+    """
+    The demo plus the example route module.
+    """
+    live = await LiveServer.start(["--routes", "tests.example_routes"])
+    try:
+        yield live
+    finally:
+        await live.stop()
+
+
+def _no_redirects(live: LiveServer, method: str, path: str, **kwargs: object):
+    return live.client.request(method, live.url(path), allow_redirects=False, **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_module_route_is_served(routed: LiveServer) -> None:
+    response = await routed.get("/hello")
+    assert response.code == 200
+    assert await response.text() == "Hello from a route module"
+
+
+@pytest_twisted.ensureDeferred
+async def test_builtin_route_wins_a_clash(routed: LiveServer) -> None:
+    body = await (await routed.get("/clock")).text()
+    assert "The time is" in body
+    assert "module" not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_coroutine_route(routed: LiveServer) -> None:
+    response = await routed.get("/later")
+    assert response.code == 200
+    assert await response.text() == "answered later"
+
+
+@pytest_twisted.ensureDeferred
+async def test_converter_route(routed: LiveServer) -> None:
+    response = await routed.request("DELETE", "/items/7")
+    assert await response.text() == "item 7"
+
+
+@pytest.mark.parametrize("path", ["/boom", "/later/boom"])
+@pytest_twisted.ensureDeferred
+async def test_failing_handler_is_a_500_page_and_one_logged_traceback(
+    routed: LiveServer, captured_log: list, path: str
+) -> None:
+    response = await routed.get(path)
+    body = await response.text()
+    assert response.code == 500
+    assert "500 Internal Server Error" in body
+    assert "Traceback" not in body
+    assert "deliberate" not in body
+    logged = failures(captured_log)
+    assert len(logged) == 1
+    assert "deliberate" in logged[0]["log_failure"].getTraceback()
+    assert path in formatEvent(logged[0])
+
+
+@pytest_twisted.ensureDeferred
+async def test_display_tracebacks_shows_the_escaped_traceback() -> None:
+    live = await LiveServer.start(
+        ["--routes", "tests.example_routes", "--display-tracebacks"]
+    )
+    try:
+        response = await live.get("/boom")
+        body = await response.text()
+    finally:
+        await live.stop()
+    assert response.code == 500
+    assert "Traceback" in body
+    assert "RuntimeError: deliberate failure" in body
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "code", "location"),
+    [
+        ("GET", "/dir", 301, b"/dir/"),
+        ("GET", "/dir?a=1&b=%20", 301, b"/dir/?a=1&b=%20"),
+        ("HEAD", "/dir?x", 301, b"/dir/?x"),
+        ("POST", "/dir?a=1", 308, b"/dir/?a=1"),
+        ("GET", "/health/", 301, b"/health"),
+        ("GET", "/health/?probe=1", 301, b"/health?probe=1"),
+        ("POST", "/echo/?q", 308, b"/echo?q"),
+        ("GET", "/calendar/2026/", 301, b"/calendar/2026"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_trailing_slash_redirects_keep_the_query(
+    routed: LiveServer, method: str, path: str, code: int, location: bytes
+) -> None:
+    response = await _no_redirects(routed, method, path)
+    await response.content()
+    assert response.code == code
+    assert response.headers.getRawHeaders(b"location") == [location]
+
+
+@pytest.mark.parametrize(
+    "path", ["//health", "//evil.example/", "/\\evil.example/", "///health/"]
+)
+@pytest_twisted.ensureDeferred
+async def test_double_slashes_are_not_merged_or_redirected_off_site(
+    routed: LiveServer, path: str
+) -> None:
+    response = await _no_redirects(routed, "GET", path)
+    await response.content()
+    assert response.code == 404
+    assert response.headers.getRawHeaders(b"location") is None
+
+
+@pytest.mark.parametrize("path", ["/nowhere", "/calendar", "/hello/there", "/%ff"])
+@pytest_twisted.ensureDeferred
+async def test_unknown_paths_are_html_404(routed: LiveServer, path: str) -> None:
+    response = await routed.get(path)
+    body = await response.text()
+    assert response.code in (400, 404)
+    assert response.headers.getRawHeaders(b"content-type") == [
+        b"text/html; charset=utf-8"
+    ]
+    assert "<h1>" in body
+
+
+@pytest.mark.parametrize("method", ["DELETE", "FROBNICATE", "OPTIONS", "TRACE"])
+@pytest_twisted.ensureDeferred
+async def test_unknown_or_unsupported_methods_are_405_never_500(
+    routed: LiveServer, method: str
+) -> None:
+    response = await routed.request(method, "/pay")
+    await response.content()
+    assert response.code == 405
+    assert b"GET" in response.headers.getRawHeaders(b"allow")[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_demo_keeps_health_and_module_index() -> None:
+    live = await LiveServer.start(["--no-demo", "--routes", "tests.example_routes"])
+    try:
+        assert (await live.get("/health")).code == 200
+        assert (await live.get("/pay")).code == 404
+        assert await (await live.get("/clock")).text() == "the module's clock"
+    finally:
+        await live.stop()
