@@ -54,6 +54,8 @@ class Request(server.Request):
     channel: Channel
     site: Site
     defaultContentType = HTML_TYPE
+    #: The user name that HTTP authentication accepted, for the access log.
+    remote_user: str | None = None
     _body_length = 0
 
     def handleContentChunk(self, data: bytes) -> None:
