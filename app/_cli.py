@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -18,6 +18,15 @@ from app._config import Config, ConfigError, config_from_args
 from app._http import Site
 from app._logging import start_logging
 from app._site import build_site
+from app._workers import (
+    InheritedSocket,
+    Supervisor,
+    adopt,
+    bind_for_workers,
+    split_worker_option,
+    watch_parent,
+    worker_arguments,
+)
 
 PROG = "python -m app"
 GRACE_SECONDS = 10.0
@@ -63,6 +72,7 @@ def main(
     """
     Run C{python -m app ARGV} on C{reactor}; return the exit status.
     """
+    argv, inherited = split_worker_option(argv)
     try:
         config = config_from_args(argv)
         endpoints = parse_endpoints(reactor, config)
@@ -73,8 +83,10 @@ def main(
         return int(exit_.code or 0)
 
     start_logging(config.log_format, stdout)
+    if config.workers > 1 and inherited is None:
+        return supervise(reactor, config, argv, endpoints, stderr)
     site = build_site(config, reactor)
-    return serve(reactor, site, config, endpoints, stderr)
+    return serve(reactor, site, config, endpoints, stderr, inherited)
 
 
 def serve(
@@ -83,17 +95,24 @@ def serve(
     config: Config,
     endpoints: list[IStreamServerEndpoint],
     stderr: IO[str],
+    inherited: list[InheritedSocket] | None = None,
 ) -> int:
     """
-    Listen on C{endpoints} and run until a signal stops the reactor.
+    Listen on C{endpoints} (or, in a worker, adopt the sockets the parent
+    bound) and run until a signal stops the reactor.
     """
     status = [0]
     ports: list[IListeningPort] = []
 
     async def start() -> None:
-        for description, endpoint in zip(config.listen, endpoints, strict=True):
+        for index, (description, endpoint) in enumerate(
+            zip(config.listen, endpoints, strict=True)
+        ):
             try:
-                port = await endpoint.listen(site)
+                if inherited is None:
+                    port = await endpoint.listen(site)
+                else:
+                    port = adopt(reactor, inherited[index], endpoint, site)
             except Exception as error:
                 stderr.write(
                     f"{PROG}: error: cannot listen on {description}: {error}\n"
@@ -103,22 +122,94 @@ def serve(
                 reactor.stop()
                 return
             ports.append(port)
-            log.info("listening on {url}", url=listening_url(description, port))
+            if inherited is None:
+                log.info("listening on {url}", url=listening_url(description, port))
         site.service.startService()
+        if inherited is not None:
+            watch_parent(reactor)
 
     def stop() -> Deferred[None]:
         return site.shutdown(ports, GRACE_SECONDS)
 
     reactor.addSystemEventTrigger("before", "shutdown", stop)
+    reactor.callWhenRunning(install_stop_signals, reactor)
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()))
     reactor.run()
     return status[0]
 
 
-def install_signal_defaults() -> None:
+def install_stop_signals(reactor: Any) -> None:
     """
-    SIGTERM and SIGINT are handled by the reactor; make sure a parent that
-    ignored them does not leave us deaf.
+    SIGINT and SIGTERM start a graceful stop; a second one while stopping is
+    noted and ignored (twisted's own handler would log a traceback for it).
     """
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, signal.SIG_DFL)
+    stopping: list[int] = []
+
+    def stop(number: int, frame: object) -> None:
+        name = signal.Signals(number).name
+        if stopping:
+            reactor.callFromThread(log.info, "{signal}: already stopping", signal=name)
+            return
+        stopping.append(number)
+        reactor.callFromThread(log.info, "{signal}: stopping gracefully", signal=name)
+        reactor.callFromThread(reactor.stop)
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, stop)
+
+
+def supervise(
+    reactor: Any,
+    config: Config,
+    argv: list[str],
+    endpoints: list[IStreamServerEndpoint],
+    stderr: IO[str],
+) -> int:
+    """
+    Bind every endpoint, then run C{config.workers} workers on the sockets
+    until a signal stops the reactor.
+    """
+    status = [0]
+    ports: list[IListeningPort] = []
+    supervisors: list[Supervisor] = []
+
+    async def start() -> None:
+        inherited = []
+        for description, endpoint in zip(config.listen, endpoints, strict=True):
+            try:
+                port, socket_ = await bind_for_workers(endpoint, description)
+            except Exception as error:
+                stderr.write(
+                    f"{PROG}: error: cannot listen on {description}: {error}\n"
+                )
+                stderr.flush()
+                status[0] = 1
+                reactor.stop()
+                return
+            ports.append(port)
+            inherited.append(socket_)
+            log.info("listening on {url}", url=listening_url(description, port))
+        supervisor = Supervisor(
+            reactor, worker_arguments(argv, inherited), inherited, config.workers
+        )
+        supervisors.append(supervisor)
+        supervisor.start()
+
+    async def stop() -> None:
+        for supervisor in supervisors:
+            await supervisor.stop()
+        for port in ports:
+            await maybeDeferred(port.stopListening)
+
+    def reopen_logs(number: int, frame: object) -> None:
+        for supervisor in supervisors:
+            reactor.callFromThread(supervisor.signal_all, signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reopen_logs)
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: Deferred.fromCoroutine(stop())
+    )
+    reactor.callWhenRunning(install_stop_signals, reactor)
+    reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()))
+    reactor.run()
+    return status[0]

@@ -2,6 +2,8 @@
 A route module as a user writes one, served with --routes tests.example_routes.
 """
 
+import os
+
 from klein import Klein
 from twisted.internet import reactor
 from twisted.internet.defer import succeed
@@ -52,3 +54,8 @@ def item(request: IRequest, number: int) -> str:
 async def slow(request: IRequest) -> str:
     await deferLater(reactor, 1.0, lambda: None)
     return "finished"
+
+
+@app.route("/pid")
+def pid(request: IRequest) -> str:
+    return str(os.getpid())

@@ -1,0 +1,256 @@
+"""
+C{--workers N}: one parent that binds, N worker processes that serve.
+
+The parent binds every endpoint once (so port 0 means one port for all, and
+the log has one C{listening on} line per endpoint), stops reading from those
+sockets itself and hands them to N copies of C{python -m app} started with
+the same options.  Each worker adopts the sockets and is a full server; the
+kernel spreads connections over the workers.  The parent restarts a worker
+that dies, forwards SIGHUP (access log reopening) and, on SIGINT or SIGTERM,
+stops every worker gracefully before it exits.  A worker whose parent goes
+away (its standard input closes) stops too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ProcessDone
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReadDescriptor,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+WORKER_OPTION = "--worker-sockets"
+RESTART_DELAY = 1.0
+STOP_SECONDS = 15.0
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class InheritedSocket:
+    """
+    A listening socket handed from the parent to a worker.
+    """
+
+    fd: int
+    family: int
+    endpoint: str
+
+
+def split_worker_option(
+    argv: Sequence[str],
+) -> tuple[list[str], list[InheritedSocket] | None]:
+    """
+    Remove the parent's private option from C{argv}; return the remaining
+    arguments and the sockets it names (C{None} outside a worker).
+    """
+    args = list(argv)
+    if WORKER_OPTION not in args:
+        return args, None
+    index = args.index(WORKER_OPTION)
+    spec = args[index + 1]
+    del args[index : index + 2]
+    sockets = [InheritedSocket(**entry) for entry in json.loads(spec)]
+    return args, sockets
+
+
+def worker_arguments(
+    argv: Sequence[str], sockets: Sequence[InheritedSocket]
+) -> list[str]:
+    """
+    The command line of a worker: the parent's own options, one worker, and
+    the sockets to adopt.
+    """
+    args = list(argv)
+    while "--workers" in args:
+        index = args.index("--workers")
+        del args[index : index + 2]
+    args = [arg for arg in args if not arg.startswith("--workers=")]
+    spec = json.dumps([vars(entry) for entry in sockets])
+    return [sys.executable, "-m", "app", *args, WORKER_OPTION, spec]
+
+
+def adopt(
+    reactor: Any, inherited: InheritedSocket, endpoint: IStreamServerEndpoint, site: Any
+) -> IListeningPort:
+    """
+    Serve C{site} on a socket bound by the parent.
+    """
+    factory = site
+    # The endpoint parsed from the same string knows the TLS settings; its
+    # context factory is private to twisted's endpoint but is the only way to
+    # reuse exactly what "ssl:..." configured.
+    context = getattr(endpoint, "_sslContextFactory", None)
+    if context is not None:
+        factory = TLSMemoryBIOFactory(context, False, site)
+    port: IListeningPort = reactor.adoptStreamPort(
+        inherited.fd, inherited.family, factory
+    )
+    os.close(inherited.fd)
+    return port
+
+
+class _Nothing(Protocol):
+    pass
+
+
+def _family(port: IListeningPort) -> int:
+    address = port.getHost()
+    kind = type(address).__name__
+    if kind == "UNIXAddress":
+        return int(socket.AF_UNIX)
+    if kind == "IPv6Address":
+        return int(socket.AF_INET6)
+    return int(socket.AF_INET)
+
+
+async def bind_for_workers(
+    endpoint: IStreamServerEndpoint, description: str
+) -> tuple[IListeningPort, InheritedSocket]:
+    """
+    Listen on C{endpoint} in the parent without ever accepting there.
+    """
+    port = await endpoint.listen(Factory.forProtocol(_Nothing))
+    # The workers accept; the parent only keeps the socket open.
+    port.stopReading()  # type: ignore[attr-defined]
+    fd = port.fileno()  # type: ignore[attr-defined]
+    os.set_inheritable(fd, True)
+    return port, InheritedSocket(fd, _family(port), description)
+
+
+class _Worker(ProcessProtocol):
+    def __init__(self, supervisor: Supervisor, number: int) -> None:
+        self.supervisor = supervisor
+        self.number = number
+        self.ended: Deferred[None] = Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.supervisor.worker_ended(self, reason)
+
+
+class Supervisor:
+    """
+    Keeps N workers running until told to stop.
+    """
+
+    def __init__(
+        self, reactor: Any, argv: list[str], sockets: list[InheritedSocket], count: int
+    ) -> None:
+        self._reactor = reactor
+        self._argv = argv
+        self._sockets = sockets
+        self._count = count
+        self._workers: dict[int, _Worker] = {}
+        self._stopping = False
+
+    def start(self) -> None:
+        for number in range(self._count):
+            self._spawn(number)
+
+    def _spawn(self, number: int) -> None:
+        if self._stopping:
+            return
+        worker = _Worker(self, number)
+        child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
+        for inherited in self._sockets:
+            child_fds[inherited.fd] = inherited.fd
+        process = self._reactor.spawnProcess(
+            worker,
+            self._argv[0],
+            self._argv,
+            env=dict(os.environ),
+            childFDs=child_fds,
+        )
+        self._workers[number] = worker
+        log.info(
+            "worker {number} started (pid {pid})",
+            number=number,
+            pid=process.pid,
+        )
+
+    def worker_ended(self, worker: _Worker, reason: Failure) -> None:
+        self._workers.pop(worker.number, None)
+        if self._stopping:
+            return
+        status = "exited" if reason.check(ProcessDone) else str(reason.value)
+        log.warn(
+            "worker {number} ended ({status}); restarting",
+            number=worker.number,
+            status=status,
+        )
+        self._reactor.callLater(RESTART_DELAY, self._spawn, worker.number)
+
+    def signal_all(self, number: int) -> None:
+        for worker in list(self._workers.values()):
+            if worker.transport is not None and worker.transport.pid:
+                worker.transport.signalProcess(number)
+
+    async def stop(self) -> None:
+        """
+        Ask every worker to stop gracefully; kill what is left after a while.
+        """
+        self._stopping = True
+        waiting = [worker.ended for worker in self._workers.values()]
+        self.signal_all(signal.SIGTERM)
+        timer = self._reactor.callLater(STOP_SECONDS, self.signal_all, signal.SIGKILL)
+        for ended in waiting:
+            await ended
+        if timer.active():
+            timer.cancel()
+
+
+@implementer(IReadDescriptor)
+class _ParentWatch:
+    """
+    A worker's standard input, a pipe from the parent: it reads end-of-file
+    when the parent goes away, however it went.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def fileno(self) -> int:
+        return 0
+
+    def logPrefix(self) -> str:
+        return "parent-watch"
+
+    def doRead(self) -> Failure | None:
+        if os.read(0, 4096):
+            return None
+        return Failure(ConnectionDone())
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._reactor.removeReader(self)
+        if self._reactor.running:
+            log.info("parent process went away; stopping")
+            self._reactor.stop()
+
+
+def watch_parent(reactor: Any) -> None:
+    """
+    Stop this worker when its parent's end of standard input closes.
+    """
+    reactor.addReader(_ParentWatch(reactor))
+
+
+def write_error(stderr: IO[str], message: str) -> None:
+    stderr.write(message + "\n")
+    stderr.flush()

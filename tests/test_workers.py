@@ -1,0 +1,100 @@
+"""
+--workers N: one parent binding the sockets, N worker processes serving.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest_twisted
+import treq
+
+from tests.test_cli import _listening_url, _start, spawn  # noqa: F401 - fixture
+
+
+def _children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(child) for child in path.read_text().split()}
+
+
+def _wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_share_one_port_and_are_restarted(
+    spawn: list[subprocess.Popen[str]],  # noqa: F811
+) -> None:
+    process = _start(
+        spawn,
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--workers",
+        "2",
+        "--no-demo",
+        "--routes",
+        "tests.example_routes",
+    )
+    url = _listening_url(process)
+    _wait_for(lambda: len(_children(process.pid)) == 2)
+    workers = _children(process.pid)
+
+    async def served_by() -> int:
+        response = await treq.get(url + "pid", persistent=False)
+        return int(await response.text())
+
+    # Each worker is a full server; wait until both have bound their copy.
+    seen: set[int] = set()
+    deadline = time.monotonic() + 15
+    while seen != workers and time.monotonic() < deadline:
+        seen.add(await served_by())
+    assert seen <= workers
+    assert process.pid not in seen
+
+    victim = sorted(workers)[0]
+    os.kill(victim, signal.SIGKILL)
+    _wait_for(lambda: len(_children(process.pid) - {victim}) == 2)
+    replacement = _children(process.pid) - workers
+    assert len(replacement) == 1
+    assert (await treq.get(url + "health", persistent=False)).code == 200
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    remaining = _children_alive(workers | replacement)
+    assert remaining == set()
+    assert process.stdout is not None
+    log = process.stdout.read()
+    assert log.count("listening on") == 0  # the one line was read above
+    assert "restarting" in log
+
+
+def _children_alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        alive.add(pid)
+    return alive
+
+
+def test_workers_stop_when_the_parent_is_killed(
+    spawn: list[subprocess.Popen[str]],  # noqa: F811
+) -> None:
+    process = _start(
+        spawn, "--listen", "tcp:0:interface=127.0.0.1", "--workers", "2", "--no-demo"
+    )
+    _listening_url(process)
+    _wait_for(lambda: len(_children(process.pid)) == 2)
+    workers = _children(process.pid)
+    process.kill()
+    process.wait(timeout=10)
+    _wait_for(lambda: not _children_alive(workers))
