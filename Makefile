@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CHECKED := app routes auth
 RUN_ARGS ?=
 
-.PHONY: run test lint check-format format pytest clean
+.PHONY: run test lint format pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,18 +19,21 @@ run: $(STAMP)
 	$(BIN)/python -m app $(RUN_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check $(CHECKED) tests
-	$(BIN)/ruff format --check $(CHECKED) tests
+	$(BIN)/ruff check $(CHECKED) tests bench
+	$(BIN)/ruff format --check $(CHECKED) tests bench
 	$(BIN)/mypy $(CHECKED)
 
 format: $(STAMP)
-	$(BIN)/ruff format $(CHECKED) tests
-	$(BIN)/ruff check --fix $(CHECKED) tests
+	$(BIN)/ruff format $(CHECKED) tests bench
+	$(BIN)/ruff check --fix $(CHECKED) tests bench
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
