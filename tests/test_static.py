@@ -1,0 +1,985 @@
+"""
+Static files (SPEC §4): containment, types, validators, ranges, directories
+and mounts, over HTTP to live servers serving real files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.task import deferLater
+from twisted.web import http
+from twisted.web.resource import Resource
+
+from app._config import DEMO_STATIC, ConfigError, config_from_args
+from app._http import Site
+from app._mimetypes import content_type
+from app._static import MAX_RANGES, StaticDirectory, byte_ranges
+from app.testing import LiveServer
+from tests.conftest import failures
+from tests.rawhttp import connect, exchange, parse_response
+
+TEN = b"0123456789"
+SECRET = b"TOP SECRET"
+NOT_FOUND_TEXT = b"There is nothing at this address."
+#: A fixed time for files whose validators the tests compare.
+MTIME = 1_700_000_000
+
+
+def _make_tree(base: Path) -> Path:
+    """
+    A served directory with every kind of file the tests ask for, and a
+    secret outside it.
+    """
+    outside = base / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(SECRET)
+    root = base / "root"
+    root.mkdir()
+    (root / "ten.txt").write_bytes(TEN)
+    os.utime(root / "ten.txt", (MTIME, MTIME))
+    (root / "hundred.txt").write_bytes(bytes(range(100)))
+    (root / "empty.txt").write_bytes(b"")
+    (root / "page.html").write_bytes(b"<p>hi</p>")
+    (root / "data.json").write_bytes(b"{}")
+    (root / "picture.svg").write_bytes(b"<svg/>")
+    (root / "app.js").write_bytes(b"1;")
+    (root / "blob.unknownext").write_bytes(b"?")
+    (root / "noextension").write_bytes(b"?")
+    (root / "package.deb").write_bytes(b"?")
+    (root / "sub").mkdir()
+    (root / "sub" / "index.html").write_bytes(b"<p>sub index</p>")
+    (root / "sub" / ".hidden").write_bytes(SECRET)
+    (root / "sub" / ".well-known").mkdir()
+    (root / "sub" / ".well-known" / "x.txt").write_bytes(SECRET)
+    (root / "listless").mkdir()
+    (root / "listless" / "file.txt").write_bytes(b"x")
+    (root / ".secret").write_bytes(SECRET)
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_bytes(SECRET)
+    (root / ".well-known").mkdir()
+    (root / ".well-known" / "x.txt").write_bytes(b"well known")
+    (root / "inner-link.txt").symlink_to(root / "ten.txt")
+    (root / "escape-link.txt").symlink_to(outside / "secret.txt")
+    (root / "escape-dir").symlink_to(outside)
+    (root / "dot-link.txt").symlink_to(root / ".secret")
+    (root / "relative-escape.txt").symlink_to("../outside/secret.txt")
+    os.mkfifo(root / "fifo.txt")
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return _make_tree(tmp_path)
+
+
+@pytest_twisted.async_yield_fixture
+async def files(tree: Path) -> AsyncIterator[LiveServer]:
+    """
+    A server with C{tree} at /static/ and at /docs/, and no demo.
+    """
+    live = await LiveServer.start(
+        ["--no-demo", "--static", str(tree), "--mount", f"docs={tree}"]
+    )
+    try:
+        yield live
+    finally:
+        await live.stop()
+
+
+def _port(live: LiveServer) -> int:
+    port: int = live.port.getHost().port
+    return port
+
+
+async def _raw(
+    live: LiveServer,
+    target: bytes,
+    headers: bytes = b"",
+    method: bytes = b"GET",
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    """
+    One request with exactly this target and these header lines.
+    """
+    data = await exchange(
+        live.reactor,
+        _port(live),
+        method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"" + headers + b"\r\n",
+        timeout=5,
+    )
+    return parse_response(data)
+
+
+async def _get(live: LiveServer, path: str, **headers: str) -> Any:
+    return await live.get(
+        path,
+        headers={k.replace("_", "-"): [v] for k, v in headers.items()},
+        allow_redirects=False,
+    )
+
+
+def _header(response: Any, name: str) -> bytes | None:
+    values = response.headers.getRawHeaders(name.encode("ascii"))
+    return None if values is None else values[-1]
+
+
+# -- containment ---------------------------------------------------------------
+
+TRAVERSALS = [
+    b"/static/../outside/secret.txt",
+    b"/static/%2e%2e/outside/secret.txt",
+    b"/static/%2E%2E/outside/secret.txt",
+    b"/static/.%2e/outside/secret.txt",
+    b"/static/%252e%252e/outside/secret.txt",
+    b"/static/..%2foutside%2fsecret.txt",
+    b"/static/%2e%2e%2foutside%2fsecret.txt",
+    b"/static/sub/../../outside/secret.txt",
+    b"/static/sub/%2e%2e/%2e%2e/outside/secret.txt",
+    b"/static/..%5coutside%5csecret.txt",
+    b"/static/%5c..%5coutside%5csecret.txt",
+    b"/static/..\\outside\\secret.txt",
+    b"/static/..",
+    b"/static/%2e%2e/",
+    b"/static/.",
+    b"/static/./ten.txt",
+    b"/static//etc/passwd",
+    b"/static/sub//index.html",
+    b"/static/%2fetc%2fpasswd",
+    b"/static/%2f%2fevil.example/",
+    b"/static/ten.txt%00.html",
+    b"/static/ten.txt%00",
+    b"/static/escape-link.txt",
+    b"/static/relative-escape.txt",
+    b"/static/escape-dir/secret.txt",
+    b"/static/escape-dir/",
+    b"/static/.secret",
+    b"/static/%2esecret",
+    b"/static/.git/config",
+    b"/static/.git/",
+    b"/static/sub/.hidden",
+    b"/static/dot-link.txt",
+    b"/static/sub/.well-known/x.txt",
+    b"/static/.well-known/../.secret",
+    b"/static/fifo.txt",
+    b"/static/ten.txt/",
+    b"/static/nothing-here.txt",
+    b"/docs/../outside/secret.txt",
+    b"/docs/%2e%2e/outside/secret.txt",
+    b"/docs/escape-link.txt",
+    b"/docs/.secret",
+]
+
+
+@pytest.mark.parametrize("target", TRAVERSALS, ids=lambda t: t.decode("latin-1"))
+@pytest_twisted.ensureDeferred
+async def test_refused_paths_are_404(files: LiveServer, target: bytes) -> None:
+    code, headers, body = await _raw(files, target)
+    assert code == 404
+    assert headers[b"content-type"] == b"text/html; charset=utf-8"
+    assert NOT_FOUND_TEXT in body
+    assert SECRET not in body
+
+
+@pytest.mark.parametrize(
+    "target", [b"/static/%c0%ae%c0%ae/outside/secret.txt", b"/static/\xff"]
+)
+@pytest_twisted.ensureDeferred
+async def test_paths_that_are_not_utf8_are_refused(
+    files: LiveServer, target: bytes
+) -> None:
+    code, _, body = await _raw(files, target)
+    assert code in (400, 404)
+    assert SECRET not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_well_known_is_the_one_dot_directory_served(files: LiveServer) -> None:
+    code, headers, body = await _raw(files, b"/static/.well-known/x.txt")
+    assert (code, body) == (200, b"well known")
+    assert headers[b"content-type"] == b"text/plain; charset=utf-8"
+
+
+@pytest_twisted.ensureDeferred
+async def test_symlink_inside_the_root_is_served(files: LiveServer) -> None:
+    response = await _get(files, "/static/inner-link.txt")
+    assert response.code == 200
+    assert await response.content() == TEN
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fifo_neither_hangs_nor_is_served(files: LiveServer) -> None:
+    started = time.monotonic()
+    code, _, _ = await _raw(files, b"/static/fifo.txt")
+    assert code == 404
+    assert time.monotonic() - started < 1
+
+
+# -- methods --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+@pytest_twisted.ensureDeferred
+async def test_other_methods_are_405_with_allow(files: LiveServer, method: str) -> None:
+    response = await files.request(method, "/static/ten.txt", data=b"x")
+    assert response.code == 405
+    assert _header(response, "allow") == b"GET, HEAD"
+    assert b"This address does not take that method." in await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_is_get_without_a_body(files: LiveServer) -> None:
+    code, headers, body = await _raw(files, b"/static/ten.txt", method=b"HEAD")
+    assert code == 200
+    assert headers[b"content-length"] == b"10"
+    assert headers[b"content-type"] == b"text/plain; charset=utf-8"
+    assert b"etag" in headers
+    assert body == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_of_a_missing_file_is_404_without_a_body(
+    files: LiveServer, captured_log: list[Any]
+) -> None:
+    code, _, body = await _raw(files, b"/static/missing", method=b"HEAD")
+    assert (code, body) == (404, b"")
+    assert not [e for e in captured_log if "HEAD" in str(e.get("log_format", ""))]
+
+
+# -- content types -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("ten.txt", b"text/plain; charset=utf-8"),
+        ("page.html", b"text/html; charset=utf-8"),
+        ("data.json", b"application/json; charset=utf-8"),
+        ("picture.svg", b"image/svg+xml; charset=utf-8"),
+        ("app.js", b"text/javascript; charset=utf-8"),
+        ("blob.unknownext", b"application/octet-stream"),
+        ("noextension", b"application/octet-stream"),
+        # In /etc/mime.types on Debian, but not in the project's table.
+        ("package.deb", b"application/octet-stream"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_content_type_comes_from_the_shipped_table(
+    files: LiveServer, name: str, expected: bytes
+) -> None:
+    response = await _get(files, f"/static/{name}")
+    await response.content()
+    assert response.code == 200
+    assert _header(response, "content-type") == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a.PNG", b"image/png"),
+        ("archive.tar.gz", b"application/gzip"),
+        ("style.css", b"text/css; charset=utf-8"),
+        ("feed.atom", b"application/atom+xml; charset=utf-8"),
+        ("x.", b"application/octet-stream"),
+        ("css", b"application/octet-stream"),
+    ],
+)
+def test_content_type_by_extension(name: str, expected: bytes) -> None:
+    assert content_type(name) == expected
+
+
+# -- validators and conditional requests ---------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_etag_is_strong_and_stable_and_last_modified_is_the_mtime(
+    files: LiveServer,
+) -> None:
+    first = await _get(files, "/static/ten.txt")
+    second = await _get(files, "/static/ten.txt")
+    await first.content()
+    await second.content()
+    etag = _header(first, "etag")
+    assert etag is not None
+    assert re.fullmatch(rb'"[!#-~]+"', etag)
+    assert _header(second, "etag") == etag
+    assert _header(first, "last-modified") == http.datetimeToString(MTIME)
+
+
+@pytest_twisted.ensureDeferred
+async def test_etag_changes_with_the_file(files: LiveServer, tree: Path) -> None:
+    before = await _get(files, "/static/ten.txt")
+    await before.content()
+    (tree / "ten.txt").write_bytes(b"9876543210")
+    os.utime(tree / "ten.txt", (MTIME + 5, MTIME + 5))
+    after = await _get(files, "/static/ten.txt")
+    assert await after.content() == b"9876543210"
+    assert _header(after, "etag") != _header(before, "etag")
+
+
+async def _etag(live: LiveServer) -> str:
+    response = await _get(live, "/static/ten.txt")
+    await response.content()
+    etag = _header(response, "etag")
+    assert etag is not None
+    return etag.decode("ascii")
+
+
+@pytest.mark.parametrize(
+    "template", ["{etag}", '"other", {etag}', "W/{etag}", "*", '"a",W/{etag} ,"b"']
+)
+@pytest_twisted.ensureDeferred
+async def test_if_none_match_gives_304(files: LiveServer, template: str) -> None:
+    etag = await _etag(files)
+    response = await _get(
+        files, "/static/ten.txt", if_none_match=template.format(etag=etag)
+    )
+    assert response.code == 304
+    assert await response.content() == b""
+    assert _header(response, "etag") == etag.encode("ascii")
+
+
+@pytest.mark.parametrize("value", ['"other"', "garbage", "W/", '""', "\u00e9"])
+@pytest_twisted.ensureDeferred
+async def test_if_none_match_without_a_match_gives_200(
+    files: LiveServer, value: str
+) -> None:
+    response = await _get(files, "/static/ten.txt", if_none_match=value)
+    assert response.code == 200
+    assert await response.content() == TEN
+
+
+@pytest.mark.parametrize("seconds", [MTIME, MTIME + 3600], ids=["same-time", "later"])
+@pytest_twisted.ensureDeferred
+async def test_if_modified_since_gives_304(files: LiveServer, seconds: int) -> None:
+    date = http.datetimeToString(seconds).decode("ascii")
+    response = await _get(files, "/static/ten.txt", if_modified_since=date)
+    assert response.code == 304
+    assert await response.content() == b""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        http.datetimeToString(MTIME - 1).decode("ascii"),
+        "garbage",
+        "",
+        "Sun, 99 Foo 1994 08:49:37 GMT",
+        "Sunday, 06-Nov-94",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_if_modified_since_earlier_or_malformed_gives_200(
+    files: LiveServer, value: str
+) -> None:
+    response = await _get(files, "/static/ten.txt", if_modified_since=value)
+    assert response.code == 200
+    assert await response.content() == TEN
+
+
+@pytest_twisted.ensureDeferred
+async def test_if_none_match_takes_precedence_over_if_modified_since(
+    files: LiveServer,
+) -> None:
+    date = http.datetimeToString(MTIME).decode("ascii")
+    response = await _get(
+        files, "/static/ten.txt", if_none_match='"other"', if_modified_since=date
+    )
+    assert response.code == 200
+    assert await response.content() == TEN
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_if_match_and_if_unmodified_since_are_412(
+    files: LiveServer,
+) -> None:
+    mismatch = await _get(files, "/static/ten.txt", if_match='"other"')
+    earlier = http.datetimeToString(MTIME - 1).decode("ascii")
+    modified = await _get(files, "/static/ten.txt", if_unmodified_since=earlier)
+    matching = await _get(files, "/static/ten.txt", if_match=await _etag(files))
+    assert (mismatch.code, modified.code, matching.code) == (412, 412, 200)
+    assert await matching.content() == TEN
+
+
+# -- ranges ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "part", "content_range"),
+    [
+        ("bytes=0-4", b"01234", b"bytes 0-4/10"),
+        ("bytes=-3", b"789", b"bytes 7-9/10"),
+        ("bytes=5-", b"56789", b"bytes 5-9/10"),
+        ("bytes=-1000", TEN, b"bytes 0-9/10"),
+        ("bytes=9-9", b"9", b"bytes 9-9/10"),
+        ("bytes=3-1000", b"3456789", b"bytes 3-9/10"),
+        ("bytes=0-99999999999999999999999999", TEN, b"bytes 0-9/10"),
+        ("Bytes=2-3", b"23", b"bytes 2-3/10"),
+        ("bytes= 2-3 ,", b"23", b"bytes 2-3/10"),
+        ("bytes=100-200,2-3", b"23", b"bytes 2-3/10"),
+        ("bytes=0-2," + "9" * 5000 + "-", b"012", b"bytes 0-2/10"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_single_range_is_206_with_the_part_length(
+    files: LiveServer, value: str, part: bytes, content_range: bytes
+) -> None:
+    response = await _get(files, "/static/ten.txt", range=value)
+    assert response.code == 206
+    assert await response.content() == part
+    assert _header(response, "content-range") == content_range
+    assert response.length == len(part)
+    assert _header(response, "content-type") == b"text/plain; charset=utf-8"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["bytes=100-200", "bytes=10-", "bytes=-0", "bytes=99999999999999999999999-"],
+)
+@pytest_twisted.ensureDeferred
+async def test_unsatisfiable_range_is_416_with_the_size(
+    files: LiveServer, value: str
+) -> None:
+    response = await _get(files, "/static/ten.txt", range=value)
+    assert response.code == 416
+    assert _header(response, "content-range") == b"bytes */10"
+    assert b"The requested range is not satisfiable." in await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_any_range_of_an_empty_file_is_416(files: LiveServer) -> None:
+    response = await _get(files, "/static/empty.txt", range="bytes=0-")
+    assert response.code == 416
+    assert _header(response, "content-range") == b"bytes */0"
+
+
+ODD_RANGES = [
+    b"bytes=5-1",
+    b"garbage",
+    b"bytes=",
+    b"bytes=-",
+    b"bytes=abc",
+    b"bytes=--1",
+    b"bytes=1-2-3",
+    b"bytes=0x1-2",
+    b"bytes = 0-4",
+    b"bytes=0 - 4",
+    b"items=0-4",
+    b"=0-4",
+    b"bytes=,,,",
+    b"bytes=+1-2",
+    b"bytes=\xff\xfe-1",
+    b"bytes=\xd9\xa1-\xd9\xa2",
+    b"bytes=0-0," * 1000 + b"0-0",
+    b"bytes=0-5,3-8",
+    b"bytes=0-4,4-8",
+    b"bytes=-5,0-5",
+    b"x" * 10000,
+    bytes(range(32, 127)) * 80,
+]
+
+
+@pytest.mark.parametrize("value", ODD_RANGES, ids=lambda v: repr(v[:30]))
+@pytest_twisted.ensureDeferred
+async def test_malformed_or_overlapping_ranges_get_the_whole_file_quickly(
+    files: LiveServer, value: bytes
+) -> None:
+    started = time.monotonic()
+    code, headers, body = await _raw(
+        files, b"/static/ten.txt", b"Range: " + value + b"\r\n"
+    )
+    assert time.monotonic() - started < 1
+    assert (code, body) == (200, TEN)
+    assert b"content-range" not in headers
+
+
+@pytest_twisted.ensureDeferred
+async def test_more_than_sixteen_ranges_get_the_whole_file(files: LiveServer) -> None:
+    ranges = ",".join(f"{n}-{n}" for n in range(0, 2 * (MAX_RANGES + 1), 2))
+    response = await _get(files, "/static/hundred.txt", range=f"bytes={ranges}")
+    assert response.code == 200
+    assert await response.content() == bytes(range(100))
+
+
+def _parts(response: Any, body: bytes) -> list[tuple[dict[bytes, bytes], bytes]]:
+    content_type = _header(response, "content-type")
+    assert content_type is not None
+    match = re.fullmatch(
+        rb"multipart/byteranges; boundary=([0-9A-Za-z'()+_,./:=?-]+)", content_type
+    )
+    assert match is not None
+    delimiter = b"\r\n--" + match.group(1)
+    pieces = body.split(delimiter)
+    assert pieces[0] == b""
+    assert pieces[-1] == b"--\r\n"
+    parts = []
+    for piece in pieces[1:-1]:
+        assert piece.startswith(b"\r\n")
+        head, _, data = piece[2:].partition(b"\r\n\r\n")
+        headers = {}
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        parts.append((headers, data))
+    return parts
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_disjoint_ranges_are_multipart(files: LiveServer) -> None:
+    response = await _get(files, "/static/ten.txt", range="bytes=7-8, 0-1")
+    body = await response.content()
+    assert response.code == 206
+    assert response.length == len(body)
+    assert _header(response, "content-range") is None
+    assert _parts(response, body) == [
+        (
+            {
+                b"content-type": b"text/plain; charset=utf-8",
+                b"content-range": b"bytes 7-8/10",
+            },
+            b"78",
+        ),
+        (
+            {
+                b"content-type": b"text/plain; charset=utf-8",
+                b"content-range": b"bytes 0-1/10",
+            },
+            b"01",
+        ),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sixteen_disjoint_ranges_are_served(files: LiveServer) -> None:
+    starts = range(0, 6 * MAX_RANGES, 6)
+    spec = ",".join(f"{n}-{n + 2}" for n in starts)
+    response = await _get(files, "/static/hundred.txt", range=f"bytes={spec}")
+    body = await response.content()
+    assert response.code == 206
+    parts = _parts(response, body)
+    assert [data for _, data in parts] == [bytes([n, n + 1, n + 2]) for n in starts]
+    assert [h[b"content-range"] for h, _ in parts] == [
+        b"bytes %d-%d/100" % (n, n + 2) for n in starts
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_ignores_range(files: LiveServer) -> None:
+    code, headers, body = await _raw(
+        files, b"/static/ten.txt", b"Range: bytes=0-4\r\n", method=b"HEAD"
+    )
+    assert (code, headers[b"content-length"], body) == (200, b"10", b"")
+
+
+@pytest_twisted.ensureDeferred
+async def test_if_range_with_the_current_etag_or_date_honours_range(
+    files: LiveServer,
+) -> None:
+    date = http.datetimeToString(MTIME).decode("ascii")
+    by_etag = await _get(
+        files, "/static/ten.txt", range="bytes=0-1", if_range=await _etag(files)
+    )
+    by_date = await _get(files, "/static/ten.txt", range="bytes=0-1", if_range=date)
+    assert (by_etag.code, await by_etag.content()) == (206, b"01")
+    assert (by_date.code, await by_date.content()) == (206, b"01")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"stale"',
+        http.datetimeToString(MTIME - 60).decode("ascii"),
+        http.datetimeToString(MTIME + 60).decode("ascii"),
+        "garbage",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_if_range_with_a_stale_validator_gets_the_whole_file(
+    files: LiveServer, value: str
+) -> None:
+    response = await _get(files, "/static/ten.txt", range="bytes=0-1", if_range=value)
+    assert response.code == 200
+    assert await response.content() == TEN
+
+
+@pytest_twisted.ensureDeferred
+async def test_if_range_with_a_weak_etag_gets_the_whole_file(
+    files: LiveServer,
+) -> None:
+    weak = "W/" + await _etag(files)
+    response = await _get(files, "/static/ten.txt", range="bytes=0-1", if_range=weak)
+    assert response.code == 200
+    assert await response.content() == TEN
+
+
+@given(st.binary(max_size=200), st.integers(min_value=0, max_value=1000))
+def test_byte_ranges_are_within_the_file_disjoint_and_few(
+    value: bytes, size: int
+) -> None:
+    ranges = byte_ranges(value, size)
+    if ranges is None:
+        return
+    assert len(ranges) <= MAX_RANGES
+    for first, last in ranges:
+        assert 0 <= first <= last < size
+    ordered = sorted(ranges)
+    assert all(b[0] > a[1] for a, b in itertools.pairwise(ordered))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(0, 2000)),
+            st.one_of(st.none(), st.integers(0, 2000)),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    st.integers(min_value=0, max_value=1000),
+)
+def test_byte_ranges_of_well_formed_headers(
+    specs: list[tuple[int | None, int | None]], size: int
+) -> None:
+    text = ",".join(
+        f"{'' if a is None else a}-{'' if b is None else b}" for a, b in specs
+    )
+    ranges = byte_ranges(b"bytes=" + text.encode(), size)
+    if ranges:
+        assert len(ranges) <= MAX_RANGES
+        assert all(0 <= first <= last < size for first, last in ranges)
+
+
+# -- directories ------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_directory_serves_its_index(files: LiveServer) -> None:
+    response = await _get(files, "/static/sub/")
+    assert response.code == 200
+    assert await response.content() == b"<p>sub index</p>"
+    assert _header(response, "content-type") == b"text/html; charset=utf-8"
+
+
+@pytest_twisted.ensureDeferred
+async def test_directory_without_index_is_404_not_a_listing(files: LiveServer) -> None:
+    response = await _get(files, "/static/listless/")
+    body = await response.content()
+    assert response.code == 404
+    assert b"file.txt" not in body
+
+
+@pytest.mark.parametrize(
+    ("target", "location"),
+    [
+        (b"/static/sub", b"/static/sub/"),
+        (b"/static/sub?a=1&b=%20c", b"/static/sub/?a=1&b=%20c"),
+        (b'/static/sub?q="<`', b"/static/sub/?q=%22%3C%60"),
+        (b"/static/listless", b"/static/listless/"),
+        (b"/static/.well-known?x", b"/static/.well-known/?x"),
+        (b"/static", b"/static/"),
+        (b"/static?q=1", b"/static/?q=1"),
+        (b"/docs/sub?q", b"/docs/sub/?q"),
+        (b"/docs", b"/docs/"),
+    ],
+)
+@pytest.mark.parametrize(("method", "code"), [(b"GET", 301), (b"HEAD", 301)])
+@pytest_twisted.ensureDeferred
+async def test_directory_without_its_slash_redirects_keeping_the_query(
+    files: LiveServer, target: bytes, location: bytes, method: bytes, code: int
+) -> None:
+    status, headers, _ = await _raw(files, target, method=method)
+    assert status == code
+    assert headers[b"location"] == location
+
+
+@pytest.mark.parametrize("method", [b"POST", b"PUT", b"DELETE"])
+@pytest_twisted.ensureDeferred
+async def test_directory_redirect_for_other_methods_is_308(
+    files: LiveServer, method: bytes
+) -> None:
+    status, headers, _ = await _raw(
+        files, b"/static/sub?k=v", b"Content-Length: 0\r\n", method=method
+    )
+    assert status == 308
+    assert headers[b"location"] == b"/static/sub/?k=v"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/static/%2f%2fevil.example",
+        b"/static/%5c%5cevil.example",
+        b"/static/%2fsub",
+        b"//static/sub",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_no_redirect_leaves_the_host(files: LiveServer, target: bytes) -> None:
+    status, headers, _ = await _raw(files, target)
+    location = headers.get(b"location", b"")
+    assert not location.startswith((b"//", b"/\\"))
+    assert status == 404
+
+
+# -- mounts and the demo -----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_mount_serves_its_directory(tmp_path: Path) -> None:
+    first = tmp_path / "one"
+    second = tmp_path / "two" / "deep"
+    first.mkdir()
+    second.mkdir(parents=True)
+    (first / "a.txt").write_bytes(b"one")
+    (second / "b.css").write_bytes(b"two")
+    live = await LiveServer.start(
+        ["--no-demo", "--mount", f"one={first}", "--mount", f"x/y={second}"]
+    )
+    try:
+        one = await live.get("/one/a.txt")
+        two = await live.get("/x/y/b.css")
+        static = await live.get("/static/")
+        crossed = await live.get("/one/b.css")
+        assert (one.code, await one.content()) == (200, b"one")
+        assert (two.code, await two.content()) == (200, b"two")
+        assert _header(two, "content-type") == b"text/css; charset=utf-8"
+        assert static.code == 404
+        assert crossed.code == 404
+        await static.content()
+        await crossed.content()
+    finally:
+        await live.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_demo_static_index_and_everything_it_links(server: LiveServer) -> None:
+    response = await server.get("/static/")
+    body = await response.text()
+    assert response.code == 200
+    links = re.findall(r'(?:href|src)="([^"/][^"]*)"', body)
+    assert {"style.css", "dot.png", ".well-known/security.txt"} <= set(links)
+    types = {}
+    for link in links:
+        linked = await server.get("/static/" + link)
+        content = await linked.content()
+        assert linked.code == 200, link
+        assert content == (DEMO_STATIC / link).read_bytes()
+        types[link] = _header(linked, "content-type")
+    assert types["style.css"] == b"text/css; charset=utf-8"
+    assert types["dot.png"] == b"image/png"
+    assert types[".well-known/security.txt"] == b"text/plain; charset=utf-8"
+
+
+def test_demo_image_is_a_png() -> None:
+    assert (DEMO_STATIC / "dot.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+# -- streaming -----------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_file_streams_whole(files: LiveServer, tree: Path) -> None:
+    data = os.urandom(1 << 20)
+    (tree / "large.bin").write_bytes(data)
+    response = await files.get("/static/large.bin")
+    assert response.code == 200
+    assert response.length == len(data)
+    assert await response.content() == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_range_streams(files: LiveServer, tree: Path) -> None:
+    data = os.urandom(1 << 20)
+    (tree / "large.bin").write_bytes(data)
+    response = await _get(files, "/static/large.bin", range="bytes=1000-300000")
+    assert response.code == 206
+    assert await response.content() == data[1000:300001]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_leaving_mid_file_is_not_an_error(
+    files: LiveServer, tree: Path, captured_log: list[Any]
+) -> None:
+    (tree / "large.bin").write_bytes(os.urandom(16 << 20))
+    client = await connect(files.reactor, _port(files))
+    client.send(b"GET /static/large.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    while len(client.received) < 1:
+        await _tick(files)
+    assert len(_open_files_named("large.bin")) == 1
+    client.close()
+    await client.closed
+    after = await files.get("/static/ten.txt")
+    assert await after.content() == TEN
+    for _ in range(100):
+        if not _open_files_named("large.bin"):
+            break
+        await _tick(files)
+    assert _open_files_named("large.bin") == []
+    assert failures(captured_log) == []
+
+
+def _open_files_named(name: str) -> list[str]:
+    """
+    The files of this process called C{name} that are open.
+    """
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.endswith("/" + name):
+            found.append(target)
+    return found
+
+
+async def _tick(live: LiveServer) -> None:
+    await deferLater(live.reactor, 0.01, lambda: None)
+
+
+# -- as a resource of its own ---------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_static_directory_serves_as_a_child_resource(tree: Path) -> None:
+    """
+    Rendered through getChildForRequest with the rest of the path in
+    postpath, as a realm's avatar is.
+    """
+    from twisted.internet import reactor
+
+    root = Resource()
+    root.putChild(b"home", StaticDirectory(tree))
+    site = Site(root, reactor=reactor, max_body=1024, idle_timeout=10)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        number = port.getHost().port
+        answers = {}
+        for target in (
+            b"/home/ten.txt",
+            b"/home/sub/",
+            b"/home/sub?a=b",
+            b"/home/.secret",
+        ):
+            data = await exchange(
+                reactor,
+                number,
+                b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            answers[target] = parse_response(data)
+    finally:
+        await port.stopListening()
+    assert answers[b"/home/ten.txt"][0::2] == (200, TEN)
+    assert answers[b"/home/sub/"][0::2] == (200, b"<p>sub index</p>")
+    assert answers[b"/home/sub?a=b"][0] == 301
+    assert answers[b"/home/sub?a=b"][1][b"location"] == b"/home/sub/?a=b"
+    assert answers[b"/home/.secret"][0] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_whose_client_left_before_rendering_is_dropped(
+    tree: Path, captured_log: list[Any]
+) -> None:
+    """
+    Behind a resource that answers later (as a login does), the client may be
+    gone by the time the directory renders.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.web.util import DeferredResource
+
+    later: Deferred[Resource] = Deferred()
+    root = Resource()
+    root.putChild(b"later", DeferredResource(later))
+    site = Site(root, reactor=reactor, max_body=1024, idle_timeout=10)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        client = await connect(reactor, port.getHost().port)
+        client.send(b"GET /later/ten.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        while not site.channels or not any(c.requests for c in site.channels):
+            await deferLater(reactor, 0.01, lambda: None)
+        client.close()
+        await client.closed
+        while site.channels:
+            await deferLater(reactor, 0.01, lambda: None)
+        later.callback(StaticDirectory(tree))
+    finally:
+        await port.stopListening()
+    assert failures(captured_log) == []
+    assert _open_files_named("ten.txt") == []
+
+
+def test_static_directory_resolves_its_root(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert StaticDirectory(tmp_path / "link").root == (tmp_path / "real").resolve()
+
+
+# -- options -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--static", "/nonexistent/dir"], "--static"),
+        (["--mount", "docs"], "--mount"),
+        (["--mount", "docs="], "--mount"),
+        (["--mount", "docs=/nonexistent/dir"], "--mount"),
+        (["--mount", "static={dir}"], "--mount"),
+        (["--mount", "../up={dir}"], "--mount"),
+        (["--mount", ".hidden={dir}"], "--mount"),
+        (["--mount", "a//b={dir}"], "--mount"),
+        (["--mount", "a/..={dir}"], "--mount"),
+        (["--mount", "a%2fb={dir}"], "--mount"),
+        (["--mount", "docs={dir}", "--mount", "docs/={dir}"], "--mount"),
+    ],
+)
+def test_bad_static_options_name_the_option(
+    tmp_path: Path, argv: list[str], option: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config_from_args([arg.format(dir=tmp_path) for arg in argv])
+    assert raised.value.option == option
+
+
+def test_mount_option_gives_the_prefix_and_the_absolute_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "html").mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = config_from_args(["--mount", "/docs/v1/=html", "--static", "html"])
+    assert config.mounts == (("docs/v1", (tmp_path / "html").resolve()),)
+    assert config.static_dir == (tmp_path / "html").resolve()
+
+
+def test_no_demo_serves_no_static_directory_unless_asked() -> None:
+    assert config_from_args(["--no-demo"]).static_dir is None
+    assert config_from_args([]).static_dir == DEMO_STATIC
+
+
+@pytest_twisted.ensureDeferred
+async def test_nested_mounts_each_serve_their_own_directory(tmp_path: Path) -> None:
+    outer = tmp_path / "outer"
+    inner = tmp_path / "inner"
+    (outer / "b").mkdir(parents=True)
+    inner.mkdir()
+    (outer / "b" / "f.txt").write_bytes(b"outer")
+    (inner / "f.txt").write_bytes(b"inner")
+    live = await LiveServer.start(
+        ["--no-demo", "--mount", f"a={outer}", "--mount", f"a/b={inner}"]
+    )
+    try:
+        response = await live.get("/a/b/f.txt")
+        assert await response.content() == b"inner"
+    finally:
+        await live.stop()
