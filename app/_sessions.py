@@ -1,0 +1,329 @@
+"""
+Sessions: twisted.web's L{Session} API, kept in a bounded store that
+expires idle sessions with one timer.
+
+  - Each session is a L{twisted.web.server.Session} (C{uid}, C{touch()},
+    C{expire()}, C{notifyOnExpire()}, adapters through C{getComponent}).
+  - Expiry slides: every C{request.getSession()} touches the session, and a
+    session ends C{timeout} seconds after its last touch, on the site's clock.
+  - The store holds at most C{limit} sessions; making one more expires the
+    least recently used (its expiry callbacks run).
+  - The store keeps its sessions in an C{OrderedDict} in order of last use,
+    which is also the order of their deadlines, so one timer set for the
+    oldest deadline serves every session, and both a sweep and an eviction
+    cost only what they expire.  twisted.web gives every session a
+    C{callLater} of its own instead (slow and large at 100 000 sessions).
+  - The cookie is C{HttpOnly}, C{SameSite=Lax}, C{Path=/}, and C{Secure}
+    over TLS; its value is 256 bits from the OS's random source.  A cookie
+    the store does not know (garbage, forged, expired) gets a fresh session.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Iterator, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.web import server
+
+if TYPE_CHECKING:
+    from app._http import Request, Site
+
+log = Logger()
+
+#: The session cookie of plain HTTP requests.
+COOKIE_NAME = b"app_session"
+#: The session cookie of requests over TLS.  A separate name, as twisted.web
+#: keeps (TWISTED_SESSION / TWISTED_SECURE_SESSION), so that a session made
+#: over TLS is never found from a plain HTTP request; the C{__Host-} prefix
+#: makes browsers accept it only with C{Secure}, C{Path=/} and no C{Domain}.
+SECURE_COOKIE_NAME = b"__Host-app_session"
+#: Random bytes in a session's uid (shown as twice as many hex digits).
+UID_BYTES = 32
+_UID = re.compile(b"[0-9a-f]{%d}" % (2 * UID_BYTES,))
+#: Longest wait of the sweep timer: the platform's timers overflow on a
+#: delay of years, which a long --session-timeout would otherwise ask for.
+MAX_SWEEP_DELAY = 3600.0
+
+
+def new_uid() -> bytes:
+    """
+    A fresh session id: L{UID_BYTES} bytes from the OS's random source, in hex.
+    """
+    return secrets.token_hex(UID_BYTES).encode("ascii")
+
+
+class Session(server.Session):
+    """
+    A twisted.web session kept by a L{SessionStore}.
+
+    Its timeout is the store's: C{sessionTimeout} reads it.  No timer of its
+    own is started; the store's sweep expires it.
+    """
+
+    site: Site
+
+    @property
+    def sessionTimeout(self) -> float:  # type: ignore[override]
+        return self.site.sessions.timeout
+
+    def startCheckingExpiration(self) -> None:
+        # The store's sweep watches every session it holds.
+        pass
+
+    def touch(self) -> None:
+        """
+        Mark the session used now: its idle time starts again, and it becomes
+        the most recently used.  A session already past its deadline expires
+        instead (an expired session is never brought back).
+        """
+        store = self.site.sessions
+        now = self._reactor.seconds()
+        if store.holds(self) and store.is_stale(self, now):
+            self.expire()
+            return
+        self.lastModified = now
+        store.touched(self)
+
+    def expire(self) -> None:
+        """
+        End the session: drop it from the store and run its expiry callbacks
+        once each.  Expiring it again does nothing.
+        """
+        self.site.sessions.discard(self)
+        callbacks, self.expireCallbacks = self.expireCallbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.failure("An expiry callback of a session failed")
+
+
+class SessionStore(MutableMapping[bytes, Session]):
+    """
+    The live sessions of a site, by uid, least recently used first.
+
+    Looking up a session that has passed its deadline expires it and raises
+    L{KeyError}, so a stale session is never returned even before the sweep
+    has run.
+
+    @ivar timeout: idle seconds after which a session expires.
+    @ivar limit: the most sessions held at once.
+    """
+
+    def __init__(self, clock: IReactorTime, timeout: float, limit: int) -> None:
+        self.timeout = timeout
+        self.limit = limit
+        self._clock = clock
+        self._sessions: OrderedDict[bytes, Session] = OrderedDict()
+        self._sweep_call: IDelayedCall | None = None
+        self._paused = False
+
+    # -- the mapping ------------------------------------------------------
+
+    def __getitem__(self, uid: bytes) -> Session:
+        session = self._sessions[uid]
+        if self.is_stale(session, self._clock.seconds()):
+            session.expire()
+            raise KeyError(uid)
+        return session
+
+    def __setitem__(self, uid: bytes, session: Session) -> None:
+        self._sessions.pop(uid, None)
+        while len(self._sessions) >= self.limit:
+            _, oldest = self._sessions.popitem(last=False)
+            oldest.expire()
+        self._sessions[uid] = session
+        self._schedule()
+
+    def __delitem__(self, uid: bytes) -> None:
+        del self._sessions[uid]
+        if not self._sessions:
+            self._cancel()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._sessions)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    # -- what sessions tell the store -------------------------------------
+
+    def holds(self, session: Session) -> bool:
+        return self._sessions.get(session.uid) is session
+
+    def is_stale(self, session: Session, now: float) -> bool:
+        deadline: float = session.lastModified + self.timeout
+        return now >= deadline
+
+    def touched(self, session: Session) -> None:
+        if self.holds(session):
+            self._sessions.move_to_end(session.uid)
+
+    def discard(self, session: Session) -> None:
+        if self.holds(session):
+            del self[session.uid]
+
+    # -- the sweep ----------------------------------------------------------
+
+    def pause(self) -> None:
+        """
+        Stop the sweep timer (the site is stopping).  Lookups still refuse
+        stale sessions.
+        """
+        self._paused = True
+        self._cancel()
+
+    def resume(self) -> None:
+        self._paused = False
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._paused or self._sweep_call is not None or not self._sessions:
+            return
+        oldest = next(iter(self._sessions.values()))
+        delay = oldest.lastModified + self.timeout - self._clock.seconds()
+        delay = min(max(0.0, delay), MAX_SWEEP_DELAY)
+        self._sweep_call = self._clock.callLater(delay, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_call = None
+        now = self._clock.seconds()
+        sessions = self._sessions
+        while sessions:
+            oldest = next(iter(sessions.values()))
+            if not self.is_stale(oldest, now):
+                break
+            oldest.expire()
+            if self.holds(oldest):
+                # Only a misbehaving subclass keeps itself: do not spin on it.
+                del self[oldest.uid]
+        self._schedule()
+
+    def _cancel(self) -> None:
+        if self._sweep_call is not None:
+            if self._sweep_call.active():
+                self._sweep_call.cancel()
+            self._sweep_call = None
+
+
+class SessionSweep(Service):
+    """
+    Runs a store's sweep while the site runs (as part of C{site.service}).
+    """
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+
+    def startService(self) -> None:
+        super().startService()
+        self.store.resume()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.store.pause()
+
+
+# -- requests -----------------------------------------------------------------
+
+
+def cookie_values(headers: Sequence[bytes], name: bytes) -> list[bytes]:
+    """
+    The values of every cookie called C{name} in the C{Cookie} headers
+    C{headers}, in order (a browser sends the most specific first).
+    """
+    values = []
+    for header in headers:
+        for pair in header.split(b";"):
+            key, sep, value = pair.partition(b"=")
+            if sep and key.strip() == name:
+                values.append(value.strip())
+    return values
+
+
+def _cookie_name(secure: bool) -> bytes:
+    return SECURE_COOKIE_NAME if secure else COOKIE_NAME
+
+
+def _set_cookie(
+    request: Request, secure: bool, value: bytes, *attributes: bytes
+) -> None:
+    # Request.addCookie writes "SameSite=lax"; browsers take any case, but
+    # the attribute is spelled Lax everywhere else, so the line is built here
+    # (the name and the hex value need no quoting).
+    parts = [_cookie_name(secure) + b"=" + value, b"Path=/", *attributes]
+    parts += [b"HttpOnly", b"SameSite=Lax"]
+    if secure:
+        parts.append(b"Secure")
+    request.cookies.append(b"; ".join(parts))
+
+
+def _is_secure(request: Request, force_not_secure: bool) -> bool:
+    return bool(request.isSecure()) and not force_not_secure
+
+
+def existing_session(
+    request: Request, force_not_secure: bool = False
+) -> Session | None:
+    """
+    The live session that C{request} already has (by its cookie, or from an
+    earlier C{getSession()} of the same request), or L{None}; never makes one.
+    """
+    secure = _is_secure(request, force_not_secure)
+    attribute = "_secureSession" if secure else "_insecureSession"
+    store = request.site.sessions
+    session: Session | None = getattr(request, attribute)
+    if session is not None and store.holds(session):
+        return session
+    session = None
+    headers = request.requestHeaders.getRawHeaders(b"cookie", [])
+    for value in cookie_values(headers, _cookie_name(secure)):
+        if not _UID.fullmatch(value):
+            continue
+        try:
+            session = store[value]
+        except KeyError:
+            continue
+        break
+    setattr(request, attribute, session)
+    return session
+
+
+def request_session(
+    request: Request, interface: Any = None, force_not_secure: bool = False
+) -> Any:
+    """
+    C{request.getSession()}: the request's session, touched, or a new one
+    with its cookie set; adapted to C{interface} when one is given.
+    """
+    secure = _is_secure(request, force_not_secure)
+    session = existing_session(request, force_not_secure)
+    if session is not None:
+        session.touch()
+        if not request.site.sessions.holds(session):
+            session = None
+    if session is None:
+        session = request.site.makeSession()
+        _set_cookie(request, secure, session.uid)
+        setattr(request, "_secureSession" if secure else "_insecureSession", session)
+    if interface is not None:
+        return session.getComponent(interface)
+    return session
+
+
+def forget_session(request: Request, force_not_secure: bool = False) -> bool:
+    """
+    Expire the request's session, if it has one, and tell the browser to
+    drop its cookie.  Returns whether there was a session.
+    """
+    session = existing_session(request, force_not_secure)
+    if session is None:
+        return False
+    session.expire()
+    _set_cookie(request, _is_secure(request, force_not_secure), b"", b"Max-Age=0")
+    return True

@@ -1,0 +1,112 @@
+"""
+The session chapters: session basics, storing objects in the session, and
+session endings.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from twisted.logger import Logger
+from twisted.python.components import getAdapterFactory, registerAdapter
+from twisted.web.iweb import IRequest
+from twisted.web.server import Session
+from zope.interface import Attribute, Interface, implementer
+
+from app._pages import page
+from app._router import new_app
+from app._sessions import forget_session
+
+log = Logger()
+
+
+class ICounter(Interface):
+    """
+    How many times the owner of a session has visited the counter page.
+    """
+
+    value = Attribute("The number of visits so far (an int).")
+
+
+@implementer(ICounter)
+class Counter:
+    """
+    The visit count of one session, stored in it as its L{ICounter} adapter.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.value = 0
+
+
+def register_counter() -> None:
+    """
+    Make L{Counter} the L{ICounter} of every session, once: registering the
+    same pair twice is an error in twisted's adapter registry.
+    """
+    if getAdapterFactory(Session, ICounter, None) is None:
+        registerAdapter(Counter, Session, ICounter)
+
+
+register_counter()
+
+
+class ExpiryLogger:
+    """
+    An expiry callback that logs that a session expired.  It keeps the uid
+    only, not the session or the request that registered it.
+    """
+
+    __slots__ = ("uid",)
+
+    def __init__(self, uid: str) -> None:
+        self.uid = uid
+
+    def __call__(self) -> None:
+        log.info("session expired: {uid}", uid=self.uid)
+
+
+class SessionRoutes:
+    """
+    C{/session}, C{/session/expire}, C{/counter} and C{/session/logme}.
+    """
+
+    app = new_app()
+
+    @app.route("/session", methods=["GET"])
+    def session(self, request: IRequest) -> bytes:
+        request.setHeader(b"cache-control", b"no-store")
+        uid = escape(request.getSession().uid.decode("ascii"))
+        return page(
+            "Session",
+            f"<h1>Session</h1>\n<p>Your session id is <code>{uid}</code>.</p>\n"
+            '<form method="POST" action="/session/expire">'
+            '<input type="submit" value="Expire it"></form>',
+        )
+
+    @app.route("/session/expire", methods=["GET", "POST"])
+    def expire(self, request: IRequest) -> bytes:
+        request.setHeader(b"cache-control", b"no-store")
+        if forget_session(request):  # type: ignore[arg-type]
+            text = "Your session has expired."
+        else:
+            text = "You had no session; there was nothing to expire."
+        return page("Session expired", f"<h1>Session expired</h1>\n<p>{text}</p>")
+
+    @app.route("/counter", methods=["GET"])
+    def counter(self, request: IRequest) -> bytes:
+        request.setHeader(b"cache-control", b"no-store")
+        counter = ICounter(request.getSession())
+        counter.value += 1
+        return page("Counter", f"<p>Visit #{counter.value:d} for you!</p>")
+
+    @app.route("/session/logme", methods=["GET"])
+    def logme(self, request: IRequest) -> bytes:
+        request.setHeader(b"cache-control", b"no-store")
+        session = request.getSession()
+        if not any(isinstance(c, ExpiryLogger) for c in session.expireCallbacks):
+            session.notifyOnExpire(ExpiryLogger(session.uid.decode("ascii")))
+        return page(
+            "Session endings",
+            "<h1>Session endings</h1>\n"
+            "<p>When your session expires, the server's log will say so.</p>",
+        )
