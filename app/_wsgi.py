@@ -1,0 +1,326 @@
+"""
+The WSGI mount: twisted.web.wsgi on a thread pool the site starts and stops.
+
+L{WSGIResource} is twisted.web.wsgi's, with these of its behaviours
+replaced:
+
+  - An application that raises before the first byte of its body is
+    answered with the server's own 500 page (twisted sends an empty 500) and
+    logged once; after it, the connection is closed.  The iterable's
+    C{close()} is called when iterating it raises, too (PEP 3333).
+  - A status or header that cannot be sent (not C{NNN reason}, not latin-1,
+    control characters, hop-by-hop) fails the application in its own thread,
+    so it is a 500; twisted fails later in the reactor thread and leaves the
+    request hanging.  A body longer or shorter than the application's own
+    C{Content-Length} closes the connection instead of corrupting the next
+    response on it.
+  - The environ is built for any listening address (twisted reads C{.host}
+    and C{.port} of addresses, which UNIX sockets lack); C{CONTENT_LENGTH}
+    is the length of the body received (a chunked body included); header
+    names other than letters, digits and C{-} are dropped (C{X_Y} must not
+    pose as C{X-Y}), and so is C{Proxy} (httpoxy).
+  - The pool's threads are daemons, and stopping the pool does not wait for
+    them: C{ThreadPool.stop()} joins every thread, so an application that
+    never returns would hold the shutdown, and the exit, forever.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from html import escape
+from threading import Thread
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web import wsgi
+from twisted.web.server import NOT_DONE_YET, Request
+
+from app._cgi import request_variables
+from app._pages import HTML_TYPE, error_page
+
+#: Request headers not passed as C{HTTP_*}: the body's are C{CONTENT_*};
+#: C{Proxy} is httpoxy.
+WSGI_HIDDEN_HEADERS = frozenset({b"content-type", b"content-length", b"proxy"})
+
+_STATUS = re.compile(r"[2-5][0-9][0-9] [^\x00-\x1f\x7f]*[^\x00-\x20\x7f]")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+log = Logger()
+
+
+class _DaemonThread(Thread):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A thread stuck in an application must not keep the process alive.
+        self.daemon = True
+
+
+class WSGIThreadPool(ThreadPool):
+    """
+    A thread pool of daemon threads.
+    """
+
+    threadFactory = _DaemonThread
+
+
+class ThreadPoolService(Service):
+    """
+    Runs a thread pool while the site is served.
+    """
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        # ThreadPool.stop() joins every thread, and one may be in an
+        # application that never returns: let idle threads quit, and wait
+        # for none of them.
+        Thread(target=self.pool.stop, name="wsgi-pool-stop", daemon=True).start()
+
+
+def _check_start(status: object, headers: object) -> int | None:
+    """
+    Check what an application passes to C{start_response}; return the
+    C{Content-Length} it declares, if any.
+
+    @raise ValueError: for a status or header that cannot be sent.
+    """
+    if isinstance(status, str) and not (_STATUS.fullmatch(status) and _latin1(status)):
+        raise ValueError(f"not a status line: {status[:80]!r}")
+    declared = None
+    if isinstance(headers, list | tuple):
+        for header in headers:
+            if not (isinstance(header, tuple | list) and len(header) == 2):
+                continue  # twisted's start_response says what is wrong
+            name, value = header
+            if not isinstance(name, str) or not isinstance(value, str):
+                continue
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"not a header name: {name[:80]!r}")
+            if not (_FIELD_VALUE.fullmatch(value) and _latin1(value)):
+                raise ValueError(f"header {name!r} has a value that cannot be sent")
+            if name.lower() in _HOP_BY_HOP:
+                raise ValueError(f"hop-by-hop header {name!r} (PEP 3333)")
+            if name.lower() == "content-length":
+                if not value.isdigit() or not value.isascii():
+                    raise ValueError(f"Content-Length {value[:80]!r}")
+                declared = int(value)
+    return declared
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class _Response(wsgi._WSGIResponse):
+    """
+    One request through the application (see the module's docstring).
+    """
+
+    _declared: int | None = None
+    _written = 0
+
+    def __init__(
+        self,
+        reactor: Any,
+        threadpool: ThreadPool,
+        application: Callable[..., Any],
+        request: Request,
+        settings: _Settings,
+    ) -> None:
+        # Not twisted's __init__: it reads .host and .port of the addresses,
+        # which UNIX sockets lack.  What the rest of the class uses is set here.
+        self.started = False
+        self.reactor = reactor
+        self.threadpool = threadpool
+        self.application = application
+        self.request = request
+        self._settings = settings
+        request.notifyFinish().addBoth(self._finished)
+        # The application decides every header; no default Content-Type.
+        request.defaultContentType = None
+        self.environ = self._environ(request)
+
+    def _environ(self, request: Request) -> dict[str, Any]:
+        variables = request_variables(request, WSGI_HIDDEN_HEADERS)
+        environ: dict[str, Any] = {
+            name: value.decode("latin-1") for name, value in variables.items()
+        }
+        prepath: list[bytes] = request.prepath or []
+        postpath: list[bytes] = request.postpath or []
+        environ["SCRIPT_NAME"] = (b"/" + b"/".join(prepath)).decode("latin-1")
+        environ["PATH_INFO"] = (
+            (b"/" + b"/".join(postpath)).decode("latin-1") if postpath else ""
+        )
+        environ.setdefault("CONTENT_LENGTH", "")
+        environ.setdefault("CONTENT_TYPE", "")
+        client = request.getClientAddress()
+        if hasattr(client, "port"):
+            environ["REMOTE_PORT"] = str(client.port)
+        environ.update(
+            {
+                "wsgi.version": (1, 0),
+                "wsgi.url_scheme": "https" if request.isSecure() else "http",
+                "wsgi.input": wsgi._InputStream(request.content),
+                "wsgi.input_terminated": True,
+                "wsgi.errors": wsgi._ErrorStream(),
+                "wsgi.multithread": True,
+                "wsgi.multiprocess": self._settings.multiprocess,
+                "wsgi.run_once": False,
+            }
+        )
+        return environ
+
+    # -- in the application's thread ----------------------------------------
+
+    def startResponse(
+        self, status: str, headers: list[tuple[str, str]], excInfo: Any = None
+    ) -> Callable[[bytes], None]:
+        if self.started and excInfo is not None:
+            # Too late to change the answer (PEP 3333): re-raise.
+            raise excInfo[1].with_traceback(excInfo[2])
+        declared = _check_start(status, headers)
+        write: Callable[[bytes], None] = super().startResponse(status, headers, excInfo)
+        self._declared = declared
+        return write
+
+    def write(self, data: bytes) -> None:
+        if self._declared is not None and self.request.method != b"HEAD":
+            if self._written + len(data) > self._declared:
+                raise ValueError(
+                    f"the application wrote more than its Content-Length "
+                    f"({self._declared})"
+                )
+            self._written += len(data)
+        super().write(data)
+
+    def run(self) -> None:
+        try:
+            result = self.application(self.environ, self.startResponse)
+            try:
+                for chunk in result:
+                    if chunk:
+                        self.write(chunk)
+                    if self._requestFinished:
+                        break
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        except BaseException:
+            self.reactor.callFromThread(self._failed, self.started, Failure())
+        else:
+            self.reactor.callFromThread(self._done, self.started)
+        self.started = True
+
+    # -- in the reactor's thread ----------------------------------------------
+
+    def _done(self, started: bool) -> None:
+        if self._requestFinished:
+            return
+        if not started:
+            self._sendResponseHeaders()
+        request = self.request
+        short = (
+            self._declared is not None
+            and self._written < self._declared
+            and request.method != b"HEAD"
+            and request.code not in (204, 304)
+        )
+        if short:
+            log.error(
+                "WSGI application wrote {written} of the {declared} bytes "
+                "of its Content-Length on {uri}",
+                written=self._written,
+                declared=self._declared,
+                uri=_uri(request),
+            )
+            if not started:
+                request.write(b"")
+            request.loseConnection()
+            return
+        request.finish()
+
+    def _failed(self, started: bool, failure: Failure) -> None:
+        request = self.request
+        log.failure("WSGI application failed on {uri}", failure, uri=_uri(request))
+        if self._requestFinished:
+            return
+        if started:
+            request.loseConnection()
+            return
+        extra = ""
+        if self._settings.display_tracebacks:
+            extra = f"\n<pre>{escape(failure.getTraceback())}</pre>"
+        body = error_page(500, extra_html=extra)
+        request.setResponseCode(500)
+        request.setHeader(b"content-type", HTML_TYPE)
+        request.setHeader(b"content-length", b"%d" % (len(body),))
+        request.write(body)
+        request.finish()
+
+
+def _uri(request: Request) -> str:
+    return bytes(request.uri).decode("latin-1")
+
+
+@dataclass(frozen=True)
+class _Settings:
+    display_tracebacks: bool
+    multiprocess: bool
+
+
+class WSGIResource(wsgi.WSGIResource):
+    """
+    A WSGI application as a leaf resource: C{SCRIPT_NAME} is the path that
+    led here, C{PATH_INFO} the rest.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        threadpool: ThreadPool,
+        application: Callable[..., Any],
+        *,
+        display_tracebacks: bool = False,
+        multiprocess: bool = False,
+    ) -> None:
+        super().__init__(reactor, threadpool, application)
+        self._settings = _Settings(display_tracebacks, multiprocess)
+
+    def render(self, request: Request) -> int:
+        response = _Response(
+            self._reactor,
+            self._threadpool,
+            self._application,
+            request,
+            self._settings,
+        )
+        response.start()
+        return NOT_DONE_YET

@@ -1,0 +1,69 @@
+"""
+The gateways: CGI scripts at C{/cgi-bin/} and a WSGI application at
+C{/wsgi/}, each a branch route returning a resource built once at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from app._cgi import cgi_directory
+from app._config import Config, load_object
+from app._router import new_app
+from app._wsgi import ThreadPoolService, WSGIResource, WSGIThreadPool
+
+
+class CGIRoutes:
+    """
+    C{/cgi-bin/NAME…}: the scripts of C{config.cgi_dir}.
+    """
+
+    app = new_app()
+
+    def __init__(self, config: Config, reactor: Any, clock: IReactorTime) -> None:
+        assert config.cgi_dir is not None
+        self._scripts = cgi_directory(
+            config.cgi_dir,
+            config.cgi_interpreters,
+            config.cgi_timeout,
+            reactor,
+            clock,
+        )
+
+    @app.route("/cgi-bin/", branch=True)
+    def cgi_bin(self, request: IRequest) -> IResource:
+        return self._scripts
+
+
+class WSGIRoutes:
+    """
+    C{/wsgi/…}: C{config.wsgi_app}, or the application C{config.wsgi} names,
+    on a pool of C{config.wsgi_threads} threads that runs as a service of
+    C{services} (the site's).
+    """
+
+    app = new_app()
+
+    def __init__(self, config: Config, reactor: Any, services: MultiService) -> None:
+        application = config.wsgi_app
+        if application is None:
+            assert config.wsgi is not None
+            application = load_object("--wsgi", config.wsgi)
+        pool = WSGIThreadPool(minthreads=0, maxthreads=config.wsgi_threads, name="wsgi")
+        ThreadPoolService(pool).setServiceParent(services)
+        self._resource = WSGIResource(
+            reactor,
+            pool,
+            application,
+            display_tracebacks=config.display_tracebacks,
+            multiprocess=config.workers > 1,
+        )
+
+    @app.route("/wsgi/", branch=True)
+    def wsgi(self, request: IRequest) -> IResource:
+        return self._resource
