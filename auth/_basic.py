@@ -1,0 +1,66 @@
+"""
+HTTP Basic (RFC 7617): the challenge, and strict decoding of the response.
+"""
+
+from __future__ import annotations
+
+import binascii
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import LoginFailed
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from auth._interfaces import IChallenger
+from auth._names import is_plain_name
+
+#: Longest Basic response looked at; a longer one is refused unread.
+MAX_RESPONSE = 1024
+
+
+def quoted(value: str) -> bytes:
+    """
+    C{value} as an HTTP quoted-string.
+    """
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return b'"' + escaped.encode("utf-8") + b'"'
+
+
+@implementer(IChallenger)
+class BasicCredentialFactory:
+    """
+    Basic credentials for C{realm}.  Unlike twisted's, the base64 must be
+    well formed (twisted's decoder skips any character it does not know)
+    and the user name a plain name.
+    """
+
+    scheme = b"basic"
+
+    def __init__(self, realm: str) -> None:
+        self.realm = realm
+        self._challenge = b"Basic realm=" + quoted(realm) + b', charset="UTF-8"'
+
+    def getChallenge(self, request: IRequest) -> dict[str, str]:
+        return {"realm": self.realm, "charset": "UTF-8"}
+
+    def challenges(self, request: object, stale: bool) -> list[bytes]:
+        return [self._challenge]
+
+    def decode(self, response: bytes, request: IRequest) -> UsernamePassword:
+        response = response.strip(b" \t")
+        if not response or len(response) > MAX_RESPONSE:
+            raise LoginFailed("malformed Basic credentials")
+        try:
+            decoded = binascii.a2b_base64(response, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise LoginFailed("malformed Basic credentials") from None
+        username, colon, password = decoded.partition(b":")
+        if not colon:
+            raise LoginFailed("malformed Basic credentials")
+        try:
+            name = username.decode("utf-8")
+        except UnicodeDecodeError:
+            raise LoginFailed("the user name is not UTF-8") from None
+        if not is_plain_name(name):
+            raise LoginFailed("the user name is not a plain name")
+        return UsernamePassword(username, password)

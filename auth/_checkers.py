@@ -1,0 +1,196 @@
+"""
+Credential checkers for the two password files.
+
+Both compare in constant time with respect to the stored secret, and both do
+the same work for an unknown user as for a wrong password: a user who is
+not in the file is checked against a dummy secret of the same kind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+
+import bcrypt
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from auth._errors import HashPoolBusy
+from auth._htdigest import DigestUser
+from auth._interfaces import IDigestCredentials
+from auth._names import is_plain_name
+from auth._pool import HashPool
+
+#: bcrypt looks at the first 72 bytes of a password, as Apache does;
+#: bcrypt 5 raises ValueError for more instead of ignoring them.
+BCRYPT_MAX_PASSWORD = 72
+#: Verified credentials remembered at most, and for how long (seconds).
+CACHE_ENTRIES = 1024
+CACHE_LIFETIME = 60.0
+
+_BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def dummy_bcrypt_hash(cost: int) -> bytes:
+    """
+    A bcrypt hash of cost C{cost} that no password matches: checking a
+    password against it costs what checking it against a user's hash does.
+    """
+    salt = bcrypt.gensalt(rounds=cost)
+    digest = "".join(secrets.choice(_BCRYPT_ALPHABET) for _ in range(31))
+    return salt + digest.encode("ascii")
+
+
+def _bcrypt_cost(hashed: bytes) -> int:
+    return int(hashed[4:6])
+
+
+def check_bcrypt(password: bytes, hashed: bytes) -> bool:
+    """
+    Whether C{password} (at most 72 bytes) matches C{hashed}; run in the pool.
+    """
+    # Looked up on each call, so that a test can count the calls.
+    return bool(bcrypt.checkpw(password, hashed))
+
+
+class VerifiedCache:
+    """
+    Credentials verified lately, so that a client sending the same Basic
+    credentials with every request costs one bcrypt check a minute, not one
+    a request (as Apache's authn_socache does).
+
+    Entries are keyed by an HMAC, under a key made for this process, of the
+    user name, the stored hash and the password: the cache holds no password,
+    and a changed hash makes old entries useless.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        max_entries: int = CACHE_ENTRIES,
+        lifetime: float = CACHE_LIFETIME,
+    ) -> None:
+        self._clock = clock
+        self._max_entries = max_entries
+        self._lifetime = lifetime
+        self._key = os.urandom(32)
+        self._expiry: OrderedDict[bytes, float] = OrderedDict()
+
+    def _entry(self, user: str, hashed: bytes, password: bytes) -> bytes:
+        message = b"\0".join([user.encode("utf-8"), hashed, password])
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def verified(self, user: str, hashed: bytes, password: bytes) -> bool:
+        """
+        Whether these credentials were verified less than a lifetime ago.
+        """
+        entry = self._entry(user, hashed, password)
+        expiry = self._expiry.get(entry)
+        if expiry is None:
+            return False
+        if expiry <= self._clock.seconds():
+            del self._expiry[entry]
+            return False
+        return True
+
+    def remember(self, user: str, hashed: bytes, password: bytes) -> None:
+        """
+        Note that these credentials were just verified.
+        """
+        entry = self._entry(user, hashed, password)
+        self._expiry.pop(entry, None)
+        while len(self._expiry) >= self._max_entries:
+            self._expiry.popitem(last=False)
+        self._expiry[entry] = self._clock.seconds() + self._lifetime
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+
+@implementer(ICredentialsChecker)
+class BcryptChecker:
+    """
+    Check Basic credentials against bcrypt hashes, in the hashing pool.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(
+        self, users: Mapping[str, bytes], pool: HashPool, cache: VerifiedCache
+    ) -> None:
+        self._users = dict(users)
+        self._pool = pool
+        self._cache = cache
+        costs = Counter(_bcrypt_cost(hashed) for hashed in self._users.values())
+        cost = costs.most_common(1)[0][0] if costs else 12
+        self._dummy = dummy_bcrypt_hash(cost)
+
+    def requestAvatarId(
+        self, credentials: IUsernamePassword
+    ) -> Deferred[bytes | tuple[()]]:
+        username: bytes = credentials.username
+        try:
+            name = username.decode("utf-8")
+        except UnicodeDecodeError:
+            return fail(UnauthorizedLogin())
+        if not is_plain_name(name):
+            return fail(UnauthorizedLogin())
+        password = bytes(credentials.password)[:BCRYPT_MAX_PASSWORD]
+        stored = self._users.get(name)
+        if stored is not None and self._cache.verified(name, stored, password):
+            return succeed(username)
+        try:
+            checked = self._pool.run(
+                check_bcrypt, password, self._dummy if stored is None else stored
+            )
+        except HashPoolBusy:
+            return fail()
+
+        def decide(matches: bool) -> bytes | tuple[()]:
+            if not matches or stored is None:
+                raise UnauthorizedLogin()
+            self._cache.remember(name, stored, password)
+            return username
+
+        return checked.addCallback(decide)
+
+
+@implementer(ICredentialsChecker)
+class DigestChecker:
+    """
+    Check Digest responses against the HA1 of an htdigest file.
+    """
+
+    credentialInterfaces = (IDigestCredentials,)
+
+    def __init__(self, users: Mapping[str, DigestUser]) -> None:
+        self._users = dict(users)
+        self._dummy = DigestUser(os.urandom(16).hex(), os.urandom(32).hex())
+
+    def requestAvatarId(
+        self, credentials: IDigestCredentials
+    ) -> Deferred[bytes | tuple[()]]:
+        username: bytes = credentials.username
+        user = self._users.get(username.decode("utf-8"))
+        known = user is not None
+        if user is None:
+            user = self._dummy
+        secret = user.md5 if credentials.algorithm == "MD5" else user.sha256
+        if secret is None:
+            known, secret = False, self._dummy.sha256
+        assert secret is not None
+        if not credentials.check_ha1(secret) or not known:
+            return fail(UnauthorizedLogin())
+        try:
+            credentials.accept_once()
+        except Exception:
+            return fail()
+        return succeed(username)

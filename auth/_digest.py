@@ -1,0 +1,294 @@
+"""
+HTTP Digest (RFC 7616) with MD5 and SHA-256, C{qop=auth}, stateless nonces.
+
+twisted's C{DigestCredentialFactory} answers 500 when its realm is C{str},
+knows MD5 and SHA-1 only, and keeps its nonces in memory per factory, which
+workers cannot share.  Here a nonce is its issue time and some random bytes,
+signed with HMAC under a key every worker is given: any worker can check a
+nonce another one issued.  Each (nonce, nonce-count) pair is accepted once,
+in any order; what is remembered of the counts is bounded (L{NonceCounts}).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from twisted.cred.error import LoginFailed
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from auth._basic import quoted
+from auth._errors import StaleNonce
+from auth._interfaces import IChallenger, IDigestCredentials
+from auth._names import is_plain_name
+
+#: Seconds a nonce is good for; after that the challenge says C{stale=true}.
+NONCE_LIFETIME = 300
+#: Longest Digest response looked at; a longer one is refused unparsed.
+MAX_RESPONSE = 4096
+#: Nonces whose counts are remembered, and counts remembered per nonce.
+MAX_NONCES = 4096
+MAX_COUNTS = 1024
+
+ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
+_HEX_LENGTH = {"MD5": 32, "SHA-256": 64}
+_REQUIRED = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
+
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PARAMETER = re.compile(
+    rf'[ \t]*({_TCHARS})[ \t]*=[ \t]*({_TCHARS}|"(?:[^"\\]|\\.)*")[ \t]*(?:,|\Z)'
+)
+_NONCE = re.compile(r"([0-9a-f]{16})([0-9a-f]{16})([0-9a-f]{32})")
+_NONCE_COUNT = re.compile(r"[0-9A-Fa-f]{8}")
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """
+    The C{name=value} pairs of a Digest response (names lower-cased, quoted
+    values unquoted).
+
+    @raise LoginFailed: for anything but a list of well-formed pairs with
+        distinct names.
+    """
+    found: dict[str, str] = {}
+    text = text.strip(" \t")
+    position = 0
+    while position < len(text):
+        match = _PARAMETER.match(text, position)
+        if match is None or match.end() == position:
+            raise LoginFailed("malformed Digest parameters")
+        name, value = match.group(1).lower(), match.group(2)
+        if name in found:
+            raise LoginFailed(f"Digest parameter {name} given twice")
+        if value.startswith('"'):
+            value = _ESCAPE.sub(r"\1", value[1:-1])
+        found[name] = value
+        position = match.end()
+    return found
+
+
+class NonceCounts:
+    """
+    The nonce-counts seen for the nonces used lately: at most C{max_nonces}
+    nonces (least recently used forgotten first) and C{max_counts} counts a
+    nonce.  A forgotten nonce must not come back to be replayed, so every
+    nonce issued no later than one forgotten is refused as stale.
+    """
+
+    def __init__(self, max_nonces: int = MAX_NONCES, max_counts: int = MAX_COUNTS):
+        self._max_nonces = max_nonces
+        self._max_counts = max_counts
+        self._seen: OrderedDict[str, tuple[int, set[int]]] = OrderedDict()
+        self._horizon = -1
+
+    def accept(self, nonce: str, issued: int, count: int) -> None:
+        """
+        Record C{count} for C{nonce}, issued at C{issued}.
+
+        @raise LoginFailed: when the pair was seen before.
+        @raise StaleNonce: when C{nonce} can no longer be tracked.
+        """
+        entry = self._seen.get(nonce)
+        if entry is None:
+            if issued <= self._horizon:
+                raise StaleNonce("nonce forgotten")
+            if len(self._seen) >= self._max_nonces:
+                _, (forgotten, _) = self._seen.popitem(last=False)
+                self._horizon = max(self._horizon, forgotten)
+                if issued <= self._horizon:
+                    raise StaleNonce("nonce forgotten")
+            entry = self._seen[nonce] = (issued, set())
+        else:
+            self._seen.move_to_end(nonce)
+        counts = entry[1]
+        if count in counts:
+            raise LoginFailed("nonce count replayed")
+        if len(counts) >= self._max_counts:
+            raise StaleNonce("nonce used too often")
+        counts.add(count)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+@implementer(IDigestCredentials)
+class DigestCredentials:
+    """
+    A Digest response whose nonce is ours; the password is still to check.
+    """
+
+    def __init__(
+        self,
+        *,
+        username: bytes,
+        algorithm: str,
+        method: str,
+        fields: dict[str, str],
+        issued: int,
+        expired: bool,
+        counts: NonceCounts,
+    ) -> None:
+        self.username = username
+        self.algorithm = algorithm
+        self._method = method
+        self._fields = fields
+        self._issued = issued
+        self._expired = expired
+        self._counts = counts
+
+    def _hash(self, text: str) -> str:
+        # Every part came from the header as latin-1: hash the bytes as sent.
+        return ALGORITHMS[self.algorithm](text.encode("latin-1")).hexdigest()
+
+    def check_ha1(self, ha1: str) -> bool:
+        fields = self._fields
+        ha2 = self._hash(f"{self._method}:{fields['uri']}")
+        expected = self._hash(
+            f"{ha1}:{fields['nonce']}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}"
+        )
+        return hmac.compare_digest(expected, fields["response"].lower())
+
+    def accept_once(self) -> None:
+        if self._expired:
+            raise StaleNonce("nonce expired")
+        self._counts.accept(
+            self._fields["nonce"], self._issued, int(self._fields["nc"], 16)
+        )
+
+
+@implementer(IChallenger)
+class DigestCredentialFactory:
+    """
+    Digest challenges and responses for C{realm}.
+
+    @param key: the HMAC key of the nonces; every worker serving the same
+        site must be given the same one.
+    @param algorithms: offered in this order, from C{MD5} and C{SHA-256}.
+    """
+
+    scheme = b"digest"
+
+    def __init__(
+        self,
+        realm: str,
+        key: bytes,
+        clock: IReactorTime,
+        algorithms: Sequence[str] = ("MD5",),
+        lifetime: int = NONCE_LIFETIME,
+        counts: NonceCounts | None = None,
+    ) -> None:
+        unknown = set(algorithms) - set(ALGORITHMS)
+        if unknown or not algorithms:
+            raise ValueError(f"unknown Digest algorithms: {sorted(unknown)}")
+        self.realm = realm
+        self.algorithms = tuple(algorithms)
+        self._key = key
+        self._clock = clock
+        self._lifetime = lifetime
+        self._counts = NonceCounts() if counts is None else counts
+        self._realm_quoted = quoted(realm)
+
+    # -- nonces -------------------------------------------------------------
+
+    def _signature(self, issued: str, salt: str) -> str:
+        message = f"{issued}:{salt}:{self.realm}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
+
+    def new_nonce(self) -> str:
+        """
+        A fresh nonce: issue time, random salt, signature.
+        """
+        issued = f"{int(self._clock.seconds()):016x}"
+        salt = os.urandom(8).hex()
+        return issued + salt + self._signature(issued, salt)
+
+    def _check_nonce(self, nonce: str) -> tuple[int, bool]:
+        """
+        The issue time of C{nonce}, and whether it has expired.
+
+        @raise LoginFailed: if it is not a nonce of ours.
+        """
+        match = _NONCE.fullmatch(nonce)
+        if match is None:
+            raise LoginFailed("not a nonce of this server")
+        issued, salt, signature = match.groups()
+        if not hmac.compare_digest(signature, self._signature(issued, salt)):
+            raise LoginFailed("not a nonce of this server")
+        issued_at = int(issued, 16)
+        age = int(self._clock.seconds()) - issued_at
+        if age < 0:
+            raise LoginFailed("nonce from the future")
+        return issued_at, age > self._lifetime
+
+    # -- ICredentialFactory ---------------------------------------------------
+
+    def getChallenge(self, request: IRequest) -> dict[str, str]:
+        return {
+            "realm": self.realm,
+            "qop": "auth",
+            "algorithm": self.algorithms[0],
+            "nonce": self.new_nonce(),
+        }
+
+    def challenges(self, request: object, stale: bool) -> list[bytes]:
+        nonce = self.new_nonce().encode("ascii")
+        tail = b", stale=true" if stale else b""
+        return [
+            b'Digest realm=%s, qop="auth", algorithm=%s, nonce="%s"%s'
+            % (self._realm_quoted, algorithm.encode("ascii"), nonce, tail)
+            for algorithm in self.algorithms
+        ]
+
+    def decode(self, response: bytes, request: IRequest) -> DigestCredentials:
+        if len(response) > MAX_RESPONSE:
+            raise LoginFailed("Digest response too long")
+        fields = parse_parameters(response.decode("latin-1"))
+        missing = [name for name in _REQUIRED if name not in fields]
+        if missing:
+            raise LoginFailed(f"Digest parameters missing: {', '.join(missing)}")
+        try:
+            name = fields["username"].encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            raise LoginFailed("the user name is not UTF-8") from None
+        if not is_plain_name(name):
+            raise LoginFailed("the user name is not a plain name")
+        if fields.get("userhash", "false").lower() != "false":
+            raise LoginFailed("hashed user names are not supported")
+        if fields["realm"].encode("latin-1") != self.realm.encode("utf-8"):
+            raise LoginFailed("another realm")
+        algorithm = fields.get("algorithm", "MD5").upper()
+        if algorithm not in ALGORITHMS:
+            raise LoginFailed("unsupported Digest algorithm")
+        if fields["qop"] != "auth":
+            raise LoginFailed("unsupported qop")
+        if not _NONCE_COUNT.fullmatch(fields["nc"]):
+            raise LoginFailed("malformed nonce count")
+        if not fields["cnonce"] or len(fields["cnonce"]) > 256:
+            raise LoginFailed("malformed cnonce")
+        answer = fields["response"]
+        if len(answer) != _HEX_LENGTH[algorithm] or not _is_hex(answer):
+            raise LoginFailed("malformed response")
+        uri = bytes(request.uri).decode("latin-1")
+        if fields["uri"] != uri:
+            raise LoginFailed("the digest is for another URI")
+        issued, expired = self._check_nonce(fields["nonce"])
+        return DigestCredentials(
+            username=name.encode("utf-8"),
+            algorithm=algorithm,
+            method=bytes(request.method).decode("latin-1"),
+            fields=fields,
+            issued=issued,
+            expired=expired,
+            counts=self._counts,
+        )
+
+
+def _is_hex(text: str) -> bool:
+    return all(ch in "0123456789abcdefABCDEF" for ch in text)

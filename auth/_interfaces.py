@@ -1,0 +1,45 @@
+"""
+The seams between the guard, the credential factories and the checkers.
+"""
+
+from __future__ import annotations
+
+from twisted.cred.credentials import ICredentials
+from twisted.web.iweb import ICredentialFactory
+from zope.interface import Attribute
+
+
+class IChallenger(ICredentialFactory):
+    """
+    A credential factory that writes its own C{WWW-Authenticate} values
+    (the stock guard quotes every field and allows one challenge a scheme).
+    """
+
+    def challenges(request: object, stale: bool) -> list[bytes]:
+        """
+        The C{WWW-Authenticate} values for a 401 to C{request}, best first;
+        C{stale} says that the last Digest nonce was too old.
+        """
+
+
+class IDigestCredentials(ICredentials):
+    """
+    An HTTP Digest response, its nonce already found to be ours.
+    """
+
+    username = Attribute("The user name, as bytes (UTF-8).")
+    algorithm = Attribute("C{MD5} or C{SHA-256}.")
+
+    def check_ha1(ha1: str) -> bool:
+        """
+        Whether the response is right for the user's HA1 (hex), compared
+        in constant time.
+        """
+
+    def accept_once() -> None:
+        """
+        Record this response's (nonce, nonce-count).
+
+        @raise twisted.cred.error.LoginFailed: when it was seen before.
+        @raise auth._errors.StaleNonce: when the nonce is too old.
+        """

@@ -1,0 +1,81 @@
+"""
+The guarded subtree: C{/private/} serves each user their own home, behind
+HTTP Basic (C{--htpasswd}) and/or Digest (C{--htdigest}) authentication.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import IServiceCollection
+from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from app._config import Config
+from app._router import new_app
+
+if TYPE_CHECKING:
+    from auth import Guard
+
+
+def build_guard(
+    config: Config, reactor: Any, clock: IReactorTime, services: IServiceCollection
+) -> Guard | None:
+    """
+    The guard that C{config} asks for, built once; C{None} without password
+    files.  Its hashing pool joins C{services}.
+    """
+    if config.htpasswd is None and config.htdigest is None:
+        return None
+    # Imported here: auth serves homes with app's pages and static files, and
+    # app builds its site from this module.
+    from auth import (
+        BasicCredentialFactory,
+        BcryptChecker,
+        DigestChecker,
+        DigestCredentialFactory,
+        Guard,
+        HashPool,
+        HomeRealm,
+        IChallenger,
+        VerifiedCache,
+        parse_htdigest,
+        parse_htpasswd,
+    )
+
+    factories: list[IChallenger] = []
+    checkers: list[Any] = []
+    if config.htdigest is not None:
+        digest_users = parse_htdigest(config.htdigest, config.realm)
+        every_sha256 = all(user.sha256 for user in digest_users.values())
+        # curl and browsers answer the first challenge they can.
+        algorithms = ("SHA-256", "MD5") if every_sha256 else ("MD5",)
+        key = config.digest_key if config.digest_key is not None else os.urandom(32)
+        factories.append(DigestCredentialFactory(config.realm, key, clock, algorithms))
+        checkers.append(DigestChecker(digest_users))
+    if config.htpasswd is not None:
+        pool = HashPool(reactor)
+        pool.setServiceParent(services)
+        cache = VerifiedCache(clock)
+        checkers.append(BcryptChecker(parse_htpasswd(config.htpasswd), pool, cache))
+        factories.append(BasicCredentialFactory(config.realm))
+    portal = Portal(HomeRealm(config.homes), checkers)
+    return Guard(portal, factories)
+
+
+class PrivateRoutes:
+    """
+    C{/private/…}: the guard, which renders the logged-in user's home.
+    """
+
+    app = new_app()
+
+    def __init__(self, guard: IResource) -> None:
+        self._guard = guard
+
+    @app.route("/private/", branch=True)
+    def private(self, request: IRequest) -> IResource:
+        return self._guard
