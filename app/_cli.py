@@ -14,6 +14,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
+from app._access_log import access_log_of, reopen_on_sighup
 from app._config import Config, ConfigError, config_from_args
 from app._http import Site
 from app._logging import start_logging
@@ -72,6 +73,10 @@ def main(
     """
     Run C{python -m app ARGV} on C{reactor}; return the exit status.
     """
+    if list(argv[:1]) == ["passwd"]:
+        from auth import passwd_main
+
+        return passwd_main(argv[1:], stderr=stderr)
     argv, inherited = split_worker_option(argv)
     try:
         config = config_from_args(argv)
@@ -86,6 +91,7 @@ def main(
     if config.workers > 1 and inherited is None:
         return supervise(reactor, config, argv, endpoints, stderr)
     site = build_site(config, reactor)
+    reopen_on_sighup(reactor, access_log_of(site))
     return serve(reactor, site, config, endpoints, stderr, inherited)
 
 

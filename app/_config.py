@@ -25,6 +25,9 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"
 DEMO_STATIC = DEMO_DIR / "static"
 DEMO_CGI = DEMO_DIR / "cgi-bin"
 DEMO_WSGI = "app.demo_wsgi:application"
+#: Environment variable with the HMAC key (hex) of Digest nonces, which every
+#: worker of one server must share; unset, each site makes a random one.
+DIGEST_KEY_VARIABLE = "APP_DIGEST_KEY"
 
 #: Top-level path segments owned by the server itself; --mount may not take them.
 RESERVED_PREFIXES = frozenset(
@@ -83,6 +86,9 @@ class Config:
     htdigest: Path | None = None
     realm: str = "app"
     homes: Path | None = None
+    #: HMAC key of Digest nonces; workers of one server must share it
+    #: (None: a random key made when the site is built).
+    digest_key: bytes | None = field(default=None, compare=False, repr=False)
     session_timeout: float = 900.0
     max_sessions: int = 100_000
     max_body: int = 1_048_576
@@ -336,6 +342,10 @@ def _proxy(text: str) -> str:
         )
     if parts.query or parts.fragment:
         raise ConfigError("--proxy", "the upstream URL takes no query or fragment")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError("--proxy", "the upstream URL takes no user name or password")
+    if not text.isascii() or not text.isprintable() or " " in text:
+        raise ConfigError("--proxy", f"{text!r} is not a plain ASCII URL")
     return text
 
 
@@ -345,7 +355,50 @@ def _access_log(text: str) -> str:
     parent = Path(text).expanduser().resolve().parent
     if not parent.is_dir():
         raise ConfigError("--access-log", f"directory {str(parent)!r} does not exist")
-    return str(Path(text).expanduser().resolve())
+    path = Path(text).expanduser().resolve()
+    try:
+        # Opened as the access log will be (appending), so that a file the
+        # server cannot write is a bad option value, not a traceback later.
+        with open(path, "ab"):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            "--access-log", f"cannot write {str(path)!r}: {error.strerror}"
+        ) from None
+    return str(path)
+
+
+def _digest_key() -> bytes | None:
+    # A parent process hands its workers one Digest nonce key this way.
+    text = os.environ.get(DIGEST_KEY_VARIABLE)
+    if text is None:
+        return None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        raise ConfigError(DIGEST_KEY_VARIABLE, "expected at least 32 hex digits")
+    return key
+
+
+def _check_password_files(
+    args: argparse.Namespace, htpasswd: Path | None, htdigest: Path | None, realm: str
+) -> None:
+    # Imported here: auth's realm serves homes with app's static files.
+    from auth import NoSuchRealm, PasswordFileError, parse_htdigest, parse_htpasswd
+
+    try:
+        if htpasswd is not None:
+            parse_htpasswd(htpasswd)
+    except PasswordFileError as error:
+        raise ConfigError("--htpasswd", f"{args.htpasswd}: {error}") from None
+    try:
+        if htdigest is not None:
+            parse_htdigest(htdigest, realm)
+    except PasswordFileError as error:
+        option = "--realm" if isinstance(error, NoSuchRealm) else "--htdigest"
+        raise ConfigError(option, f"{args.htdigest}: {error}") from None
 
 
 def config_from_args(argv: Sequence[str]) -> Config:
@@ -390,6 +443,7 @@ def config_from_args(argv: Sequence[str]) -> Config:
     realm: str = args.realm
     if not realm or any(ch in realm for ch in '"\\\r\n') or not realm.isprintable():
         raise ConfigError("--realm", "a realm is printable and has no quotes")
+    _check_password_files(args, htpasswd, htdigest, realm)
 
     return Config(
         listen=tuple(args.listen or Config.listen),
@@ -406,6 +460,7 @@ def config_from_args(argv: Sequence[str]) -> Config:
         htdigest=htdigest,
         realm=realm,
         homes=homes,
+        digest_key=_digest_key(),
         session_timeout=args.session_timeout,
         max_sessions=args.max_sessions,
         max_body=args.max_body,

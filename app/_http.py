@@ -18,18 +18,27 @@ add what a public server needs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IListeningPort,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 
 from app._pages import HTML_TYPE, error_page, reason
+from app._sessions import Session, SessionStore, SessionSweep, new_uid, request_session
 
 SERVER_NAME = b"app"
 
@@ -68,6 +77,28 @@ class Request(server.Request):
             return
         super().handleContentChunk(data)
 
+    def getSession(
+        self, sessionInterface: Any = None, forceNotSecure: bool = False
+    ) -> Any:
+        # twisted.web's touches a session found by its cookie only on the
+        # second lookup within a request, and its cookie lacks HttpOnly and
+        # SameSite: see app._sessions.
+        return request_session(self, sessionInterface, forceNotSecure)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """
+    A request the channel answered itself, for the access log: what had
+    arrived of it (C{None} where nothing had) and the answer.
+    """
+
+    client: IAddress
+    request_line: bytes | None
+    headers: Headers | None
+    code: int
+    length: int
+
 
 class Channel(http.HTTPChannel):
     """
@@ -80,7 +111,10 @@ class Channel(http.HTTPChannel):
     maxHeaders = MAX_HEADER_COUNT
 
     refused = False
+    #: The request line of the request being received, for the access log.
+    _request_line: bytes | None = None
     _head_timer: IDelayedCall | None = None
+    _stall_timer: IDelayedCall | None = None
     _drain_timer: IDelayedCall | None = None
     _drained = 0
 
@@ -90,6 +124,7 @@ class Channel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._cancel_head_timer()
+        self._cancel_stall_timer()
         if self._drain_timer is not None and self._drain_timer.active():
             self._drain_timer.cancel()
         super().connectionLost(reason)
@@ -114,11 +149,16 @@ class Channel(http.HTTPChannel):
             return
         first_line = self._HTTPChannel__first_line  # type: ignore[attr-defined]
         if first_line and line:
+            self._request_line = line if len(line) <= MAX_REQUEST_LINE else None
             if len(line) > MAX_REQUEST_LINE:
                 self.refuse(414)
                 return
             if self._head_timer is None and self.timeOut:
                 self._head_timer = self.callLater(self.timeOut, self._head_too_slow)
+            if not _plain_request_target(line):
+                # twisted.web lets bytes 0x7F and above through in the target.
+                self.refuse(400)
+                return
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self.refuse(414 if first_line else 431)
             return
@@ -126,6 +166,8 @@ class Channel(http.HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         first_line = self._HTTPChannel__first_line  # type: ignore[attr-defined]
+        if first_line:
+            self._request_line = None
         self.refuse(414 if first_line else 431)
 
     def headerReceived(self, line: bytes) -> bool:
@@ -142,9 +184,18 @@ class Channel(http.HTTPChannel):
             return
         super().allHeadersReceived()
 
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        if header == b"Transfer-Encoding" and data.lower() != b"chunked":
+            # twisted.web takes "identity" as no encoding and frames the body
+            # by Content-Length; a proxy in front may not: a smuggling risk.
+            self.refuse(400)
+            return False
+        return bool(super()._maybeChooseTransferDecoder(header, data))
+
     def allContentReceived(self) -> None:
         if self.refused:
             return
+        self._request_line = None
         super().allContentReceived()
 
     def _respondToBadRequestAndDisconnect(self) -> None:
@@ -205,12 +256,28 @@ class Channel(http.HTTPChannel):
             code=code,
             reason=reason(code),
         )
+        self.site.log_refusal(self._refusal(code, len(body)))
         half_close = getattr(transport, "loseWriteConnection", None)
         if half_close is None:
             transport.loseConnection()
             return
         half_close()
         self._drain_timer = self.callLater(DRAIN_SECONDS, transport.loseConnection)
+
+    def _refusal(self, code: int, length: int) -> Refusal:
+        assert self.transport is not None
+        # twisted.web clears __first_line once it has made the request object
+        # for the request line; before that it has no headers to show.
+        started = not self._HTTPChannel__first_line  # type: ignore[attr-defined]
+        return Refusal(
+            client=self.transport.getPeer(),
+            request_line=self._request_line,
+            headers=self.requests[-1].requestHeaders
+            if started and self._request_line is not None and self.requests
+            else None,
+            code=code,
+            length=length,
+        )
 
     def _drain(self, data: bytes) -> None:
         self._drained += len(data)
@@ -230,6 +297,34 @@ class Channel(http.HTTPChannel):
             headers.setRawHeaders(b"Connection", [b"close"])
         super().writeHeaders(version, code, reason, headers)
 
+    def pauseProducing(self) -> None:
+        # The transport's buffer is full: the client is not reading.
+        # twisted.web keeps its idle timer off while a response is written,
+        # so a client that never reads would hold the connection forever.
+        super().pauseProducing()
+        idle_timeout = self.site.timeOut  # self.timeOut is None mid-request
+        if self._stall_timer is None and idle_timeout:
+            self._stall_timer = self.callLater(idle_timeout, self._client_not_reading)
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        self._cancel_stall_timer()
+
+    def _cancel_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            if self._stall_timer.active():
+                self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _client_not_reading(self) -> None:
+        self._stall_timer = None
+        if self.transport is not None:
+            log.info(
+                "Closing connection from {peer}: the response went unread",
+                peer=_peer(self.transport),
+            )
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
     def shutdown(self) -> None:
         """
         Close now if idle; otherwise let the request in flight finish and close.
@@ -237,6 +332,17 @@ class Channel(http.HTTPChannel):
         self.persistent = False
         if not self.requests and self.transport is not None:
             self.transport.loseConnection()
+
+
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+
+
+def _plain_request_target(line: bytes) -> bool:
+    """
+    Whether the request target of a request line is printable ASCII.
+    """
+    parts = line.split(b" ")
+    return len(parts) != 3 or _TARGET.fullmatch(parts[1]) is not None
 
 
 def _peer(transport: Any) -> str:
@@ -253,6 +359,9 @@ class Site(server.Site):
 
     requestFactory = Request
     displayTracebacks = False
+    # No "Starting factory <…Site object at 0x…>" lines: the server logs its
+    # own "listening on" line instead.
+    noisy = False
 
     def __init__(
         self,
@@ -262,6 +371,8 @@ class Site(server.Site):
         max_body: int,
         idle_timeout: float,
         display_tracebacks: bool = False,
+        session_timeout: float = 900.0,
+        max_sessions: int = 100_000,
     ) -> None:
         super().__init__(resource, timeout=idle_timeout, reactor=reactor)
         self.max_body = max_body
@@ -270,9 +381,30 @@ class Site(server.Site):
         self.stopping = False
         #: Started by whoever starts the server, stopped after the last request.
         self.service = MultiService()
+        #: The live sessions, least recently used first.
+        self.sessions: SessionStore = SessionStore(  # type: ignore[assignment]
+            reactor, session_timeout, max_sessions
+        )
+        SessionSweep(self.sessions).setServiceParent(self.service)
         #: Called with every finished request (the access log), when set.
         self.access_log: Callable[[server.Request], None] | None = None
+        #: Called with every request the channel refuses itself, when set.
+        self.refusal_log: Callable[[Refusal], None] | None = None
         self._all_closed: list[Deferred[None]] = []
+
+    sessionFactory = Session
+
+    def _mkuid(self) -> bytes:
+        return new_uid()
+
+    def makeSession(self) -> Session:
+        # As twisted.web's, without the timer per session: the store sweeps.
+        uid = self._mkuid()
+        session = self.sessions[uid] = self.sessionFactory(self, uid)
+        return session
+
+    def getSession(self, uid: bytes) -> Session:
+        return self.sessions[uid]
 
     def buildProtocol(self, addr: Any) -> Channel:  # type: ignore[override]
         channel = Channel()
@@ -295,6 +427,10 @@ class Site(server.Site):
     def log(self, request: server.Request) -> None:  # type: ignore[override]
         if self.access_log is not None:
             self.access_log(request)
+
+    def log_refusal(self, refusal: Refusal) -> None:
+        if self.refusal_log is not None:
+            self.refusal_log(refusal)
 
     def channel_closed(self, channel: Channel) -> None:
         self.channels.discard(channel)

@@ -36,11 +36,14 @@ def text_observer(stream: IO[str]) -> ILogObserver:
             includeTimestamp=False,
             includeSystem=False,
             includeTraceback=True,
-        )
+        ).rstrip("\n")
         stamp = _timestamp(event)
         namespace = event.get("log_namespace", "-")
         level = _level_name(event)
-        stream.write(f"{stamp} [{namespace}#{level}] {text}\n")
+        line = f"{stamp} [{namespace}#{level}] {text}\n"
+        # A lone surrogate (a non-UTF-8 file name, say) would make the write
+        # raise and the event be lost: show it escaped instead.
+        stream.write(line.encode("utf-8", "backslashreplace").decode("utf-8"))
         stream.flush()
 
     return observe  # type: ignore[no-any-return]
@@ -64,7 +67,9 @@ def json_observer(stream: IO[str]) -> ILogObserver:
         failure = event.get("log_failure")
         if failure is not None:
             record["failure"] = failure.getTraceback()
-        stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        # ASCII escapes keep every line writable, whatever the stream's
+        # encoding and whatever a message holds (lone surrogates included).
+        stream.write(json.dumps(record) + "\n")
         stream.flush()
 
     return observe  # type: ignore[no-any-return]

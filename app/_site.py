@@ -10,10 +10,17 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
+from app._access_log import install_access_log
 from app._config import Config
 from app._http import Site
 from app._router import Router
+from routes.asynchronous import AsynchronousRoutes
 from routes.content import ContentRoutes, HealthRoutes
+from routes.files import FileRoutes
+from routes.gateways import CGIRoutes, WSGIRoutes
+from routes.private import PrivateRoutes, build_guard
+from routes.proxy import ProxyRoutes
+from routes.sessions import SessionRoutes
 
 
 def build_site(config: Config, reactor: Any, clock: IReactorTime | None = None) -> Site:
@@ -32,11 +39,27 @@ def build_site(config: Config, reactor: Any, clock: IReactorTime | None = None) 
         max_body=config.max_body,
         idle_timeout=config.idle_timeout,
         display_tracebacks=config.display_tracebacks,
+        session_timeout=config.session_timeout,
+        max_sessions=config.max_sessions,
     )
     builtin: list[Klein] = [HealthRoutes().app]
     if config.demo:
         builtin.append(ContentRoutes(clock).app)
+        builtin.append(AsynchronousRoutes(clock).app)
+        builtin.append(SessionRoutes().app)
+    builtin.append(FileRoutes(config).app)
+    if config.cgi_dir is not None:
+        builtin.append(CGIRoutes(config, reactor, clock).app)
+    if config.wsgi_app is not None or config.wsgi is not None:
+        builtin.append(WSGIRoutes(config, reactor, site.service).app)
+    guard = build_guard(config, reactor, clock, site.service)
+    if guard is not None:
+        builtin.append(PrivateRoutes(guard).app)
+    if config.proxy is not None:
+        builtin.append(ProxyRoutes(config.proxy, reactor, clock, site.service).app)
     site.resource = Router(
         builtin, config.route_apps, display_tracebacks=config.display_tracebacks
     )
+    if config.access_log is not None:
+        install_access_log(site, config.access_log, clock)
     return site

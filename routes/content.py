@@ -29,6 +29,7 @@ DEMO_PAGES: tuple[tuple[str, str], ...] = (
     ("/static/", "Static files"),
     ("/wsgi/", "A WSGI application"),
     ("/cgi-bin/env.py", "A CGI script"),
+    ("/cgi-bin/hello.py", "A CGI script handling a form"),
     ("/session", "Session basics"),
     ("/counter", "Storing objects in the session"),
     ("/session/logme", "Session endings"),

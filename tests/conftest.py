@@ -49,3 +49,15 @@ def failures(events: list[LogEvent]) -> list[LogEvent]:
     The events that carry a failure (a traceback).
     """
     return [event for event in events if "log_failure" in event]
+
+
+async def stop_on_clock(live: LiveServer) -> None:
+    """
+    Stop a server whose site runs on a test's L{Clock}: a graceful stop waits
+    for open connections on that clock, which nothing advances once a test
+    has failed midway, so cut them first.
+    """
+    for channel in list(live.site.channels):
+        if channel.transport is not None:
+            channel.transport.abortConnection()
+    await live.stop()
