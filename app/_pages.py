@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from html import escape
 from http import HTTPStatus
+from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
 HTML_TYPE = b"text/html; charset=utf-8"
+
+#: Characters left as they are when a path or query goes into a Location.
+PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 _DETAILS = {
     400: "The request could not be understood.",
@@ -78,6 +82,26 @@ def render_error(request: IRequest, code: int, detail: str | None = None) -> byt
     request.setHeader(b"content-type", HTML_TYPE)
     request.setHeader(b"content-length", b"%d" % (len(body),))
     return body
+
+
+def redirect(request: IRequest, path: str) -> bytes | None:
+    """
+    Set up C{request} as a redirect to C{path} (absolute, already quoted)
+    with the request's own query string: 301 for GET and HEAD, 308 for other
+    methods, so that a body is never turned into a GET.  Return the page, or
+    C{None} when such a Location would lead off this host (C{//} or C{/\\}).
+    """
+    if path.startswith(("//", "/\\")) or not path.startswith("/"):
+        return None
+    location = path.encode("ascii")
+    query = bytes(request.uri).partition(b"?")[2]
+    if query:
+        location += b"?" + quote(query, safe=PATH_SAFE + "?%").encode("ascii")
+    request.setResponseCode(301 if request.method in (b"GET", b"HEAD") else 308)
+    request.setHeader(b"location", location)
+    request.setHeader(b"content-type", HTML_TYPE)
+    target = escape(location.decode("ascii"))
+    return page("Moved", f'<p>This page is at <a href="{target}">{target}</a>.</p>')
 
 
 @implementer(IResource)

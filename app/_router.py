@@ -38,12 +38,9 @@ from twisted.web.template import renderElement
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
 
-from app._pages import HTML_TYPE, error_page, page
+from app._pages import HTML_TYPE, PATH_SAFE, error_page, redirect
 
 log = Logger()
-
-#: Characters left as they are when a decoded path is put back into Location.
-_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
 def new_app() -> Klein:
@@ -142,7 +139,7 @@ class Router(Resource):
         if found is None and len(path) > 1 and path.endswith("/"):
             trimmed = path.rstrip("/") or "/"
             if self._match_once(trimmed, method) is not None:
-                return _Redirect(quote(trimmed, safe=_PATH_SAFE))
+                return _Redirect(quote(trimmed, safe=PATH_SAFE))
         return found
 
     # -- rendering --------------------------------------------------------
@@ -271,19 +268,8 @@ class Router(Resource):
         return body
 
     def _redirect(self, request: Request, path: str) -> bytes:
-        if path.startswith(("//", "/\\")) or not path.startswith("/"):
-            # A Location starting with // would leave this host.
-            return self._error(request, 404)
-        query = request.uri.partition(b"?")[2]
-        location = path.encode("ascii")
-        if query:
-            location += b"?" + quote(query, safe=_PATH_SAFE + "?%").encode("ascii")
-        code = 301 if request.method in (b"GET", b"HEAD") else 308
-        request.setResponseCode(code)
-        request.setHeader(b"location", location)
-        request.setHeader(b"content-type", HTML_TYPE)
-        target = escape(location.decode("ascii"))
-        return page("Moved", f'<p>This page is at <a href="{target}">{target}</a>.</p>')
+        body = redirect(request, path)
+        return self._error(request, 404) if body is None else body
 
     def _failed(self, request: Request, failure: Failure) -> bytes:
         """

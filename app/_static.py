@@ -37,7 +37,6 @@ import stat
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote
@@ -51,7 +50,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from app._mimetypes import content_type
-from app._pages import HTML_TYPE, page, render_error
+from app._pages import redirect, render_error
 
 __all__ = ["CHUNK_SIZE", "MAX_RANGES", "StaticDirectory", "byte_ranges"]
 
@@ -67,7 +66,6 @@ INDEX = "index.html"
 _ALLOW = b"GET, HEAD"
 #: Characters left as they are when a segment is put back into a Location.
 _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
-_QUERY_SAFE = _SEGMENT_SAFE + "/?%"
 #: Larger than any file; a longer number of digits means "past the end".
 _HUGE = 1 << 63
 _INT_RANGE = re.compile(rb"([0-9]*)-([0-9]*)")
@@ -290,21 +288,9 @@ def _error(request: Request, code: int) -> int:
 def _redirect_to_directory(request: Request) -> int:
     segments: list[bytes] = [*(request.prepath or []), *(request.postpath or [])]
     path = "/" + "/".join(quote(s, safe=_SEGMENT_SAFE) for s in segments)
-    path = path.rstrip("/") + "/"
-    if path.startswith(("//", "/\\")):
-        # Such a Location would name another host.
+    body = redirect(request, path.rstrip("/") + "/")
+    if body is None:
         return _error(request, 404)
-    location = path.encode("ascii")
-    query = bytes(request.uri).partition(b"?")[2]
-    if query:
-        location += b"?" + quote(query, safe=_QUERY_SAFE).encode("ascii")
-    request.setResponseCode(301 if request.method in (b"GET", b"HEAD") else 308)
-    request.setHeader(b"location", location)
-    request.setHeader(b"content-type", HTML_TYPE)
-    target = escape(location.decode("ascii"))
-    body = page(
-        "Moved", f'<p>This directory is at <a href="{target}">{target}</a>.</p>'
-    )
     request.setHeader(b"content-length", b"%d" % (len(body),))
     request.write(b"" if request.method == b"HEAD" else body)
     request.finish()
