@@ -35,6 +35,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from app._config import DIGEST_KEY_VARIABLE
+
 WORKER_OPTION = "--worker-sockets"
 RESTART_DELAY = 1.0
 STOP_SECONDS = 15.0
@@ -159,6 +161,9 @@ class Supervisor:
         self._count = count
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
+        # Every worker must accept the Digest nonces the others hand out.
+        self._environment = dict(os.environ)
+        self._environment.setdefault(DIGEST_KEY_VARIABLE, os.urandom(32).hex())
 
     def start(self) -> None:
         for number in range(self._count):
@@ -175,7 +180,7 @@ class Supervisor:
             worker,
             self._argv[0],
             self._argv,
-            env=dict(os.environ),
+            env=self._environment,
             childFDs=child_fds,
         )
         self._workers[number] = worker
