@@ -200,3 +200,57 @@ async def test_stub_treq_serves_the_same_site() -> None:
     assert response.code == 402
     assert response.headers.getRawHeaders(b"server") == [b"app"]
     assert "Please pay." in await client.text_content(response)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n"
+        b"Content-Length: 5\r\n\r\nhello",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Length: 5\r\n\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["te-identity", "te-then-cl", "cl-then-te", "te-list", "utf8-target", "del"],
+)
+@pytest_twisted.ensureDeferred
+async def test_ambiguous_framing_and_raw_bytes_in_the_target_are_400(
+    server: LiveServer, request_bytes: bytes
+) -> None:
+    data = await exchange(reactor, _port(server), request_bytes)
+    assert parse_response(data)[0] == 400
+    assert data.count(b"HTTP/1.1 ") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_never_reads_its_response_is_closed() -> None:
+    clock = Clock()
+    config = Config(max_body=64 * 1024 * 1024, idle_timeout=30)
+    site = build_site(config, reactor, clock)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        client = await connect(reactor, port.getHost().port)
+        client.transport.pauseProducing()  # never read
+        body = b"r" * (32 * 1024 * 1024)
+        client.send(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        for _ in range(500):
+            if any(channel._stall_timer for channel in site.channels):
+                break
+            await _settle()
+        else:
+            raise AssertionError("the server never filled its send buffer")
+        clock.advance(29)
+        assert site.channels
+        clock.advance(1)
+        client.transport.resumeProducing()
+        await client.closed
+        assert not site.channels
+    finally:
+        await port.stopListening()

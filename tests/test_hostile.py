@@ -1,0 +1,129 @@
+"""
+Hostile input against the HTTP layer and the router: never a 500, a hang,
+a traceback in the log or a crash.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor
+
+from app._cli import parse_endpoints
+from app._config import ConfigError, config_from_args
+from app.testing import LiveServer
+from tests.conftest import failures
+from tests.rawhttp import exchange, parse_response
+
+
+def _port(live: LiveServer) -> int:
+    return int(live.port.getHost().port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_requests_are_answered_in_order(server: LiveServer) -> None:
+    data = await exchange(
+        reactor,
+        _port(server),
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /pay HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /calendar/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+    assert statuses == [200, 402, 200]
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_1_0_without_host(server: LiveServer) -> None:
+    data = await exchange(reactor, _port(server), b"GET /health HTTP/1.0\r\n\r\n")
+    status, _, body = parse_response(data)
+    assert status == 200
+    assert body == b"ok"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/health?" + b"q" * 8000,
+        b"/health?%00%ff%fe%0d%0a=%0d%0a",
+        b"/form?the-field=%ff",
+        b"/calendar/%ff%fe",
+        b"/%ff",
+        b"/static/%ff/%00",
+        b"/%2e%2e/%2e%2e/etc/passwd",
+        b"/clock?" + b"&" * 5000,
+        b"/health#fragment",
+        b"*",
+        b"http://example.invalid/health",
+    ],
+)
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+@pytest_twisted.ensureDeferred
+async def test_odd_targets_never_fail(
+    server: LiveServer, captured_log: list, target: bytes, method: bytes
+) -> None:
+    data = await exchange(
+        reactor,
+        _port(server),
+        method
+        + b" "
+        + target
+        + b" HTTP/1.1\r\nHost: \xff\xfe\r\nConnection: close\r\n\r\n",
+    )
+    status = parse_response(data)[0]
+    assert status < 500
+    assert failures(captured_log) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_binary_header_values_never_fail(
+    server: LiveServer, captured_log: list
+) -> None:
+    data = await exchange(
+        reactor,
+        _port(server),
+        b"GET /clock HTTP/1.1\r\nHost: x\r\nUser-Agent: \x01\x02\xff\xfe\r\n"
+        b"Cookie: \xff=\xfe; ;;=\r\nReferer: \x1b[31m\r\nConnection: close\r\n\r\n",
+    )
+    assert parse_response(data)[0] == 200
+    assert failures(captured_log) == []
+
+
+_option_text = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
+    max_size=40,
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=150)
+@given(
+    value=_option_text,
+    option=st.sampled_from(
+        [
+            "--mount",
+            "--cgi-interpreter",
+            "--proxy",
+            "--realm",
+            "--max-body",
+            "--idle-timeout",
+        ]
+    ),
+)
+def test_option_values_are_accepted_or_a_config_error(option: str, value: str) -> None:
+    try:
+        config_from_args(["--no-demo", option, value])
+    except (ConfigError, SystemExit):
+        pass
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=150)
+@given(value=_option_text)
+def test_any_listen_value_is_an_endpoint_or_a_config_error(value: str) -> None:
+    try:
+        parse_endpoints(reactor, config_from_args(["--no-demo", "--listen", value]))
+    except (ConfigError, SystemExit):
+        pass
