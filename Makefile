@@ -5,9 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CHECKED := app routes auth
+# The demo as the README describes it: users and homes for /private/, and
+# /proxy/ pointed at this server's own /static/.
+DEMO_ARGS := --htpasswd app/demo/users.htpasswd --htdigest app/demo/users.htdigest \
+	--homes app/demo/homes --proxy http://127.0.0.1:8080/static/
 RUN_ARGS ?=
 
-.PHONY: run test lint format pytest bench clean
+.PHONY: run test test-tools lint format pytest bench session-memory clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +20,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m app $(RUN_ARGS)
+	$(BIN)/python -m app $(DEMO_ARGS) $(RUN_ARGS)
+
+# Programs the tests run for real: Apache's htpasswd and htdigest, curl.
+test-tools:
+	@command -v htpasswd >/dev/null && command -v curl >/dev/null || { \
+		apt-get update -qq && apt-get install -y -qq apache2-utils curl >/dev/null; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CHECKED) tests bench
@@ -27,13 +36,16 @@ format: $(STAMP)
 	$(BIN)/ruff format $(CHECKED) tests bench
 	$(BIN)/ruff check --fix $(CHECKED) tests bench
 
-pytest: $(STAMP)
+pytest: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q
 
 test: lint pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+session-memory: $(STAMP)
+	$(BIN)/python bench/session_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
