@@ -36,7 +36,7 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.template import renderElement
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
+from werkzeug.routing import Map, MapAdapter, PathConverter, RequestRedirect, Rule
 
 from app._pages import HTML_TYPE, PATH_SAFE, error_page, redirect
 
@@ -51,6 +51,22 @@ def new_app() -> Klein:
     app = Klein()
     app.url_map.merge_slashes = False
     return app
+
+
+class _Rest(PathConverter):
+    """
+    The rest of a path below a branch route, even one that starts with C{/}:
+    werkzeug's C{path} converter (C{[^/].*?}) does not match C{/x}, so with
+    Klein's branch rule C{/proxy//x} would find no route at all.
+    """
+
+    regex = ".+"
+    part_isolating = False
+
+
+#: How Klein spells the rest of a branch route, and how this router does.
+_KLEIN_BRANCH = "/<path:__rest__>"
+_BRANCH = "/<rest:__rest__>"
 
 
 @dataclass(frozen=True)
@@ -84,14 +100,15 @@ def _layer(apps: Sequence[Klein]) -> _Layer:
     Merge the rules of C{apps} into one map, each endpoint renamed so that
     it remembers its app.
     """
-    url_map = Map(merge_slashes=False)
+    url_map = Map(merge_slashes=False, converters={"rest": _Rest})
     owners: dict[str, Klein] = {}
     for index, app in enumerate(apps):
         for rule in app.url_map.iter_rules():
             name = f"{index}:{rule.endpoint}"
-            copy = rule.empty()
-            copy.endpoint = name
-            copy.merge_slashes = False
+            copy = Rule(
+                rule.rule.replace(_KLEIN_BRANCH, _BRANCH),
+                **{**rule.get_empty_kwargs(), "endpoint": name, "merge_slashes": False},
+            )
             url_map.add(copy)
             owners[name] = app
     # Matching never looks at the host; bind once instead of per request.
