@@ -113,7 +113,8 @@ class Channel(http.HTTPChannel):
     refused = False
     #: The request line of the request being received, for the access log.
     _request_line: bytes | None = None
-    _head_timer: IDelayedCall | None = None
+    #: When the request head being received must be complete.
+    _head_deadline: float | None = None
     _stall_timer: IDelayedCall | None = None
     _drain_timer: IDelayedCall | None = None
     _drained = 0
@@ -123,7 +124,6 @@ class Channel(http.HTTPChannel):
         self.site.channels.add(self)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        self._cancel_head_timer()
         self._cancel_stall_timer()
         if self._drain_timer is not None and self._drain_timer.active():
             self._drain_timer.cancel()
@@ -135,6 +135,13 @@ class Channel(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
             self._drain(data)
+            return
+        deadline = self._head_deadline
+        if deadline is not None and self.site.reactor.seconds() >= deadline:
+            # twisted.web restarts its idle timer on every byte, so a head
+            # sent a byte at a time would never time out.  (A client that
+            # stops sending altogether meets the idle timer instead.)
+            self.refuse(408)
             return
         super().dataReceived(data)
 
@@ -153,8 +160,8 @@ class Channel(http.HTTPChannel):
             if len(line) > MAX_REQUEST_LINE:
                 self.refuse(414)
                 return
-            if self._head_timer is None and self.timeOut:
-                self._head_timer = self.callLater(self.timeOut, self._head_too_slow)
+            if self._head_deadline is None and self.timeOut:
+                self._head_deadline = self.site.reactor.seconds() + self.timeOut
             if not _plain_request_target(line):
                 # twisted.web lets bytes 0x7F and above through in the target.
                 self.refuse(400)
@@ -177,7 +184,7 @@ class Channel(http.HTTPChannel):
         return bool(super().headerReceived(line))
 
     def allHeadersReceived(self) -> None:
-        self._cancel_head_timer()
+        self._head_deadline = None
         if self.length is not None and self.length > self.site.max_body:
             # twisted.web would now send "100 Continue" by itself: refuse first.
             self.refuse(413)
@@ -201,16 +208,6 @@ class Channel(http.HTTPChannel):
     def _respondToBadRequestAndDisconnect(self) -> None:
         self.refuse(400)
 
-    def _head_too_slow(self) -> None:
-        self._head_timer = None
-        self.refuse(408)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            if self._head_timer.active():
-                self._head_timer.cancel()
-            self._head_timer = None
-
     # -- refusing ---------------------------------------------------------
 
     def refuse(self, code: int) -> None:
@@ -222,7 +219,7 @@ class Channel(http.HTTPChannel):
         if self.refused:
             return
         self.refused = True
-        self._cancel_head_timer()
+        self._head_deadline = None
         self.persistent = False
         self.setTimeout(None)
         transport = self.transport

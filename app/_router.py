@@ -70,16 +70,19 @@ _BRANCH = "/<rest:__rest__>"
 
 
 @dataclass(frozen=True)
-class _Layer:
-    adapter: MapAdapter
-    apps: dict[str, Klein]
-
-
-@dataclass(frozen=True)
 class _Found:
     app: Klein
     endpoint: str
     arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Layer:
+    adapter: MapAdapter
+    apps: dict[str, Klein]
+    #: Routes without variables, by (path, method): what werkzeug would
+    #: match for them, found without running its matcher.
+    exact: dict[tuple[str, str], _Found]
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ def _layer(apps: Sequence[Klein]) -> _Layer:
     """
     url_map = Map(merge_slashes=False, converters={"rest": _Rest})
     owners: dict[str, Klein] = {}
+    exact: dict[tuple[str, str], _Found] = {}
     for index, app in enumerate(apps):
         for rule in app.url_map.iter_rules():
             name = f"{index}:{rule.endpoint}"
@@ -111,8 +115,27 @@ def _layer(apps: Sequence[Klein]) -> _Layer:
             )
             url_map.add(copy)
             owners[name] = app
+            if _is_exact(copy):
+                found = _Found(app, str(rule.endpoint), {})
+                for method in copy.methods or ():
+                    exact.setdefault((copy.rule, method), found)
     # Matching never looks at the host; bind once instead of per request.
-    return _Layer(url_map.bind("localhost"), owners)
+    return _Layer(url_map.bind("localhost"), owners, exact)
+
+
+def _is_exact(rule: Rule) -> bool:
+    """
+    Whether C{rule} matches one path only, that path being its text.
+    """
+    return (
+        not rule.arguments
+        and rule.methods is not None
+        and rule.redirect_to is None
+        and not rule.build_only
+        and not rule.host
+        and not rule.subdomain
+        and "<" not in rule.rule
+    )
 
 
 class Router(Resource):
@@ -137,6 +160,9 @@ class Router(Resource):
 
     def _match_once(self, path: str, method: str) -> _Match:
         for layer in self._layers:
+            found = layer.exact.get((path, method))
+            if found is not None:
+                return found
             try:
                 rule, arguments = layer.adapter.match(path, method, return_rule=True)
             except RequestRedirect as redirect:
@@ -176,8 +202,13 @@ class Router(Resource):
     def _dispatch(self, request: Request) -> bytes | int:
         postpath: list[bytes] = request.postpath or []
         prepath: list[bytes] = request.prepath or []
+        raw: bytes = request.path
         try:
-            path = "/" + "/".join(segment.decode("utf-8") for segment in postpath)
+            if raw[:1] == b"/" and b"%" not in raw:
+                # Nothing to unquote: the path is what the segments would join to.
+                path = raw.decode("utf-8")
+            else:
+                path = "/" + "/".join(segment.decode("utf-8") for segment in postpath)
         except UnicodeDecodeError:
             return self._error(request, 400, "The path is not valid UTF-8.")
         if path.startswith("//"):

@@ -22,8 +22,18 @@ class Hello(Resource):
         return b"ok"
 
 
+class QuietSite(Site):
+    """
+    A stock Site, less the access log: the server under test keeps none by
+    default either, and a stock Site formats a log line for every request.
+    """
+
+    def log(self, request: Request) -> None:
+        pass
+
+
 def main() -> None:
-    site = Site(Hello())
+    site = QuietSite(Hello())
     port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
     print(f"listening on http://127.0.0.1:{port.getHost().port}/", flush=True)
     reactor.run()  # type: ignore[attr-defined]

@@ -157,3 +157,22 @@ async def test_no_demo_keeps_health_and_module_index() -> None:
         assert await (await live.get("/clock")).text() == "the module's clock"
     finally:
         await live.stop()
+
+
+def test_exact_routes_match_what_werkzeug_matches() -> None:
+    from app._config import config_from_args
+    from app._site import build_site
+
+    site = build_site(
+        config_from_args(["--routes", "tests.example_routes", "--proxy", "http://h/"]),
+        reactor=None,
+    )
+    router = site.resource
+    checked = 0
+    for layer in router._layers:
+        for (path, method), found in layer.exact.items():
+            rule, _ = layer.adapter.match(path, method, return_rule=True)
+            assert rule.endpoint.partition(":")[2] == found.endpoint
+            assert layer.apps[rule.endpoint] is found.app
+            checked += 1
+    assert checked > 20
