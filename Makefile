@@ -11,7 +11,7 @@ DEMO_ARGS := --htpasswd app/demo/users.htpasswd --htdigest app/demo/users.htdige
 	--homes app/demo/homes --proxy http://127.0.0.1:8080/static/
 RUN_ARGS ?=
 
-.PHONY: run test test-tools lint format pytest bench session-memory clean
+.PHONY: run test test-tools lint format pytest bench soak session-memory clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ test: lint pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 session-memory: $(STAMP)
 	$(BIN)/python bench/session_memory.py
