@@ -120,12 +120,7 @@ def serve(
                 else:
                     port = adopt(reactor, inherited[index], endpoint, site)
             except Exception as error:
-                stderr.write(
-                    f"{PROG}: error: cannot listen on {description}: {error}\n"
-                )
-                stderr.flush()
-                status[0] = 1
-                reactor.stop()
+                status[0] = cannot_listen(reactor, stderr, description, error)
                 return
             ports.append(port)
             if inherited is None:
@@ -164,6 +159,18 @@ def install_stop_signals(reactor: Any) -> None:
         signal.signal(number, stop)
 
 
+def cannot_listen(
+    reactor: Any, stderr: IO[str], description: str, error: Exception
+) -> int:
+    """
+    Say which endpoint could not be bound, stop, and return exit status 1.
+    """
+    stderr.write(f"{PROG}: error: cannot listen on {description}: {error}\n")
+    stderr.flush()
+    reactor.stop()
+    return 1
+
+
 def supervise(
     reactor: Any,
     config: Config,
@@ -185,12 +192,7 @@ def supervise(
             try:
                 port, socket_ = await bind_for_workers(endpoint, description)
             except Exception as error:
-                stderr.write(
-                    f"{PROG}: error: cannot listen on {description}: {error}\n"
-                )
-                stderr.flush()
-                status[0] = 1
-                reactor.stop()
+                status[0] = cannot_listen(reactor, stderr, description, error)
                 return
             ports.append(port)
             inherited.append(socket_)

@@ -177,18 +177,19 @@ def cases(fixtures: dict[str, Path]) -> list[Case]:
 
 def start(case: Case) -> tuple[subprocess.Popen[str], str]:
     if case.plain:
-        command = [sys.executable, str(ROOT / "bench" / "plain_server.py")]
-    else:
-        command = [
-            sys.executable,
-            "-m",
-            "app",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            *case.args,
-        ]
+        return start_server([str(ROOT / "bench" / "plain_server.py")])
+    return start_server(
+        ["-m", "app", "--listen", "tcp:0:interface=127.0.0.1", *case.args]
+    )
+
+
+def start_server(arguments: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """
+    Run Python with C{arguments}; return the process and the URL of the
+    first C{listening on} line it logs.
+    """
     process = subprocess.Popen(
-        command,
+        [sys.executable, *arguments],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -202,7 +203,7 @@ def start(case: Case) -> tuple[subprocess.Popen[str], str]:
             # Keep draining the log so the server never blocks on a full pipe.
             threading.Thread(target=process.stdout.read, daemon=True).start()
             return process, found.group(1)
-    raise SystemExit(f"{case.name}: the server did not start")
+    raise SystemExit(f"{' '.join(arguments)}: the server did not start")
 
 
 def stop(process: subprocess.Popen[str]) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 import re
 import signal
 import socket
@@ -34,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from run import ROOT, ensure_wrk
+from run import ROOT, ensure_wrk, start_server
 
 DEMO = ROOT / "app" / "demo"
 AUTH = "Basic " + base64.b64encode(b"alice:wonderland").decode()
@@ -123,40 +122,28 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(port: int) -> subprocess.Popen[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "app",
-        "--listen",
-        f"tcp:{port}:interface=127.0.0.1",
-        "--htpasswd",
-        str(DEMO / "users.htpasswd"),
-        "--htdigest",
-        str(DEMO / "users.htdigest"),
-        "--homes",
-        str(DEMO / "homes"),
-        "--proxy",
-        f"http://127.0.0.1:{port}/static/",
-        # Every /session and /counter request of the mix makes a session:
-        # a small bound makes their memory level off during the warm-up.
-        "--max-sessions",
-        "1000",
-    ]
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+def start_soaked_server(port: int) -> subprocess.Popen[str]:
+    process, _ = start_server(
+        [
+            "-m",
+            "app",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--htpasswd",
+            str(DEMO / "users.htpasswd"),
+            "--htdigest",
+            str(DEMO / "users.htdigest"),
+            "--homes",
+            str(DEMO / "homes"),
+            "--proxy",
+            f"http://127.0.0.1:{port}/static/",
+            # Every /session and /counter request of the mix makes a session:
+            # a small bound makes their memory level off during the warm-up.
+            "--max-sessions",
+            "1000",
+        ]
     )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "listening on" in line:
-            threading.Thread(target=process.stdout.read, daemon=True).start()
-            return process
-    raise SystemExit("the server did not start")
+    return process
 
 
 def rss_kib(pid: int) -> int:
@@ -306,7 +293,7 @@ def main() -> int:
     ensure_wrk()
     findings = Findings()
     port = free_port()
-    process = start_server(port)
+    process = start_soaked_server(port)
     try:
         with tempfile.TemporaryDirectory() as directory:
             script = lua_script(Path(directory))
