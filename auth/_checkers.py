@@ -145,12 +145,13 @@ class BcryptChecker:
             return fail(UnauthorizedLogin())
         password = bytes(credentials.password)[:BCRYPT_MAX_PASSWORD]
         stored = self._users.get(name)
-        if stored is not None and self._cache.verified(name, stored, password):
+        # An unknown user goes the same way against the dummy, which the
+        # cache never holds.
+        hashed = self._dummy if stored is None else stored
+        if self._cache.verified(name, hashed, password):
             return succeed(username)
         try:
-            checked = self._pool.run(
-                check_bcrypt, password, self._dummy if stored is None else stored
-            )
+            checked = self._pool.run(check_bcrypt, password, hashed)
         except HashPoolBusy:
             return fail()
 

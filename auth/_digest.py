@@ -32,9 +32,10 @@ from auth._names import is_plain_name
 NONCE_LIFETIME = 300
 #: Longest Digest response looked at; a longer one is refused unparsed.
 MAX_RESPONSE = 4096
-#: Nonces whose counts are remembered, and counts remembered per nonce.
+#: Nonces whose counts are remembered, and counts remembered per nonce past
+#: a gap (requests sent at once on several connections arrive out of order).
 MAX_NONCES = 4096
-MAX_COUNTS = 1024
+MAX_COUNTS = 64
 
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 _HEX_LENGTH = {"MD5": 32, "SHA-256": 64}
@@ -74,18 +75,34 @@ def parse_parameters(text: str) -> dict[str, str]:
     return found
 
 
+class _Counts:
+    """
+    The counts seen for one nonce: every count up to C{floor}, and those in
+    C{above} (counts that arrived before a smaller one).
+    """
+
+    __slots__ = ("above", "floor", "issued")
+
+    def __init__(self, issued: int) -> None:
+        self.issued = issued
+        self.floor = 0
+        self.above: set[int] = set()
+
+
 class NonceCounts:
     """
     The nonce-counts seen for the nonces used lately: at most C{max_nonces}
-    nonces (least recently used forgotten first) and C{max_counts} counts a
-    nonce.  A forgotten nonce must not come back to be replayed, so every
-    nonce issued no later than one forgotten is refused as stale.
+    nonces (least recently used forgotten first); for each, every count up
+    to the highest one with no gap below it, and at most C{max_counts}
+    counts past a gap.  A client counting up from 1 needs no room at all.
+    A forgotten nonce must not come back to be replayed, so every nonce
+    issued no later than one forgotten is refused as stale.
     """
 
     def __init__(self, max_nonces: int = MAX_NONCES, max_counts: int = MAX_COUNTS):
         self._max_nonces = max_nonces
         self._max_counts = max_counts
-        self._seen: OrderedDict[str, tuple[int, set[int]]] = OrderedDict()
+        self._seen: OrderedDict[str, _Counts] = OrderedDict()
         self._horizon = -1
 
     def accept(self, nonce: str, issued: int, count: int) -> None:
@@ -95,24 +112,29 @@ class NonceCounts:
         @raise LoginFailed: when the pair was seen before.
         @raise StaleNonce: when C{nonce} can no longer be tracked.
         """
-        entry = self._seen.get(nonce)
-        if entry is None:
+        counts = self._seen.get(nonce)
+        if counts is None:
             if issued <= self._horizon:
                 raise StaleNonce("nonce forgotten")
             if len(self._seen) >= self._max_nonces:
-                _, (forgotten, _) = self._seen.popitem(last=False)
-                self._horizon = max(self._horizon, forgotten)
+                _, forgotten = self._seen.popitem(last=False)
+                self._horizon = max(self._horizon, forgotten.issued)
                 if issued <= self._horizon:
                     raise StaleNonce("nonce forgotten")
-            entry = self._seen[nonce] = (issued, set())
+            counts = self._seen[nonce] = _Counts(issued)
         else:
             self._seen.move_to_end(nonce)
-        counts = entry[1]
-        if count in counts:
+        if count <= counts.floor or count in counts.above:
             raise LoginFailed("nonce count replayed")
-        if len(counts) >= self._max_counts:
-            raise StaleNonce("nonce used too often")
-        counts.add(count)
+        if count == counts.floor + 1:
+            counts.floor = count
+            while counts.floor + 1 in counts.above:
+                counts.floor += 1
+                counts.above.remove(counts.floor)
+            return
+        if len(counts.above) >= self._max_counts:
+            raise StaleNonce("nonce used too often out of order")
+        counts.above.add(count)
 
     def __len__(self) -> int:
         return len(self._seen)

@@ -99,6 +99,24 @@ async def test_unknown_user_costs_one_bcrypt_of_the_same_cost(
 
 
 @pytest_twisted.ensureDeferred
+async def test_unknown_user_consults_the_cache_as_a_known_one_does(
+    pool: HashPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups: list[bytes] = []
+    real = VerifiedCache.verified
+
+    def counting(cache: VerifiedCache, user: str, hashed: bytes, pw: bytes) -> bool:
+        lookups.append(hashed)
+        return real(cache, user, hashed, pw)
+
+    monkeypatch.setattr(VerifiedCache, "verified", counting)
+    checker = _checker(pool)
+    assert await _outcome(checker, b"alice", b"wrong") == "refused"
+    assert await _outcome(checker, b"mallory", b"wrong") == "refused"
+    assert len(lookups) == 2 and lookups[1] not in USERS.values()
+
+
+@pytest_twisted.ensureDeferred
 async def test_not_plain_user_name_is_refused_before_hashing(
     pool: HashPool, hash_calls: list[bytes]
 ) -> None:

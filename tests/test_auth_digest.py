@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tracemalloc
 
 import pytest
 from hypothesis import given
@@ -25,7 +26,7 @@ from auth import (
     NonceCounts,
     StaleNonce,
 )
-from auth._digest import parse_parameters
+from auth._digest import MAX_COUNTS, MAX_NONCES, parse_parameters
 from auth._htdigest import ha1
 
 _CHALLENGE_FIELD = re.compile(r'(\w+)=(?:"([^"]*)"|([^\s,]+))')
@@ -306,12 +307,51 @@ def test_nonce_issued_before_a_forgotten_one_is_stale() -> None:
         counts.accept("never-seen", 9, 1)
 
 
-def test_counts_per_nonce_are_bounded() -> None:
+def test_counts_out_of_order_per_nonce_are_bounded() -> None:
     counts = NonceCounts(max_counts=3)
-    for count in (1, 2, 3):
+    for count in (2, 4, 6):
         counts.accept("a", 10, count)
     with pytest.raises(StaleNonce):
-        counts.accept("a", 10, 4)
+        counts.accept("a", 10, 8)
+
+
+def test_counts_arriving_in_order_never_run_out() -> None:
+    counts = NonceCounts(max_counts=3)
+    for count in range(1, 5000):
+        counts.accept("a", 10, count)
+    with pytest.raises(LoginFailed):
+        counts.accept("a", 10, 4321)
+
+
+def test_a_gap_filled_late_frees_its_room() -> None:
+    counts = NonceCounts(max_counts=3)
+    for count in (2, 3, 4, 1, 6, 7, 8):
+        counts.accept("a", 10, count)
+    for count in (1, 4, 8):
+        with pytest.raises(LoginFailed):
+            counts.accept("a", 10, count)
+    counts.accept("a", 10, 5)
+
+
+def test_count_zero_is_refused() -> None:
+    # RFC 7616: the first request with a nonce sends nc=00000001.
+    with pytest.raises(LoginFailed):
+        NonceCounts().accept("a", 10, 0)
+
+
+def test_counts_remembered_at_most_take_a_few_megabytes() -> None:
+    # Any user who can log in can fill every nonce with counts out of order.
+    counts = NonceCounts()
+    tracemalloc.start()
+    try:
+        for nonce in range(MAX_NONCES):
+            for count in range(2, 2 * MAX_COUNTS + 2, 2):
+                counts.accept(f"{nonce:064x}", 10 + nonce, count)
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(counts) == MAX_NONCES
+    assert size < 32 * 1024 * 1024
 
 
 # -- hostile responses -----------------------------------------------------------
