@@ -609,6 +609,18 @@ class CGIProcess(twcgi.CGIProcessProtocol):
     def stopProducing(self) -> None:
         self._kill()
 
+    def pauseProducing(self) -> None:
+        # The client is not reading, so the script waits on it: that is no
+        # silence of the script's (the connection's idle timeout applies).
+        if self._head_done:
+            self._cancel_timer()
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if self._head_done and not self._answered and not self._ended:
+            self._restart_timer()
+
     # -- time ---------------------------------------------------------------
 
     def _restart_timer(self) -> None:

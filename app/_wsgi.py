@@ -13,7 +13,11 @@ replaced:
     so it is a 500; twisted fails later in the reactor thread and leaves the
     request hanging.  A body longer or shorter than the application's own
     C{Content-Length} closes the connection instead of corrupting the next
-    response on it.
+    response on it.  An application that never calls C{start_response}, or
+    writes before it, is a 500 too (twisted leaves the request hanging).
+  - A write waits while the client's connection is full (twisted's returns
+    at once, so a client that does not read would have the whole body held
+    in memory).
   - The environ is built for any listening address (twisted reads C{.host}
     and C{.port} of addresses, which UNIX sockets lack); C{CONTENT_LENGTH}
     is the length of the body received (a chunked body included); header
@@ -34,11 +38,15 @@ from threading import Thread
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web import wsgi
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from app._cgi import request_variables
 from app._pages import HTML_TYPE, error_page
@@ -124,7 +132,7 @@ def _check_start(status: object, headers: object) -> int | None:
             if name.lower() in _HOP_BY_HOP:
                 raise ValueError(f"hop-by-hop header {name!r} (PEP 3333)")
             if name.lower() == "content-length":
-                if not value.isdigit() or not value.isascii():
+                if not value.isdigit() or not value.isascii() or declared is not None:
                     raise ValueError(f"Content-Length {value[:80]!r}")
                 declared = int(value)
     return declared
@@ -138,6 +146,7 @@ def _latin1(text: str) -> bool:
     return True
 
 
+@implementer(IPushProducer)
 class _Response(wsgi._WSGIResponse):
     """
     One request through the application (see the module's docstring).
@@ -145,6 +154,9 @@ class _Response(wsgi._WSGIResponse):
 
     _declared: int | None = None
     _written = 0
+    #: Whether start_response was called: twisted reads the status it saves
+    #: in the reactor thread, where its absence leaves the request hanging.
+    _status_given = False
 
     def __init__(
         self,
@@ -208,9 +220,12 @@ class _Response(wsgi._WSGIResponse):
         declared = _check_start(status, headers)
         write: Callable[[bytes], None] = super().startResponse(status, headers, excInfo)
         self._declared = declared
+        self._status_given = True
         return write
 
     def write(self, data: bytes) -> None:
+        if not self._status_given:
+            raise RuntimeError("the application wrote before start_response")
         if self._declared is not None and self.request.method != b"HEAD":
             if self._written + len(data) > self._declared:
                 raise ValueError(
@@ -218,7 +233,20 @@ class _Response(wsgi._WSGIResponse):
                     f"({self._declared})"
                 )
             self._written += len(data)
-        super().write(data)
+
+        def write_when_read(started: bool) -> Deferred[None] | None:
+            if self._requestFinished:
+                return None  # the client is gone: nothing goes anywhere
+            if not started:
+                self._sendResponseHeaders()
+                self.request.registerProducer(self, True)
+            self.request.write(data)
+            return self._resumed
+
+        try:
+            blockingCallFromThread(self.reactor, write_when_read, self.started)
+        finally:
+            self.started = True
 
     def run(self) -> None:
         try:
@@ -229,6 +257,8 @@ class _Response(wsgi._WSGIResponse):
                         self.write(chunk)
                     if self._requestFinished:
                         break
+                if not self._status_given:
+                    raise RuntimeError("the application never called start_response")
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:
@@ -241,9 +271,34 @@ class _Response(wsgi._WSGIResponse):
 
     # -- in the reactor's thread ----------------------------------------------
 
+    #: While the client's connection is full: fires when it takes more.
+    _resumed: Deferred[None] | None = None
+
+    def pauseProducing(self) -> None:
+        if self._resumed is None:
+            self._resumed = Deferred()
+
+    def resumeProducing(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+    def _finished(self, result: object) -> None:
+        super()._finished(result)
+        # A write waiting for the client is let go: the client is gone.
+        self.resumeProducing()
+
+    def _let_go(self) -> None:
+        if self.request.producer is self:
+            self.request.unregisterProducer()
+
     def _done(self, started: bool) -> None:
         if self._requestFinished:
             return
+        self._let_go()
         if not started:
             self._sendResponseHeaders()
         request = self.request
@@ -272,6 +327,7 @@ class _Response(wsgi._WSGIResponse):
         log.failure("WSGI application failed on {uri}", failure, uri=_uri(request))
         if self._requestFinished:
             return
+        self._let_go()
         if started:
             request.loseConnection()
             return

@@ -20,8 +20,9 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogEvent, formatEvent
 from twisted.web.client import ResponseFailed
+from twisted.web.test.requesthelper import DummyRequest
 
-from app._cgi import MAX_STDERR_BYTES, BadHead, parse_head, split_head
+from app._cgi import MAX_STDERR_BYTES, BadHead, CGIProcess, parse_head, split_head
 from app.testing import LiveServer
 from tests.rawhttp import connect, exchange, parse_response
 
@@ -544,6 +545,47 @@ async def test_script_stalling_after_its_headers_is_killed_and_cut_off(
         await _wait_for(lambda: _dead(pid), "the script to die")
     finally:
         await live.stop()
+
+
+class _ScriptPipes:
+    """
+    The process transport of a script, recording what is done to it.
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.killed = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def signalProcess(self, signal: str) -> None:
+        self.killed = True
+
+    def loseConnection(self) -> None:
+        pass
+
+
+def test_a_client_that_does_not_read_is_not_the_scripts_silence() -> None:
+    clock = Clock()
+    request = DummyRequest([b""])
+    cut_off: list[bool] = []
+    request.loseConnection = lambda: cut_off.append(True)  # type: ignore[attr-defined]
+    process = CGIProcess(request, "slow-reader.py", 5, clock)
+    pipes = _ScriptPipes()
+    process.transport = pipes  # type: ignore[assignment]
+    process.outReceived(b"Content-Type: text/plain\r\n\r\nfirst")
+    process.pauseProducing()
+    clock.advance(60)
+    assert pipes.paused and not pipes.killed and not cut_off
+    process.resumeProducing()
+    clock.advance(4.9)
+    assert not pipes.killed
+    clock.advance(0.1)
+    assert pipes.killed and cut_off
 
 
 @pytest_twisted.ensureDeferred

@@ -29,7 +29,7 @@ from app._site import build_site
 from app._wsgi import WSGIThreadPool
 from app.testing import LiveServer
 from tests.conftest import failures
-from tests.rawhttp import RawClient, exchange, parse_response
+from tests.rawhttp import RawClient, connect, exchange, parse_response
 
 StartResponse = Callable[..., Any]
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +98,19 @@ def long_body(environ: dict[str, Any], start_response: StartResponse) -> Any:
 def short_body(environ: dict[str, Any], start_response: StartResponse) -> Any:
     start_response("200 OK", [("Content-Length", "10")])
     return [b"abc"]
+
+
+def never_starts(environ: dict[str, Any], start_response: StartResponse) -> Any:
+    return []
+
+
+def writes_before_start(environ: dict[str, Any], start_response: StartResponse) -> Any:
+    return [b"no status yet"]
+
+
+def two_lengths(environ: dict[str, Any], start_response: StartResponse) -> Any:
+    start_response("200 OK", [("Content-Length", "3"), ("Content-Length", "11")])
+    return [b"abc", b"smuggled"]
 
 
 class Closing:
@@ -286,6 +299,9 @@ async def test_without_an_application_there_is_no_wsgi() -> None:
         (bad_status, "not a status line"),
         (bad_header, "cannot be sent"),
         (hop_by_hop, "hop-by-hop"),
+        (never_starts, "start_response"),
+        (writes_before_start, "start_response"),
+        (two_lengths, "Content-Length"),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -472,3 +488,57 @@ async def _wait_for(condition: Callable[[], Any], seconds: float = 10.0) -> None
             return
         await deferLater(reactor, 0.02, lambda: None)
     raise AssertionError("timed out")
+
+
+# -- a client that does not read ---------------------------------------------
+
+FIREHOSE_PIECE = b"x" * (64 * 1024)
+FIREHOSE_TOTAL = 64 << 20
+
+
+class Firehose:
+    """
+    Writes C{FIREHOSE_TOTAL} bytes, counting them as it goes.
+    """
+
+    written = 0
+    finished = False
+    closed = False
+
+    def __init__(self, environ: dict[str, Any], start_response: StartResponse):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+
+    def __iter__(self) -> Iterator[bytes]:
+        while Firehose.written < FIREHOSE_TOTAL:
+            Firehose.written += len(FIREHOSE_PIECE)
+            yield FIREHOSE_PIECE
+        Firehose.finished = True
+
+    def close(self) -> None:
+        Firehose.closed = True
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_does_not_read_holds_the_application_back() -> None:
+    Firehose.written, Firehose.finished, Firehose.closed = 0, False, False
+    live = await LiveServer.start(_config(Firehose))
+    try:
+        client = await connect(reactor, live.port.getHost().port)
+        assert client.transport is not None
+        client.transport.pauseProducing()  # type: ignore[attr-defined]
+        client.send(b"GET /wsgi/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        await _wait_for(lambda: Firehose.written > 0)
+        # Until the application has finished or stays where it is.
+        while not Firehose.finished:
+            written = Firehose.written
+            await deferLater(reactor, 0.2, lambda: None)
+            if Firehose.written == written:
+                break
+        assert not Firehose.finished
+        assert Firehose.written < FIREHOSE_TOTAL // 2
+        client.close()
+        await client.closed
+        # The client left: the application's thread is let go.
+        await _wait_for(lambda: Firehose.closed)
+    finally:
+        await live.stop()
