@@ -286,9 +286,9 @@ class Channel(http.HTTPChannel):
     def writeHeaders(
         self, version: bytes, code: bytes, reason: bytes, headers: Any
     ) -> None:
+        # Set over whatever a CGI script, WSGI app or upstream sent.
         headers.setRawHeaders(b"Server", [SERVER_NAME])
-        if not headers.hasHeader(b"X-Content-Type-Options"):
-            headers.setRawHeaders(b"X-Content-Type-Options", [b"nosniff"])
+        headers.setRawHeaders(b"X-Content-Type-Options", [b"nosniff"])
         if self.site.stopping:
             self.persistent = False
             headers.setRawHeaders(b"Connection", [b"close"])

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 HTML_TYPE = b"text/html; charset=utf-8"
@@ -123,5 +124,11 @@ class ErrorResource:
     def putChild(self, path: bytes, child: IResource) -> None:
         raise NotImplementedError("an error page has no children")
 
-    def render(self, request: IRequest) -> bytes:
-        return render_error(request, self.code, self.detail)
+    def render(self, request: IRequest) -> bytes | int:
+        body = render_error(request, self.code, self.detail)
+        if request.method != b"HEAD":
+            return body
+        # Returned, a body to a HEAD makes twisted.web log a warning.
+        request.write(b"")
+        request.finish()
+        return NOT_DONE_YET

@@ -254,3 +254,41 @@ async def test_a_client_that_never_reads_its_response_is_closed() -> None:
         assert not site.channels
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nosniff_is_set_over_what_a_mount_sends(tmp_path) -> None:
+    script = tmp_path / "sniff.py"
+    script.write_text(
+        "print('Content-Type: text/html')\n"
+        "print('X-Content-Type-Options: sniff')\n"
+        "print('Server: Apache/2.4.1')\n"
+        "print()\n"
+        "print('<p>hi</p>')\n"
+    )
+    live = await LiveServer.start(["--no-demo", "--cgi-dir", str(tmp_path)])
+    try:
+        response = await live.get("/cgi-bin/sniff.py")
+        await response.content()
+    finally:
+        await live.stop()
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"x-content-type-options") == [b"nosniff"]
+    assert response.headers.getRawHeaders(b"server") == [b"app"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_to_an_error_resource_logs_no_warning(
+    captured_log: list, tmp_path
+) -> None:
+    live = await LiveServer.start(["--no-demo", "--cgi-dir", str(tmp_path)])
+    try:
+        response = await live.head("/cgi-bin/missing.py")
+        assert await response.content() == b""
+    finally:
+        await live.stop()
+    assert response.code == 404
+    assert int(response.headers.getRawHeaders(b"content-length")[0]) > 0
+    from twisted.logger import formatEvent
+
+    assert not [e for e in captured_log if "HEAD request" in formatEvent(e)]
