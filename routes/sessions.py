@@ -96,8 +96,10 @@ class SessionRoutes:
     def counter(self, request: IRequest) -> bytes:
         request.setHeader(b"cache-control", b"no-store")
         counter = ICounter(request.getSession())
-        counter.value += 1
-        return page("Counter", f"<p>Visit #{counter.value:d} for you!</p>")
+        visit = counter.value + 1
+        if request.method != b"HEAD":  # HEAD is safe: it shows, never counts
+            counter.value = visit
+        return page("Counter", f"<p>Visit #{visit:d} for you!</p>")
 
     @app.route("/session/logme", methods=["GET"])
     def logme(self, request: IRequest) -> bytes:

@@ -172,6 +172,15 @@ async def test_counter_counts_per_session_and_restarts_after_expiry(
 
 
 @pytest_twisted.ensureDeferred
+async def test_head_of_the_counter_does_not_count(server: LiveServer) -> None:
+    assert "Visit #1 for you!" in await _visit(server.client, server, "/counter")
+    head = await server.head("/counter")
+    assert head.code == 200
+    await head.content()
+    assert "Visit #2 for you!" in await _visit(server.client, server, "/counter")
+
+
+@pytest_twisted.ensureDeferred
 async def test_expire_tells_the_browser_to_drop_the_cookie(
     server: LiveServer,
 ) -> None:
