@@ -32,10 +32,11 @@ from auth._names import is_plain_name
 NONCE_LIFETIME = 300
 #: Longest Digest response looked at; a longer one is refused unparsed.
 MAX_RESPONSE = 4096
-#: Nonces whose counts are remembered, and counts remembered per nonce past
-#: a gap (requests sent at once on several connections arrive out of order).
+#: Nonces whose counts are remembered, and how far past the lowest count
+#: not yet seen a count may be (requests sent at once on several
+#: connections arrive out of order); past it the nonce is stale.
 MAX_NONCES = 4096
-MAX_COUNTS = 64
+MAX_COUNTS = 1024
 
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 _HEX_LENGTH = {"MD5": 32, "SHA-256": 64}
@@ -77,8 +78,9 @@ def parse_parameters(text: str) -> dict[str, str]:
 
 class _Counts:
     """
-    The counts seen for one nonce: every count up to C{floor}, and those in
-    C{above} (counts that arrived before a smaller one).
+    The counts seen for one nonce: every count up to C{floor}, and those
+    above it as bits of C{above} (bit 0 is C{floor + 1}): at most
+    C{MAX_COUNTS} bits, about 130 bytes, however the counts arrive.
     """
 
     __slots__ = ("above", "floor", "issued")
@@ -86,15 +88,16 @@ class _Counts:
     def __init__(self, issued: int) -> None:
         self.issued = issued
         self.floor = 0
-        self.above: set[int] = set()
+        self.above = 0
 
 
 class NonceCounts:
     """
     The nonce-counts seen for the nonces used lately: at most C{max_nonces}
     nonces (least recently used forgotten first); for each, every count up
-    to the highest one with no gap below it, and at most C{max_counts}
-    counts past a gap.  A client counting up from 1 needs no room at all.
+    to the highest one with no gap below it, and which of the next
+    C{max_counts} counts were seen.  A client counting up from 1 never runs
+    out of counts.
     A forgotten nonce must not come back to be replayed, so every nonce
     issued no later than one forgotten is refused as stale.
     """
@@ -124,17 +127,16 @@ class NonceCounts:
             counts = self._seen[nonce] = _Counts(issued)
         else:
             self._seen.move_to_end(nonce)
-        if count <= counts.floor or count in counts.above:
+        offset = count - counts.floor - 1
+        if offset < 0 or counts.above >> offset & 1:
             raise LoginFailed("nonce count replayed")
-        if count == counts.floor + 1:
-            counts.floor = count
-            while counts.floor + 1 in counts.above:
-                counts.floor += 1
-                counts.above.remove(counts.floor)
-            return
-        if len(counts.above) >= self._max_counts:
-            raise StaleNonce("nonce used too often out of order")
-        counts.above.add(count)
+        if offset >= self._max_counts:
+            raise StaleNonce("nonce count too far ahead of a missing one")
+        above = counts.above | 1 << offset
+        # Move the floor past the run of counts now seen from floor + 1 on.
+        run = (~above & (above + 1)).bit_length() - 1
+        counts.floor += run
+        counts.above = above >> run
 
     def __len__(self) -> int:
         return len(self._seen)

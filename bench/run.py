@@ -126,11 +126,16 @@ def digest_script(base: str, tmp: Path) -> Path:
         )
         if opaque:
             header += f', opaque="{opaque}"'
-        lines.append(json.dumps(header))
+        lines.append(header)
+    listing = tmp / f"digest-{nonce[:16]}.txt"
+    listing.write_text("\n".join(lines) + "\n")
     script = tmp / "digest.lua"
     script.write_text(
-        "local headers = {" + ",".join(lines) + "}\n"
-        "local i = 0\n"
+        "local headers = {}\n"
+        f'for line in io.lines("{listing}") do headers[#headers + 1] = line end\n'
+        # wrk builds one request at start-up that it never sends: let that
+        # one take the last header, so that the counts sent start at 1.
+        "local i = -1\n"
         "request = function()\n"
         "  i = i % #headers + 1\n"
         f'  return wrk.format("GET", "{uri}", {{["Authorization"] = headers[i]}})\n'
@@ -287,9 +292,12 @@ def main() -> int:
                 headers = dict(case.headers)
                 if case.prepare is not None:
                     headers.update(case.prepare(base))
-                script = case.script(base, tmp) if case.script is not None else None
                 url = base + case.path
+                # A fresh script each run: a nonce count is good only once.
+                make = case.script
+                script = make(base, tmp) if make is not None else None
                 wrk(url, options.warmup, options.connections, headers, script)
+                script = make(base, tmp) if make is not None else None
                 result = wrk(url, options.seconds, options.connections, headers, script)
             finally:
                 stop(process)
