@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import quote
 
 from twisted.internet.interfaces import IPushProducer
@@ -258,6 +258,20 @@ def _serve(request: Request, opened: _Opened, media_type: bytes) -> int:
         request.write(b"")
         request.finish()
         return NOT_DONE_YET
+    if len(pieces) == 1 and length <= CHUNK_SIZE:
+        # Small enough for one write: no producer to set up.
+        offset, size = cast(tuple[int, int], pieces[0])
+        try:
+            opened.file.seek(offset)
+            data = opened.file.read(size)
+        except OSError:
+            data = b""
+        if len(data) == size:
+            opened.file.close()
+            request.write(data)
+            request.finish()
+            return NOT_DONE_YET
+        # The file changed under us: the producer knows how to give up.
     _FileProducer(request, opened.file, pieces).start()
     return NOT_DONE_YET
 

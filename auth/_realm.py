@@ -40,7 +40,7 @@ class HomeRealm:
     ) -> None:
         self._homes = homes
         self._serve = serve
-        self._avatars: dict[str, tuple[Path, IResource]] = {}
+        self._avatars: dict[str, IResource] = {}
 
     def requestAvatar(
         self, avatarId: Any, mind: object, *interfaces: Any
@@ -55,6 +55,12 @@ class HomeRealm:
     def _avatar(self, name: str) -> IResource:
         if self._homes is None:
             return _NOT_FOUND
+        cached = self._avatars.get(name)
+        if cached is not None:
+            # Resolved once: the static resource still checks every file it
+            # serves against that real directory, so a home replaced later
+            # (say by a symbolic link to elsewhere) serves nothing, not more.
+            return cached
         home = self._homes / name
         public = home / "public_html"
         try:
@@ -64,11 +70,7 @@ class HomeRealm:
             return _NOT_FOUND
         if not inside or not resolved.is_dir():
             return _NOT_FOUND
-        cached = self._avatars.get(name)
-        if cached is not None and cached[0] == resolved:
-            return cached[1]
         # Only users who logged in get here: the cache is as big as the
         # password files.
-        resource = self._serve(resolved)
-        self._avatars[name] = (resolved, resource)
+        resource = self._avatars[name] = self._serve(resolved)
         return resource

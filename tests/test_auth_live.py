@@ -222,6 +222,25 @@ async def test_basic_login_serves_own_home(guarded: LiveServer) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_home_swapped_for_a_link_out_after_login_serves_nothing(
+    guarded: LiveServer, homes: Path, tmp_path: Path
+) -> None:
+    code, _, _ = await _get(guarded, "/private/notes.txt", basic("alice", "wonderland"))
+    assert code == 200
+    public = homes / "alice" / "public_html"
+    public.rename(homes / "alice" / "old_html")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("not alice's\n")
+    public.symlink_to(elsewhere)
+    code, _, body = await _get(
+        guarded, "/private/notes.txt", basic("alice", "wonderland")
+    )
+    assert code == 404
+    assert "not alice's" not in body
+
+
+@pytest_twisted.ensureDeferred
 async def test_basic_scheme_is_case_insensitive(guarded: LiveServer) -> None:
     lower = b"basic " + basic("alice", "wonderland")[6:]
     code, _, _ = await _get(guarded, "/private/", lower)
