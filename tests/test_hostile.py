@@ -127,3 +127,73 @@ def test_any_listen_value_is_an_endpoint_or_a_config_error(value: str) -> None:
         parse_endpoints(reactor, config_from_args(["--no-demo", "--listen", value]))
     except (ConfigError, SystemExit):
         pass
+
+
+@settings(
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    max_examples=150,
+)
+@given(content=st.binary(max_size=400))
+def test_password_files_parse_or_name_a_line(tmp_path_factory, content: bytes) -> None:
+    from auth import parse_htdigest, parse_htpasswd
+    from auth._errors import PasswordFileError
+
+    path = tmp_path_factory.mktemp("files") / "users"
+    path.write_bytes(content)
+    for parse in (parse_htpasswd, lambda p: parse_htdigest(p, "app")):
+        try:
+            users = parse(path)
+        except PasswordFileError as error:
+            assert error.args
+        else:
+            assert all(isinstance(name, str) and name for name in users)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=60)
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.text(alphabet="abcxyz.:/\\ #\t", min_size=0, max_size=8),
+            st.sampled_from(["app", "other", ""]),
+            st.text(alphabet="0123456789abcdefABCDEF:", min_size=0, max_size=40),
+        ),
+        max_size=6,
+    )
+)
+def test_htdigest_lines_of_the_right_shape_parse_or_name_a_line(
+    tmp_path_factory, lines: list[tuple[str, str, str]]
+) -> None:
+    from auth import parse_htdigest
+    from auth._errors import PasswordFileError
+
+    path = tmp_path_factory.mktemp("files") / "users.htdigest"
+    path.write_text("\n".join(":".join(parts) for parts in lines) + "\n")
+    try:
+        users = parse_htdigest(path, "app")
+    except PasswordFileError:
+        return
+    for name, user in users.items():
+        assert "/" not in name and not name.startswith(".")
+        assert len(user.md5) == 32
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_leaving_mid_upload_is_no_error(
+    server: LiveServer, captured_log: list
+) -> None:
+    from tests.rawhttp import connect
+
+    client = await connect(reactor, _port(server))
+    client.send(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\n"
+        + b"u" * 1000
+    )
+    client.close()
+    await client.closed
+    data = await exchange(
+        reactor,
+        _port(server),
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert parse_response(data)[0] == 200
+    assert failures(captured_log) == []
