@@ -15,6 +15,7 @@ import argparse
 import base64
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -31,6 +32,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 
@@ -258,6 +260,53 @@ def wrk(
     return Result("", rate, p50, p99, errors)
 
 
+def rss_kib(pid: int) -> int:
+    """
+    The resident set of process C{pid}, in KiB.
+    """
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return int(found.group(1)) if found else 0
+
+
+def _requests(output: str) -> int:
+    found = re.search(r"(\d+) requests in", output)
+    return int(found.group(1)) if found else 0
+
+
+def flat_memory(rate: float, options: argparse.Namespace) -> dict[str, Any]:
+    """
+    The resident set of a /health server after about 50 000 requests and
+    after about 50 000 more: a server that keeps nothing per request stays
+    flat.
+    """
+    seconds = max(1, math.ceil(50_000 / max(rate, 1.0)))
+    process, base = start(Case("/health", "/health"))
+    command = ["wrk", "-t1", f"-c{options.connections}", f"-d{seconds}s"]
+    try:
+        first = _requests(
+            subprocess.run(
+                [*command, base + "/health"], capture_output=True, text=True
+            ).stdout
+        )
+        after_first = rss_kib(process.pid)
+        second = _requests(
+            subprocess.run(
+                [*command, base + "/health"], capture_output=True, text=True
+            ).stdout
+        )
+        after_second = rss_kib(process.pid)
+    finally:
+        stop(process)
+    return {
+        "first_requests": first,
+        "after_first_kib": after_first,
+        "second_requests": second,
+        "after_second_kib": after_second,
+        "growth": (after_second - after_first) / after_first if after_first else 0.0,
+    }
+
+
 def ensure_wrk() -> None:
     if shutil.which("wrk"):
         return
@@ -306,6 +355,10 @@ def main() -> int:
             results[case.name] = result
             print(f"  {case.name}: {result.requests_per_second:.0f} req/s", flush=True)
 
+    memory = None
+    if "/health" in results:
+        memory = flat_memory(results["/health"].requests_per_second, options)
+
     plain = next(iter(results.values())).requests_per_second
     for result in results.values():
         result.ratio_to_plain = result.requests_per_second / plain
@@ -327,6 +380,12 @@ def main() -> int:
             f"{r.name:28} {r.requests_per_second:8.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
             f"{r.errors:8d} {r.ratio_to_plain:8.2f}  {versus}"
         )
+    if memory is not None:
+        print(
+            f"\nmemory, /health: RSS {memory['after_first_kib']} KiB after "
+            f"{memory['first_requests']} requests, {memory['after_second_kib']} KiB "
+            f"after {memory['second_requests']} more ({memory['growth']:+.1%})"
+        )
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": (
@@ -339,6 +398,7 @@ def main() -> int:
             "seconds": options.seconds,
         },
         "results": [vars(r) for r in results.values()],
+        "memory": memory,
     }
     Path(options.json).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{report['machine']}; {report['date']}; written to {options.json}")

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from run import ROOT, ensure_wrk, start_server
+from run import ROOT, ensure_wrk, rss_kib, start_server
 
 DEMO = ROOT / "app" / "demo"
 AUTH = "Basic " + base64.b64encode(b"alice:wonderland").decode()
@@ -144,12 +144,6 @@ def start_soaked_server(port: int) -> subprocess.Popen[str]:
         ]
     )
     return process
-
-
-def rss_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    found = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return int(found.group(1)) if found else 0
 
 
 def lua_script(directory: Path) -> Path:
