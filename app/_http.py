@@ -12,7 +12,11 @@ add what a public server needs.
     malformed request 400: each a real response before the close, where
     twisted.web drops the connection or sends a bare status line.
   - A request head must arrive whole within the idle timeout (twisted.web
-    restarts its timer on every byte, so a slow sender is never closed).
+    restarts its timer on every byte, so a slow sender is never closed), and
+    a response the client stops reading is cut off after the idle timeout
+    (twisted.web keeps no timer while it writes one).
+  - A C{Transfer-Encoding} other than chunked, or raw bytes 0x7F and above
+    in the request target, are 400: both pass twisted.web's own checks.
   - The site knows its open connections, so it can stop gracefully.
 """
 
