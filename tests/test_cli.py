@@ -208,3 +208,17 @@ def test_a_bad_option_in_a_real_process_exits_2_without_traceback(
     err = process.stderr.read()
     assert "--max-body" in err
     assert "Traceback" not in err
+
+
+def test_the_server_collects_young_objects_less_often() -> None:
+    import gc
+
+    from app._cli import GC_THRESHOLDS, tune_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert GC_THRESHOLDS[0] > 700
+    finally:
+        gc.set_threshold(*before)
