@@ -25,6 +25,7 @@ from app._workers import (
     Supervisor,
     adopt,
     bind_for_workers,
+    say_ready,
     split_worker_option,
     watch_parent,
     worker_arguments,
@@ -49,7 +50,10 @@ def listening_url(endpoint: str, port: IListeningPort) -> str:
     address = port.getHost()
     host = getattr(address, "host", None)
     if host is None:
-        return f"unix:{getattr(address, 'name', '?')}"
+        name = getattr(address, "name", "?")
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        return f"unix:{name}"
     scheme = "https" if endpoint.split(":", 1)[0] in ("ssl", "tls") else "http"
     if ":" in host:
         host = f"[{host}]"
@@ -135,6 +139,7 @@ def serve(
                 log.info("listening on {url}", url=listening_url(description, port))
         site.service.startService()
         if inherited is not None:
+            say_ready()
             watch_parent(reactor)
 
     def stop() -> Deferred[None]:
@@ -211,12 +216,15 @@ def supervise(
                 return
             ports.append(port)
             inherited.append(socket_)
-            log.info("listening on {url}", url=listening_url(description, port))
         supervisor = Supervisor(
             reactor, worker_arguments(argv, inherited), inherited, config.workers
         )
         supervisors.append(supervisor)
         supervisor.start()
+        # Said once a worker listens: a client that reads it can connect.
+        await supervisor.ready
+        for description, port in zip(config.listen, ports, strict=True):
+            log.info("listening on {url}", url=listening_url(description, port))
 
     async def stop() -> None:
         for supervisor in supervisors:

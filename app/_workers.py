@@ -2,13 +2,16 @@
 C{--workers N}: one parent that binds, N worker processes that serve.
 
 The parent binds every endpoint once (so port 0 means one port for all, and
-the log has one C{listening on} line per endpoint), stops reading from those
-sockets itself and hands them to N copies of C{python -m app} started with
-the same options.  Each worker adopts the sockets and is a full server; the
-kernel spreads connections over the workers.  The parent restarts a worker
-that dies, forwards SIGHUP (access log reopening) and, on SIGINT or SIGTERM,
-stops every worker gracefully before it exits.  A worker whose parent goes
-away (its standard input closes) stops too.
+the log has one C{listening on} line per endpoint, written once a worker
+serves) and starts N copies of C{python -m app} with the same options.  A
+TCP or TLS address is bound with C{SO_REUSEPORT} and each worker listens on
+a socket of its own there, so the kernel spreads connections evenly (with
+one shared socket, whichever worker wakes first takes a whole burst).  A
+UNIX socket is listened on by the parent and handed down.  Each worker is a
+full server.  The parent restarts a worker that dies, forwards SIGHUP
+(access log reopening) and, on SIGINT or SIGTERM, stops every worker
+gracefully before it exits.  A worker whose parent goes away (its standard
+input closes) stops too.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+)
 from twisted.internet.error import ConnectionDone, ProcessDone
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -38,6 +47,8 @@ from zope.interface import implementer
 from app._config import DIGEST_KEY_VARIABLE
 
 WORKER_OPTION = "--worker-sockets"
+#: The environment variable naming the descriptor a worker says "ready" on.
+READY_VARIABLE = "APP_WORKER_READY_FD"
 RESTART_DELAY = 1.0
 STOP_SECONDS = 15.0
 
@@ -47,12 +58,18 @@ log = Logger()
 @dataclass(frozen=True)
 class InheritedSocket:
     """
-    A listening socket handed from the parent to a worker.
+    A listening socket handed from the parent to a worker: an inherited
+    descriptor C{fd}, or (C{fd} of -1) the address a worker binds a socket of
+    its own to, with C{SO_REUSEPORT}, so that the kernel spreads connections
+    evenly over the workers.
     """
 
     fd: int
     family: int
     endpoint: str
+    host: str = ""
+    port: int = 0
+    backlog: int = 50
 
 
 def split_worker_option(
@@ -101,11 +118,67 @@ def adopt(
     context = getattr(endpoint, "_sslContextFactory", None)
     if context is not None:
         factory = TLSMemoryBIOFactory(context, False, site)
-    port: IListeningPort = reactor.adoptStreamPort(
-        inherited.fd, inherited.family, factory
-    )
-    os.close(inherited.fd)
+    if inherited.fd >= 0:
+        fd = inherited.fd
+    else:
+        own = _reusable_socket(inherited.family)
+        own.bind((inherited.host, inherited.port))
+        own.listen(inherited.backlog)
+        own.setblocking(False)
+        fd = own.detach()
+    port: IListeningPort = reactor.adoptStreamPort(fd, inherited.family, factory)
+    os.close(fd)  # adoptStreamPort keeps a duplicate
     return port
+
+
+def _reusable_socket(family: int) -> socket.socket:
+    reusable = socket.socket(family, socket.SOCK_STREAM)
+    reusable.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    reusable.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return reusable
+
+
+def _reusable_address(
+    endpoint: IStreamServerEndpoint,
+) -> tuple[str, int, int, int] | None:
+    """
+    The interface, port, backlog and address family of a TCP or TLS endpoint
+    (read from twisted's endpoint objects, which keep them private), or
+    C{None} for any other kind or where C{SO_REUSEPORT} does not exist.
+    """
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return None
+    if not isinstance(endpoint, (TCP4ServerEndpoint, SSL4ServerEndpoint)):
+        return None
+    interface: str = getattr(endpoint, "_interface", "")
+    number: int = getattr(endpoint, "_port", 0)
+    backlog: int = getattr(endpoint, "_backlog", 50)
+    v6 = isinstance(endpoint, TCP6ServerEndpoint) or ":" in interface
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    return interface or ("::" if v6 else "0.0.0.0"), number, backlog, int(family)
+
+
+@implementer(IListeningPort)
+class _ReservedPort:
+    """
+    A TCP port the parent holds bound but not listening, so that it stays
+    the workers' while they listen on it with C{SO_REUSEPORT}.
+    """
+
+    def __init__(self, reserved: socket.socket) -> None:
+        self._socket = reserved
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> None:
+        self._socket.close()
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        host, number = self._socket.getsockname()[:2]
+        if self._socket.family == socket.AF_INET6:
+            return IPv6Address("TCP", host, number)
+        return IPv4Address("TCP", host, number)
 
 
 class _Nothing(Protocol):
@@ -126,8 +199,27 @@ async def bind_for_workers(
     endpoint: IStreamServerEndpoint, description: str
 ) -> tuple[IListeningPort, InheritedSocket]:
     """
-    Listen on C{endpoint} in the parent without ever accepting there.
+    Bind C{endpoint} in the parent without ever accepting there.
+
+    A TCP or TLS address is bound with C{SO_REUSEPORT} and not listened on:
+    each worker listens on a socket of its own there.  Other endpoints
+    (UNIX sockets) are listened on here and the socket handed down; all the
+    workers then accept from it.
     """
+    address = _reusable_address(endpoint)
+    if address is not None:
+        host, number, backlog, family = address
+        reserved = _reusable_socket(family)
+        try:
+            reserved.bind((host, number))
+        except OSError:
+            reserved.close()
+            raise
+        bound = _ReservedPort(reserved)
+        actual = bound.getHost()
+        return bound, InheritedSocket(
+            -1, family, description, actual.host, actual.port, backlog
+        )
     port = await endpoint.listen(Factory.forProtocol(_Nothing))
     # The workers accept; the parent only keeps the socket open.
     port.stopReading()  # type: ignore[attr-defined]
@@ -141,6 +233,10 @@ class _Worker(ProcessProtocol):
         self.supervisor = supervisor
         self.number = number
         self.ended: Deferred[None] = Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == self.supervisor.ready_fd and data:
+            self.supervisor.worker_ready()
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)
@@ -161,9 +257,14 @@ class Supervisor:
         self._count = count
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
+        #: Fires once the first worker serves every endpoint.
+        self.ready: Deferred[None] = Deferred()
+        #: The descriptor workers write "ready" to, clear of inherited ones.
+        self.ready_fd = max([s.fd for s in sockets] + [2]) + 1
         # Every worker must accept the Digest nonces the others hand out.
         self._environment = dict(os.environ)
         self._environment.setdefault(DIGEST_KEY_VARIABLE, os.urandom(32).hex())
+        self._environment[READY_VARIABLE] = str(self.ready_fd)
 
     def start(self) -> None:
         for number in range(self._count):
@@ -173,9 +274,10 @@ class Supervisor:
         if self._stopping:
             return
         worker = _Worker(self, number)
-        child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
+        child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, self.ready_fd: "r"}
         for inherited in self._sockets:
-            child_fds[inherited.fd] = inherited.fd
+            if inherited.fd >= 0:
+                child_fds[inherited.fd] = inherited.fd
         process = self._reactor.spawnProcess(
             worker,
             self._argv[0],
@@ -189,6 +291,10 @@ class Supervisor:
             number=number,
             pid=process.pid,
         )
+
+    def worker_ready(self) -> None:
+        if not self.ready.called:
+            self.ready.callback(None)
 
     def worker_ended(self, worker: _Worker, reason: Failure) -> None:
         self._workers.pop(worker.number, None)
@@ -247,6 +353,20 @@ class _ParentWatch:
         if self._reactor.running:
             log.info("parent process went away; stopping")
             self._reactor.stop()
+
+
+def say_ready() -> None:
+    """
+    Tell the parent that this worker serves every endpoint now.
+    """
+    fd = int(os.environ.get(READY_VARIABLE, "-1"))
+    if fd < 0:
+        return
+    try:
+        os.write(fd, b"ready\n")
+        os.close(fd)
+    except OSError:
+        pass  # the parent went away; watch_parent stops this worker
 
 
 def watch_parent(reactor: Any) -> None:

@@ -222,3 +222,24 @@ def test_the_server_collects_young_objects_less_often() -> None:
         assert GC_THRESHOLDS[0] > 700
     finally:
         gc.set_threshold(*before)
+
+
+def test_a_unix_endpoint_is_named_by_its_path(
+    spawn: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    path = tmp_path / "app.sock"
+    process = _start(spawn, "--listen", f"unix:{path}", "--no-demo")
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "listening on" in line:
+            break
+    assert f"listening on unix:{path}" in line
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(path))
+        client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := client.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 0

@@ -50,13 +50,14 @@ async def test_workers_share_one_port_and_are_restarted(
         response = await treq.get(url + "pid", persistent=False)
         return int(await response.text())
 
-    # Each worker is a full server; wait until both have bound their copy.
+    # The kernel spreads new connections over the workers' sockets: both
+    # serve (all of 200 connections landing on one would be a 2**-199 fluke).
     seen: set[int] = set()
-    deadline = time.monotonic() + 15
-    while seen != workers and time.monotonic() < deadline:
+    for _ in range(200):
         seen.add(await served_by())
-    assert seen <= workers
-    assert process.pid not in seen
+        if seen == workers:
+            break
+    assert seen == workers
 
     victim = sorted(workers)[0]
     os.kill(victim, signal.SIGKILL)
