@@ -290,13 +290,23 @@ class Channel(http.HTTPChannel):
     def writeHeaders(
         self, version: bytes, code: bytes, reason: bytes, headers: Any
     ) -> None:
-        # Set over whatever a CGI script, WSGI app or upstream sent.
-        headers.setRawHeaders(b"Server", [SERVER_NAME])
-        headers.setRawHeaders(b"X-Content-Type-Options", [b"nosniff"])
         if self.site.stopping:
             self.persistent = False
             headers.setRawHeaders(b"Connection", [b"close"])
-        super().writeHeaders(version, code, reason, headers)
+        if not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)
+            return
+        # As twisted.web writes them, with ours set over whatever a CGI
+        # script, WSGI app or upstream sent, written once per response.
+        sequence = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            if name.lower() in _OWN_HEADERS:
+                continue
+            for value in values:
+                sequence += (name, b": ", value, b"\r\n")
+        sequence.append(_OWN_HEADER_LINES)
+        if self.transport is not None:
+            self.transport.writeSequence(sequence)
 
     def pauseProducing(self) -> None:
         # The transport's buffer is full: the client is not reading.
@@ -334,6 +344,12 @@ class Channel(http.HTTPChannel):
         if not self.requests and self.transport is not None:
             self.transport.loseConnection()
 
+
+#: The headers every answer carries, whatever produced it.
+_OWN_HEADERS = frozenset({b"server", b"x-content-type-options"})
+_OWN_HEADER_LINES = (
+    b"Server: " + SERVER_NAME + b"\r\nX-Content-Type-Options: nosniff\r\n\r\n"
+)
 
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 
