@@ -19,16 +19,18 @@ the rules this server promises instead of Klein's defaults:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from html import escape
-from typing import Any
+from inspect import iscoroutine
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 from klein import Klein
 from klein._dihttp import Response as KleinResponse
 from klein.interfaces import IKleinRequest
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRenderable
@@ -74,6 +76,9 @@ class _Found:
     app: Klein
     endpoint: str
     arguments: dict[str, Any]
+    #: For exact routes: the route's own function, ready to call with the
+    #: request, skipping Klein's two wrappers (which do just this).
+    direct: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,11 +121,26 @@ def _layer(apps: Sequence[Klein]) -> _Layer:
             url_map.add(copy)
             owners[name] = app
             if _is_exact(copy):
-                found = _Found(app, str(rule.endpoint), {})
+                endpoint = str(rule.endpoint)
+                found = _Found(app, endpoint, {}, _direct_call(app, endpoint))
                 for method in copy.methods or ():
                     exact.setdefault((copy.rule, method), found)
     # Matching never looks at the host; bind once instead of per request.
     return _Layer(url_map.bind("localhost"), owners, exact)
+
+
+def _direct_call(app: Klein, endpoint: str) -> Callable[..., Any] | None:
+    """
+    What Klein's executor for C{endpoint} would call, bound as it would bind
+    it (klein._app._call); C{None} where that cannot be told.
+    """
+    function = getattr(app.endpoints[endpoint], "__wrapped__", None)
+    if function is None:
+        return None
+    instance = app._instance
+    if instance is not None or getattr(function, "__klein_bound__", False):
+        return partial(function, instance)
+    return cast(Callable[..., Any], function)
 
 
 def _is_exact(rule: Rule) -> bool:
@@ -232,7 +252,14 @@ class Router(Resource):
         request.prepath = prepath
         request.postpath = postpath[segment_count:]
         try:
-            result = app.execute_endpoint(match.endpoint, request, **match.arguments)
+            if match.direct is not None:
+                result = match.direct(request)
+                if iscoroutine(result):
+                    result = ensureDeferred(result)
+            else:
+                result = app.execute_endpoint(
+                    match.endpoint, request, **match.arguments
+                )
         except Exception:
             return self._failed(request, Failure())
         if isinstance(result, Deferred):

@@ -174,5 +174,12 @@ def test_exact_routes_match_what_werkzeug_matches() -> None:
             rule, _ = layer.adapter.match(path, method, return_rule=True)
             assert rule.endpoint.partition(":")[2] == found.endpoint
             assert layer.apps[rule.endpoint] is found.app
+            # The direct call is the route's own function, bound as Klein binds it.
+            executor = found.app.endpoints[found.endpoint]
+            assert found.direct is not None
+            assert getattr(found.direct, "func", found.direct) is executor.__wrapped__
+            assert getattr(found.direct, "args", (found.app._instance,)) == (
+                found.app._instance,
+            )
             checked += 1
     assert checked > 20
