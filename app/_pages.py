@@ -105,6 +105,18 @@ def redirect(request: IRequest, path: str) -> bytes | None:
     return page("Moved", f'<p>This page is at <a href="{target}">{target}</a>.</p>')
 
 
+def answer(request: IRequest, body: bytes) -> int:
+    """
+    Write C{body} (headers only for a HEAD, with the length a GET would
+    have) and finish C{request}.  Returning a body from C{render} instead
+    makes twisted.web log a warning for every HEAD that it has to drop.
+    """
+    request.setHeader(b"content-length", b"%d" % (len(body),))
+    request.write(b"" if request.method == b"HEAD" else body)
+    request.finish()
+    return NOT_DONE_YET
+
+
 @implementer(IResource)
 class ErrorResource:
     """
@@ -126,9 +138,4 @@ class ErrorResource:
 
     def render(self, request: IRequest) -> bytes | int:
         body = render_error(request, self.code, self.detail)
-        if request.method != b"HEAD":
-            return body
-        # Returned, a body to a HEAD makes twisted.web log a warning.
-        request.write(b"")
-        request.finish()
-        return NOT_DONE_YET
+        return body if request.method != b"HEAD" else answer(request, body)

@@ -40,7 +40,7 @@ from twisted.web.template import renderElement
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, MapAdapter, PathConverter, RequestRedirect, Rule
 
-from app._pages import HTML_TYPE, PATH_SAFE, error_page, redirect
+from app._pages import HTML_TYPE, PATH_SAFE, answer, error_page, redirect
 
 log = Logger()
 
@@ -211,13 +211,8 @@ class Router(Resource):
         body = self._dispatch(request)
         if body is NOT_DONE_YET or request.method != b"HEAD":
             return body
-        # twisted.web logs a warning for every HEAD whose render returns a
-        # body; answer it here instead, with the length the GET would have.
         assert isinstance(body, bytes)
-        request.setHeader(b"content-length", b"%d" % (len(body),))
-        request.write(b"")
-        request.finish()
-        return NOT_DONE_YET
+        return answer(request, body)
 
     def _dispatch(self, request: Request) -> bytes | int:
         postpath: list[bytes] = request.postpath or []

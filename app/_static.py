@@ -50,7 +50,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from app._mimetypes import content_type
-from app._pages import redirect, render_error
+from app._pages import answer, redirect, render_error
 
 __all__ = ["CHUNK_SIZE", "MAX_RANGES", "StaticDirectory", "byte_ranges"]
 
@@ -291,12 +291,7 @@ def _multipart(
 
 
 def _error(request: Request, code: int) -> int:
-    body = render_error(request, code)
-    # Written here rather than returned: for HEAD, twisted.web logs a
-    # warning about every rendered body that it has to drop.
-    request.write(b"" if request.method == b"HEAD" else body)
-    request.finish()
-    return NOT_DONE_YET
+    return answer(request, render_error(request, code))
 
 
 def _redirect_to_directory(request: Request) -> int:
@@ -305,10 +300,7 @@ def _redirect_to_directory(request: Request) -> int:
     body = redirect(request, path.rstrip("/") + "/")
     if body is None:
         return _error(request, 404)
-    request.setHeader(b"content-length", b"%d" % (len(body),))
-    request.write(b"" if request.method == b"HEAD" else body)
-    request.finish()
-    return NOT_DONE_YET
+    return answer(request, body)
 
 
 # -- conditional requests (RFC 9110 §13) -------------------------------------
