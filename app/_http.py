@@ -362,6 +362,13 @@ def _plain_request_target(line: bytes) -> bool:
     return len(parts) != 3 or _TARGET.fullmatch(parts[1]) is not None
 
 
+def request_uri(request: server.Request) -> str:
+    """
+    The request target as sent, for log messages.
+    """
+    return bytes(request.uri).decode("latin-1")
+
+
 def _peer(transport: Any) -> str:
     peer = transport.getPeer()
     host = getattr(peer, "host", None)

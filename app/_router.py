@@ -40,6 +40,7 @@ from twisted.web.template import renderElement
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, MapAdapter, PathConverter, RequestRedirect, Rule
 
+from app._http import request_uri
 from app._pages import HTML_TYPE, PATH_SAFE, answer, error_page, redirect
 
 log = Logger()
@@ -294,11 +295,11 @@ class Router(Resource):
                     log.failure(
                         "Rendering {uri} failed after the client went away",
                         failure,
-                        uri=_uri(request),
+                        uri=request_uri(request),
                     )
                 return
             if request.startedWriting:
-                log.failure("Rendering {uri} failed", failure, uri=_uri(request))
+                log.failure("Rendering {uri} failed", failure, uri=request_uri(request))
                 request.loseConnection()
                 return
             body = self._failed(request, failure)
@@ -350,17 +351,13 @@ class Router(Resource):
             if isinstance(error, MethodNotAllowed) and error.valid_methods:
                 request.setHeader(b"allow", ", ".join(error.valid_methods).encode())
             return self._error(request, error.code)
-        log.failure("Rendering {uri} failed", failure, uri=_uri(request))
+        log.failure("Rendering {uri} failed", failure, uri=request_uri(request))
         request.setResponseCode(500)
         request.setHeader(b"content-type", HTML_TYPE)
         if self._display_tracebacks:
             trace = escape(failure.getTraceback())
             return error_page(500, extra_html=f"\n<pre>{trace}</pre>")
         return error_page(500)
-
-
-def _uri(request: Request) -> str:
-    return bytes(request.uri).decode("latin-1")
 
 
 def branch_segments(request: Request) -> list[str]:

@@ -49,6 +49,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from app._cgi import request_variables
+from app._http import request_uri
 from app._pages import HTML_TYPE, error_page
 
 #: Request headers not passed as C{HTTP_*}: the body's are C{CONTENT_*};
@@ -314,7 +315,7 @@ class _Response(wsgi._WSGIResponse):
                 "of its Content-Length on {uri}",
                 written=self._written,
                 declared=self._declared,
-                uri=_uri(request),
+                uri=request_uri(request),
             )
             if not started:
                 request.write(b"")
@@ -324,7 +325,9 @@ class _Response(wsgi._WSGIResponse):
 
     def _failed(self, started: bool, failure: Failure) -> None:
         request = self.request
-        log.failure("WSGI application failed on {uri}", failure, uri=_uri(request))
+        log.failure(
+            "WSGI application failed on {uri}", failure, uri=request_uri(request)
+        )
         if self._requestFinished:
             return
         self._let_go()
@@ -340,10 +343,6 @@ class _Response(wsgi._WSGIResponse):
         request.setHeader(b"content-length", b"%d" % (len(body),))
         request.write(body)
         request.finish()
-
-
-def _uri(request: Request) -> str:
-    return bytes(request.uri).decode("latin-1")
 
 
 @dataclass(frozen=True)

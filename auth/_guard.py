@@ -30,6 +30,7 @@ from twisted.web.guard import HTTPAuthSessionWrapper
 from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 
+from app._http import request_uri
 from app._pages import render_error
 from auth._errors import HashPoolBusy, StaleNonce
 from auth._interfaces import IChallenger
@@ -120,7 +121,7 @@ class Guard(HTTPAuthSessionWrapper):
         request.finish()
 
     def _failed(self, failure: Failure, request: Request) -> None:
-        self._log.failure("Rendering {uri} failed", failure, uri=_uri(request))
+        self._log.failure("Rendering {uri} failed", failure, uri=request_uri(request))
         if request.finished or getattr(request, "_disconnected", False):
             return
         if request.startedWriting:
@@ -142,7 +143,3 @@ class Guard(HTTPAuthSessionWrapper):
     def _body(request: Request, body: bytes) -> bytes:
         # render_error set Content-Length; a HEAD gets the headers only.
         return b"" if request.method == b"HEAD" else body
-
-
-def _uri(request: Request) -> str:
-    return bytes(request.uri).decode("latin-1")
