@@ -27,6 +27,7 @@ from typing import Any
 
 from treq.client import HTTPClient
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -89,6 +90,15 @@ class LiveServer:
         site.service.startService()
         pool = HTTPConnectionPool(reactor, persistent=True)
         return cls(site, port, reactor, pool)
+
+    @property
+    def port_number(self) -> int:
+        """
+        The TCP port this server listens on.
+        """
+        address = self.port.getHost()
+        assert isinstance(address, IPv4Address)
+        return address.port
 
     def new_client(self) -> HTTPClient:
         """

@@ -20,15 +20,11 @@ from tests.conftest import failures
 from tests.rawhttp import exchange, parse_response
 
 
-def _port(live: LiveServer) -> int:
-    return int(live.port.getHost().port)
-
-
 @pytest_twisted.ensureDeferred
 async def test_pipelined_requests_are_answered_in_order(server: LiveServer) -> None:
     data = await exchange(
         reactor,
-        _port(server),
+        server.port_number,
         b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
         b"GET /pay HTTP/1.1\r\nHost: x\r\n\r\n"
         b"GET /calendar/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -39,7 +35,7 @@ async def test_pipelined_requests_are_answered_in_order(server: LiveServer) -> N
 
 @pytest_twisted.ensureDeferred
 async def test_http_1_0_without_host(server: LiveServer) -> None:
-    data = await exchange(reactor, _port(server), b"GET /health HTTP/1.0\r\n\r\n")
+    data = await exchange(reactor, server.port_number, b"GET /health HTTP/1.0\r\n\r\n")
     status, _, body = parse_response(data)
     assert status == 200
     assert body == b"ok"
@@ -68,7 +64,7 @@ async def test_odd_targets_never_fail(
 ) -> None:
     data = await exchange(
         reactor,
-        _port(server),
+        server.port_number,
         method
         + b" "
         + target
@@ -85,7 +81,7 @@ async def test_binary_header_values_never_fail(
 ) -> None:
     data = await exchange(
         reactor,
-        _port(server),
+        server.port_number,
         b"GET /clock HTTP/1.1\r\nHost: x\r\nUser-Agent: \x01\x02\xff\xfe\r\n"
         b"Cookie: \xff=\xfe; ;;=\r\nReferer: \x1b[31m\r\nConnection: close\r\n\r\n",
     )
@@ -183,7 +179,7 @@ async def test_a_client_leaving_mid_upload_is_no_error(
 ) -> None:
     from tests.rawhttp import connect
 
-    client = await connect(reactor, _port(server))
+    client = await connect(reactor, server.port_number)
     client.send(
         b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\n"
         + b"u" * 1000
@@ -192,7 +188,7 @@ async def test_a_client_leaving_mid_upload_is_no_error(
     await client.closed
     data = await exchange(
         reactor,
-        _port(server),
+        server.port_number,
         b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     assert parse_response(data)[0] == 200

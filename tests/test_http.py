@@ -16,10 +16,6 @@ from app.testing import LiveServer, stub_treq
 from tests.rawhttp import connect, exchange, parse_response
 
 
-def _port(live: LiveServer) -> int:
-    return int(live.port.getHost().port)
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_body_over_max_body_is_413(server: LiveServer) -> None:
     response = await server.post(
@@ -45,7 +41,7 @@ async def test_a_body_at_max_body_is_accepted() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_413_comes_instead_of_100_continue(server: LiveServer) -> None:
-    client = await connect(reactor, _port(server))
+    client = await connect(reactor, server.port_number)
     client.send(
         b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
         b"Expect: 100-continue\r\n\r\n"
@@ -60,7 +56,7 @@ async def test_413_comes_instead_of_100_continue(server: LiveServer) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_413_reaches_a_client_that_keeps_sending(server: LiveServer) -> None:
-    client = await connect(reactor, _port(server))
+    client = await connect(reactor, server.port_number)
     client.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
     for _ in range(30):
         client.send(b"z" * 65536)
@@ -75,7 +71,7 @@ async def test_a_chunked_body_over_max_body_is_413() -> None:
         chunk = b"40\r\n" + b"c" * 64 + b"\r\n"
         data = await exchange(
             reactor,
-            _port(live),
+            live.port_number,
             b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
             + chunk * 3
             + b"0\r\n\r\n",
@@ -90,7 +86,7 @@ async def test_a_chunked_body_over_max_body_is_413() -> None:
 async def test_a_small_chunked_body_is_echoed(server: LiveServer) -> None:
     data = await exchange(
         reactor,
-        _port(server),
+        server.port_number,
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
         b"Connection: close\r\nContent-Type: text/plain\r\n\r\n"
         b"5\r\nhello\r\n0\r\n\r\n",
@@ -103,7 +99,9 @@ async def test_a_small_chunked_body_is_echoed(server: LiveServer) -> None:
 @pytest_twisted.ensureDeferred
 async def test_an_overlong_request_line_is_414(server: LiveServer) -> None:
     path = b"/" + b"a" * MAX_REQUEST_LINE
-    data = await exchange(reactor, _port(server), b"GET " + path + b" HTTP/1.1\r\n\r\n")
+    data = await exchange(
+        reactor, server.port_number, b"GET " + path + b" HTTP/1.1\r\n\r\n"
+    )
     status, headers, _ = parse_response(data)
     assert status == 414
     assert headers[b"x-content-type-options"] == b"nosniff"
@@ -111,7 +109,7 @@ async def test_an_overlong_request_line_is_414(server: LiveServer) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_request_line_that_never_ends_is_414(server: LiveServer) -> None:
-    data = await exchange(reactor, _port(server), b"GET /" + b"a" * 40000)
+    data = await exchange(reactor, server.port_number, b"GET /" + b"a" * 40000)
     assert parse_response(data)[0] == 414
 
 
@@ -119,7 +117,7 @@ async def test_a_request_line_that_never_ends_is_414(server: LiveServer) -> None
 async def test_a_huge_header_is_431(server: LiveServer) -> None:
     data = await exchange(
         reactor,
-        _port(server),
+        server.port_number,
         b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n",
     )
     assert parse_response(data)[0] == 431
@@ -129,7 +127,9 @@ async def test_a_huge_header_is_431(server: LiveServer) -> None:
 async def test_too_many_headers_is_431(server: LiveServer) -> None:
     headers = b"".join(b"X-H%d: v\r\n" % i for i in range(MAX_HEADER_COUNT + 1))
     data = await exchange(
-        reactor, _port(server), b"GET / HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
+        reactor,
+        server.port_number,
+        b"GET / HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n",
     )
     assert parse_response(data)[0] == 431
 
@@ -139,7 +139,7 @@ async def test_many_small_headers_within_limits_are_fine(server: LiveServer) -> 
     headers = b"".join(b"X-H%d: v\r\n" % i for i in range(MAX_HEADER_COUNT - 2))
     data = await exchange(
         reactor,
-        _port(server),
+        server.port_number,
         b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + b"\r\n",
     )
     assert parse_response(data)[0] == 200
@@ -161,7 +161,7 @@ async def test_many_small_headers_within_limits_are_fine(server: LiveServer) -> 
 async def test_malformed_requests_are_a_400_page(
     server: LiveServer, request_bytes: bytes
 ) -> None:
-    data = await exchange(reactor, _port(server), request_bytes)
+    data = await exchange(reactor, server.port_number, request_bytes)
     status, _headers, body = parse_response(data)
     assert status == 400
     assert b"400 Bad Request" in body
@@ -221,7 +221,7 @@ async def test_stub_treq_serves_the_same_site() -> None:
 async def test_ambiguous_framing_and_raw_bytes_in_the_target_are_400(
     server: LiveServer, request_bytes: bytes
 ) -> None:
-    data = await exchange(reactor, _port(server), request_bytes)
+    data = await exchange(reactor, server.port_number, request_bytes)
     assert parse_response(data)[0] == 400
     assert data.count(b"HTTP/1.1 ") == 1
 

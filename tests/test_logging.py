@@ -174,10 +174,6 @@ async def logged(log_path: Path, clock: Clock) -> Iterator[LiveServer]:
         await stop_on_clock(live)
 
 
-def _port(live: LiveServer) -> int:
-    return int(live.port.getHost().port)
-
-
 @pytest_twisted.ensureDeferred
 async def test_each_finished_request_is_one_combined_log_format_line(
     logged: LiveServer, log_path: Path
@@ -211,7 +207,7 @@ async def test_client_supplied_fields_are_escaped(
 ) -> None:
     await exchange(
         reactor,
-        _port(logged),
+        logged.port_number,
         b'GET /health?a="b"\\c HTTP/1.1\r\nHost: x\r\n'
         b'User-Agent: evil\x1b[31m" 200 0 "-" "x\\\x7f\xff\tend\r\n'
         b'Referer: "quoted" \\ \x01\r\n'
@@ -238,7 +234,7 @@ async def test_no_header_can_carry_a_line_break_into_the_log(
 ) -> None:
     await exchange(
         reactor,
-        _port(logged),
+        logged.port_number,
         b"GET /health HTTP/1.1\r\nHost: x\r\n" + header + b"Connection: close\r\n\r\n",
     )
     (line,) = _lines(log_path)
@@ -294,7 +290,7 @@ async def test_requests_the_server_refuses_get_a_line_too(
     status: int,
     agent: str,
 ) -> None:
-    await exchange(reactor, _port(logged), request_bytes)
+    await exchange(reactor, logged.port_number, request_bytes)
     (line,) = _lines(log_path)
     assert line == (
         f'127.0.0.1 - - {STAMP} "{request_line}" {status} '
@@ -308,7 +304,7 @@ async def test_a_refusal_after_a_keep_alive_request_logs_its_own_line(
 ) -> None:
     await exchange(
         reactor,
-        _port(logged),
+        logged.port_number,
         b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
         + b"GET /"
         + b"a" * (MAX_REQUEST_LINE + 10)
@@ -323,7 +319,7 @@ async def test_a_refusal_after_a_keep_alive_request_logs_its_own_line(
 async def test_a_request_head_too_slow_is_logged_as_408(
     logged: LiveServer, log_path: Path, clock: Clock
 ) -> None:
-    client = await connect(reactor, _port(logged))
+    client = await connect(reactor, logged.port_number)
     # twisted.web takes in a header line when the next one starts.
     client.send(b"GET /health HTTP/1.1\r\nUser-Agent: slow\r\nX-A: b\r\n")
     await _until_head_started(logged)

@@ -266,14 +266,10 @@ async def proxy(upstream: UpstreamServer) -> AsyncIterator[LiveServer]:
         await live.stop()
 
 
-def _port(live: LiveServer) -> int:
-    return int(live.port.getHost().port)
-
-
 async def _raw(live: LiveServer, target: bytes, headers: bytes = b"") -> bytes:
     return await exchange(
         reactor,
-        _port(live),
+        live.port_number,
         b"GET " + target + b" HTTP/1.1\r\nHost: front.example\r\n"
         b"Connection: close\r\n" + headers + b"\r\n",
     )
@@ -479,7 +475,7 @@ async def test_chunked_request_body_goes_upstream_with_a_length(
 ) -> None:
     data = await exchange(
         reactor,
-        _port(proxy),
+        proxy.port_number,
         b"PUT /proxy/up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
     )
@@ -923,7 +919,7 @@ async def test_upstream_silent_mid_body_closes_the_connection(
     clock = Clock()
     live = await _start(upstream, clock)
     try:
-        client = await connect(reactor, _port(live))
+        client = await connect(reactor, live.port_number)
         client.send(b"GET /proxy/stall-body HTTP/1.1\r\nHost: x\r\n\r\n")
         await _until(lambda: client.received.endswith(b"a" * 100))
         clock.advance(UPSTREAM_TIMEOUT - 1)
@@ -956,7 +952,7 @@ async def test_a_steady_body_is_not_timed_out(upstream: UpstreamServer) -> None:
 async def test_upstream_reset_mid_body_closes_the_client_connection(
     proxy: LiveServer, captured_log: list[LogEvent]
 ) -> None:
-    client = await connect(reactor, _port(proxy))
+    client = await connect(reactor, proxy.port_number)
     client.send(b"GET /proxy/reset HTTP/1.1\r\nHost: x\r\n\r\n")
     data = await _within(client.closed)
     status, headers, body = parse_response(data)
@@ -976,7 +972,7 @@ async def test_client_going_away_cancels_the_upstream_request(
 ) -> None:
     arrived = upstream.next_arrival()
     gone = upstream.next_gone()
-    client = await connect(reactor, _port(proxy))
+    client = await connect(reactor, proxy.port_number)
     client.send(b"GET /proxy/stall HTTP/1.1\r\nHost: x\r\n\r\n")
     await _within(arrived)
     client.close()
@@ -990,7 +986,7 @@ async def test_client_going_away_mid_body_closes_the_upstream(
     proxy: LiveServer, upstream: UpstreamServer
 ) -> None:
     gone = upstream.next_gone()
-    client = await connect(reactor, _port(proxy))
+    client = await connect(reactor, proxy.port_number)
     client.send(b"GET /proxy/stall-body HTTP/1.1\r\nHost: x\r\n\r\n")
     await _until(lambda: client.received.endswith(b"a" * 100))
     client.close()
@@ -1050,7 +1046,7 @@ async def test_large_body_streams_before_the_upstream_finishes(
 async def test_a_client_that_does_not_read_pauses_the_upstream(
     proxy: LiveServer, upstream: UpstreamServer
 ) -> None:
-    client: RawClient = await connect(reactor, _port(proxy))
+    client: RawClient = await connect(reactor, proxy.port_number)
     assert client.transport is not None
     client.transport.pauseProducing()  # type: ignore[attr-defined]
     client.send(b"GET /proxy/firehose HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -97,11 +97,6 @@ async def files(tree: Path) -> AsyncIterator[LiveServer]:
         await live.stop()
 
 
-def _port(live: LiveServer) -> int:
-    port: int = live.port.getHost().port
-    return port
-
-
 async def _raw(
     live: LiveServer,
     target: bytes,
@@ -113,7 +108,7 @@ async def _raw(
     """
     data = await exchange(
         live.reactor,
-        _port(live),
+        live.port_number,
         method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         b"" + headers + b"\r\n",
         timeout=5,
@@ -811,7 +806,7 @@ async def test_a_client_leaving_mid_file_is_not_an_error(
     files: LiveServer, tree: Path, captured_log: list[Any]
 ) -> None:
     (tree / "large.bin").write_bytes(os.urandom(16 << 20))
-    client = await connect(files.reactor, _port(files))
+    client = await connect(files.reactor, files.port_number)
     # Read nothing, so that the transfer is surely still going on below.
     client.transport.pauseProducing()
     client.send(b"GET /static/large.bin HTTP/1.1\r\nHost: x\r\n\r\n")
