@@ -112,6 +112,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def is_plain_realm(realm: str) -> bool:
+    """
+    Whether C{realm} can stand quoted in a challenge as it is.
+    """
+    return bool(realm) and realm.isprintable() and not any(c in realm for c in '"\\')
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value != value or value == float("inf"):
@@ -441,7 +448,7 @@ def config_from_args(argv: Sequence[str]) -> Config:
     homes = _directory("--homes", args.homes) if args.homes else None
 
     realm: str = args.realm
-    if not realm or any(ch in realm for ch in '"\\\r\n') or not realm.isprintable():
+    if not is_plain_realm(realm):
         raise ConfigError("--realm", "a realm is printable and has no quotes")
     _check_password_files(args, htpasswd, htdigest, realm)
 

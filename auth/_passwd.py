@@ -21,6 +21,7 @@ from typing import IO, NoReturn
 
 import bcrypt
 
+from app._config import is_plain_realm
 from auth._checkers import BCRYPT_MAX_PASSWORD
 from auth._htdigest import digest_owner, ha1, sha256_tag
 from auth._names import is_plain_name
@@ -166,7 +167,7 @@ def passwd_main(
         realm: str = args.realm
         if not is_plain_name(user):
             raise UsageError(f"{user!r} is not a plain user name")
-        if not realm or not realm.isprintable() or any(c in realm for c in '"\\'):
+        if not is_plain_realm(realm):
             raise UsageError("a realm is printable and has no quotes")
         path = Path(args.file)
         if path.is_dir() or not path.parent.is_dir():
