@@ -25,7 +25,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from time import time
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
@@ -81,6 +83,28 @@ class Request(server.Request):
             return
         super().handleContentChunk(data)
 
+    def process(self) -> None:
+        # twisted.web's, less the Server and Date headers it sets here only
+        # for them to be replaced: the channel writes the server's own
+        # (Channel.writeHeaders).  The root resource is the router, never an
+        # encoding resource, so there is no encoder to look for either.
+        site = self.site = self.channel.site
+        path = self.path
+        if path == b"*":
+            super().process()
+            return
+        segments = path[1:].split(b"/")
+        self.prepath = []
+        self.postpath = (
+            [unquote_to_bytes(segment) for segment in segments]
+            if b"%" in path
+            else segments
+        )
+        try:
+            self.render(site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
+
     def getSession(
         self, sessionInterface: Any = None, forceNotSecure: bool = False
     ) -> Any:
@@ -122,6 +146,8 @@ class Channel(http.HTTPChannel):
     _stall_timer: IDelayedCall | None = None
     _drain_timer: IDelayedCall | None = None
     _drained = 0
+    #: Set while twisted.web hands a request over (see setTimeout).
+    _keep_idle_timer = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -148,6 +174,17 @@ class Channel(http.HTTPChannel):
             self.refuse(408)
             return
         super().dataReceived(data)
+        if (
+            deadline is None
+            and self.line_mode
+            and (self._buffer or not self._HTTPChannel__first_line)  # type: ignore[attr-defined]
+            and self.timeOut
+            and not self.refused
+        ):
+            # A request head has begun and did not arrive whole: it must
+            # be complete within the idle timeout from now.  (A head that
+            # arrives whole, the usual case, costs no clock reading.)
+            self._head_deadline = self.site.reactor.seconds() + self.timeOut
 
     def rawDataReceived(self, data: bytes) -> None:
         if self.refused:
@@ -158,21 +195,17 @@ class Channel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if self.refused:
             return
-        first_line = self._HTTPChannel__first_line  # type: ignore[attr-defined]
-        if first_line and line:
-            self._request_line = line if len(line) <= MAX_REQUEST_LINE else None
+        if line and self._HTTPChannel__first_line:  # type: ignore[attr-defined]
+            # The request line.
             if len(line) > MAX_REQUEST_LINE:
+                self._request_line = None
                 self.refuse(414)
                 return
-            if self._head_deadline is None and self.timeOut:
-                self._head_deadline = self.site.reactor.seconds() + self.timeOut
-            if not _plain_request_target(line):
+            self._request_line = line
+            if _NOT_PRINTABLE.search(line) is not None:
                 # twisted.web lets bytes 0x7F and above through in the target.
                 self.refuse(400)
                 return
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
-            self.refuse(414 if first_line else 431)
-            return
         super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -180,12 +213,6 @@ class Channel(http.HTTPChannel):
         if first_line:
             self._request_line = None
         self.refuse(414 if first_line else 431)
-
-    def headerReceived(self, line: bytes) -> bool:
-        if self._receivedHeaderCount >= self.maxHeaders:
-            self.refuse(431)
-            return False
-        return bool(super().headerReceived(line))
 
     def allHeadersReceived(self) -> None:
         self._head_deadline = None
@@ -207,10 +234,40 @@ class Channel(http.HTTPChannel):
         if self.refused:
             return
         self._request_line = None
-        super().allContentReceived()
+        self._keep_idle_timer = True
+        try:
+            super().allContentReceived()
+        finally:
+            self._keep_idle_timer = False
 
     def _respondToBadRequestAndDisconnect(self) -> None:
-        self.refuse(400)
+        # twisted.web's answer to everything it finds wrong with a head; the
+        # limits on its size and number of lines have their own codes.
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self.refuse(414 if self._HTTPChannel__first_line else 431)  # type: ignore[attr-defined]
+        elif self._receivedHeaderCount > self.maxHeaders:
+            self.refuse(431)
+        else:
+            self.refuse(400)
+
+    # -- the idle timer ---------------------------------------------------
+
+    def setTimeout(self, period: float | None) -> float | None:
+        if period is None and self._keep_idle_timer:
+            # twisted.web switches the idle timer off while it handles a
+            # request and makes a new one afterwards: two timer operations
+            # per request.  Keep the timer instead; it is only pushed back
+            # when the request is done, and ignored should it run out before.
+            self._keep_idle_timer = False
+            previous, self.timeOut = self.timeOut, None
+            return previous
+        return super().setTimeout(period)  # type: ignore[no-any-return]
+
+    def timeoutConnection(self) -> None:
+        if self.timeOut is None:
+            # The kept timer ran out while a request was being handled.
+            return
+        super().timeoutConnection()
 
     # -- refusing ---------------------------------------------------------
 
@@ -226,6 +283,8 @@ class Channel(http.HTTPChannel):
         self._head_deadline = None
         self.persistent = False
         self.setTimeout(None)
+        # Whatever else has arrived is drained, not parsed.
+        self.setRawMode()
         transport = self.transport
         if transport is None:
             return
@@ -237,7 +296,7 @@ class Channel(http.HTTPChannel):
         head = b"HTTP/1.1 %d %s\r\n" % (code, reason(code).encode("ascii"))
         headers = [
             (b"Server", SERVER_NAME),
-            (b"Date", http.datetimeToString()),
+            (b"Date", http_date()),
             (b"Content-Type", HTML_TYPE),
             (b"Content-Length", b"%d" % (len(body),)),
             (b"X-Content-Type-Options", b"nosniff"),
@@ -297,13 +356,20 @@ class Channel(http.HTTPChannel):
             super().writeHeaders(version, code, reason, headers)
             return
         # As twisted.web writes them, with ours set over whatever a CGI
-        # script, WSGI app or upstream sent, written once per response.
-        sequence = [version, b" ", code, b" ", reason, b"\r\n"]
+        # script, WSGI app or upstream sent, written once per response; the
+        # Date is the response's own where it has one.
+        sequence = [version, b" ", code, b" ", reason, b"\r\n", b""]
+        dated = False
         for name, values in headers.getAllRawHeaders():
-            if name.lower() in _OWN_HEADERS:
+            lowered = name.lower()
+            if lowered in _OWN_HEADERS:
                 continue
+            if lowered == b"date":
+                dated = True
             for value in values:
                 sequence += (name, b": ", value, b"\r\n")
+        if not dated:
+            sequence[6] = b"Date: " + http_date() + b"\r\n"
         sequence.append(_OWN_HEADER_LINES)
         if self.transport is not None:
             self.transport.writeSequence(sequence)
@@ -351,15 +417,26 @@ _OWN_HEADER_LINES = (
     b"Server: " + SERVER_NAME + b"\r\nX-Content-Type-Options: nosniff\r\n\r\n"
 )
 
-_TARGET = re.compile(rb"[\x21-\x7e]+")
+
+class _HTTPDate:
+    """
+    The current time as an HTTP date, formatted once a second.
+    """
+
+    second = -1
+    text = b""
+
+    def __call__(self) -> bytes:
+        now = int(time())
+        if now != self.second:
+            self.second, self.text = now, http.datetimeToString(now)
+        return self.text
 
 
-def _plain_request_target(line: bytes) -> bool:
-    """
-    Whether the request target of a request line is printable ASCII.
-    """
-    parts = line.split(b" ")
-    return len(parts) != 3 or _TARGET.fullmatch(parts[1]) is not None
+http_date = _HTTPDate()
+
+#: Anything but printable ASCII and spaces in a request line.
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
 
 def request_uri(request: server.Request) -> str:

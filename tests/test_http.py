@@ -292,3 +292,87 @@ async def test_head_to_an_error_resource_logs_no_warning(
     from twisted.logger import formatEvent
 
     assert not [e for e in captured_log if "HEAD request" in formatEvent(e)]
+
+
+async def _wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(500):
+        if condition():
+            return
+        await _settle()
+    raise AssertionError(f"never happened: {what}")
+
+
+async def _clock_site(idle_timeout: float, demo: bool = False):  # type: ignore[no-untyped-def]
+    clock = Clock()
+    site = build_site(Config(demo=demo, idle_timeout=idle_timeout), reactor, clock)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    return clock, site, port
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_line_that_trickles_in_is_cut_off() -> None:
+    clock, _site, port = await _clock_site(idle_timeout=5)
+    try:
+        client = await connect(reactor, port.getHost().port)
+        for byte in b"GET /health HTT":
+            # Never a whole line: the head deadline starts with its first byte.
+            client.send(bytes([byte]))
+            await _settle()
+            clock.advance(1)
+            if client.closed.called:
+                break
+        data = await client.closed
+        assert parse_response(data)[0] == 408
+        assert clock.seconds() == 6
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_keep_alive_connection_closes_after_the_idle_timeout() -> None:
+    clock, site, port = await _clock_site(idle_timeout=5)
+    try:
+        client = await connect(reactor, port.getHost().port)
+        for _ in range(3):
+            # Each request pushes the idle deadline back.
+            count = client.received.count(b"HTTP/1.1 200")
+            client.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            await _wait_for(
+                lambda count=count: client.received.count(b"HTTP/1.1 200") > count,
+                "a response",
+            )
+            clock.advance(4)
+        clock.advance(0.9)
+        await _settle()
+        assert not client.closed.called
+        clock.advance(0.1)
+        data = await client.closed
+        assert data.count(b"HTTP/1.1 200") == 3
+        await _wait_for(lambda: not site.channels, "the server's side to close")
+        assert clock.getDelayedCalls() == []
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_slower_than_the_idle_timeout_is_answered() -> None:
+    clock, site, port = await _clock_site(idle_timeout=5, demo=True)
+    try:
+        client = await connect(reactor, port.getHost().port)
+        client.send(b"GET /delayed?seconds=8 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await _wait_for(
+            lambda: any(channel.requests for channel in site.channels),
+            "the request to start",
+        )
+        for _ in range(8):
+            clock.advance(1)
+            await _settle()
+        await _wait_for(lambda: b"HTTP/1.1 200" in client.received, "the response")
+        # Idle from now on: closed one idle timeout after the response.
+        clock.advance(4.9)
+        await _settle()
+        assert not client.closed.called
+        clock.advance(0.1)
+        await client.closed
+    finally:
+        await port.stopListening()
