@@ -38,7 +38,14 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.template import renderElement
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing import Map, MapAdapter, PathConverter, RequestRedirect, Rule
+from werkzeug.routing import (
+    BaseConverter,
+    Map,
+    MapAdapter,
+    PathConverter,
+    RequestRedirect,
+    Rule,
+)
 
 from app._http import request_uri
 from app._pages import HTML_TYPE, PATH_SAFE, answer, error_page, redirect
@@ -67,6 +74,9 @@ class _Rest(PathConverter):
     part_isolating = False
 
 
+#: How many (path, method) pairs the router remembers the match of.
+MATCH_CACHE = 4096
+
 #: How Klein spells the rest of a branch route, and how this router does.
 _KLEIN_BRANCH = "/<path:__rest__>"
 _BRANCH = "/<rest:__rest__>"
@@ -86,9 +96,22 @@ class _Found:
 class _Layer:
     adapter: MapAdapter
     apps: dict[str, Klein]
+    #: The route functions of endpoints that are not branches, by endpoint.
+    direct: dict[str, Callable[..., Any]]
     #: Routes without variables, by (path, method): what werkzeug would
     #: match for them, found without running its matcher.
     exact: dict[tuple[str, str], _Found]
+
+
+@dataclass(frozen=True)
+class _Fast:
+    """
+    An exact route as the router calls it for a request whose raw path is
+    the route's text: its function, and how many path segments it takes.
+    """
+
+    function: Callable[..., Any]
+    segment_count: int
 
 
 @dataclass(frozen=True)
@@ -109,8 +132,14 @@ def _layer(apps: Sequence[Klein]) -> _Layer:
     Merge the rules of C{apps} into one map, each endpoint renamed so that
     it remembers its app.
     """
-    url_map = Map(merge_slashes=False, converters={"rest": _Rest})
+    converters: dict[str, type[BaseConverter]] = {}
+    for app in apps:
+        # An app's own converters (app.url_map.converters), as Klein uses them.
+        converters.update(app.url_map.converters)
+    converters["rest"] = _Rest
+    url_map = Map(merge_slashes=False, converters=converters)
     owners: dict[str, Klein] = {}
+    direct: dict[str, Callable[..., Any]] = {}
     exact: dict[tuple[str, str], _Found] = {}
     for index, app in enumerate(apps):
         for rule in app.url_map.iter_rules():
@@ -121,13 +150,69 @@ def _layer(apps: Sequence[Klein]) -> _Layer:
             )
             url_map.add(copy)
             owners[name] = app
+            endpoint = str(rule.endpoint)
+            call = None if "__rest__" in copy.arguments else _direct_call(app, endpoint)
+            if call is not None:
+                direct[name] = call
             if _is_exact(copy):
-                endpoint = str(rule.endpoint)
-                found = _Found(app, endpoint, {}, _direct_call(app, endpoint))
+                found = _Found(app, endpoint, {}, call)
                 for method in copy.methods or ():
                     exact.setdefault((copy.rule, method), found)
     # Matching never looks at the host; bind once instead of per request.
-    return _Layer(url_map.bind("localhost"), owners, exact)
+    return _Layer(url_map.bind("localhost"), owners, direct, exact)
+
+
+def _fast_routes(layers: Sequence[_Layer]) -> dict[tuple[bytes, bytes], _Fast]:
+    """
+    The exact routes by raw request path and method, as L{Router._match}
+    would find them: a route is left out where an earlier layer matches its
+    path (a built-in variable route wins over a C{--routes} exact one).
+    """
+    fast: dict[tuple[bytes, bytes], _Fast] = {}
+    for index, layer in enumerate(layers):
+        for (path, method), found in layer.exact.items():
+            if found.direct is None or "%" in path or path.startswith("//"):
+                continue
+            try:
+                key = (path.encode("ascii"), method.encode("ascii"))
+            except UnicodeEncodeError:
+                continue
+            if key in fast or any(
+                _layer_matches(earlier, path, method) for earlier in layers[:index]
+            ):
+                continue
+            handler = found.app.endpoints[found.endpoint]
+            count: int = handler.segment_count  # type: ignore[attr-defined]
+            fast[key] = _Fast(found.direct, count)
+    return fast
+
+
+def _layer_matches(layer: _Layer, path: str, method: str) -> bool:
+    """
+    Whether C{layer} has an answer of its own for C{path} and C{method}.
+    """
+    try:
+        layer.adapter.match(path, method)
+    except NotFound:
+        return False
+    except HTTPException:
+        return True
+    return True
+
+
+def _pure_converters(layer: _Layer) -> bool:
+    """
+    Whether every converter in C{layer}'s rules is one of werkzeug's own (or
+    this module's), which match by the path alone.
+    """
+    return all(
+        type(converter) in _PURE_CONVERTERS
+        for rule in layer.adapter.map.iter_rules()
+        for converter in getattr(rule, "_converters", {None: None}).values()
+    )
+
+
+_PURE_CONVERTERS = frozenset({*Map.default_converters.values(), _Rest})
 
 
 def _direct_call(app: Klein, endpoint: str) -> Callable[..., Any] | None:
@@ -175,6 +260,13 @@ class Router(Resource):
     ) -> None:
         super().__init__()
         self._layers = [_layer(builtin)] + [_layer([app]) for app in extra]
+        self._fast = _fast_routes(self._layers)
+        #: What matching found for recent (path, method) pairs, oldest first;
+        #: only kept where every converter is one of werkzeug's own, whose
+        #: answer depends on the path alone.
+        self._matched: dict[tuple[str, str], _Match] | None = (
+            {} if all(_pure_converters(layer) for layer in self._layers) else None
+        )
         self._display_tracebacks = display_tracebacks
 
     # -- matching ---------------------------------------------------------
@@ -195,10 +287,29 @@ class Router(Resource):
             assert isinstance(rule, Rule)
             endpoint = str(rule.endpoint)
             app = layer.apps[endpoint]
-            return _Found(app, endpoint.partition(":")[2], dict(arguments))
+            return _Found(
+                app,
+                endpoint.partition(":")[2],
+                dict(arguments),
+                layer.direct.get(endpoint),
+            )
         return None
 
     def _match(self, path: str, method: str) -> _Match:
+        matched = self._matched
+        if matched is None:
+            return self._match_uncached(path, method)
+        key = (path, method)
+        try:
+            return matched[key]
+        except KeyError:
+            pass
+        found = matched[key] = self._match_uncached(path, method)
+        if len(matched) > MATCH_CACHE:
+            del matched[next(iter(matched))]
+        return found
+
+    def _match_uncached(self, path: str, method: str) -> _Match:
         found = self._match_once(path, method)
         if found is None and len(path) > 1 and path.endswith("/"):
             trimmed = path.rstrip("/") or "/"
@@ -209,7 +320,17 @@ class Router(Resource):
     # -- rendering --------------------------------------------------------
 
     def render(self, request: Request) -> bytes | int:
-        body = self._dispatch(request)
+        fast = self._fast.get((request.path, request.method))
+        if fast is None:
+            body = self._dispatch(request)
+        else:
+            postpath: list[bytes] = request.postpath or []
+            prepath: list[bytes] = request.prepath or []
+            count = fast.segment_count
+            prepath.extend(postpath[:count])
+            request.prepath = prepath
+            request.postpath = postpath[count:]
+            body = self._call(request, fast.function, {})
         if body is NOT_DONE_YET or request.method != b"HEAD":
             return body
         assert isinstance(body, bytes)
@@ -247,17 +368,26 @@ class Router(Resource):
         prepath.extend(postpath[:segment_count])
         request.prepath = prepath
         request.postpath = postpath[segment_count:]
+        if match.direct is not None:
+            return self._call(request, match.direct, match.arguments)
+        return self._call(
+            request, partial(app.execute_endpoint, match.endpoint), match.arguments
+        )
+
+    def _call(
+        self, request: Request, function: Callable[..., Any], arguments: dict[str, Any]
+    ) -> bytes | int:
+        """
+        Call a route's C{function} and answer with what it returns.
+        """
         try:
-            if match.direct is not None:
-                result = match.direct(request)
-                if iscoroutine(result):
-                    result = ensureDeferred(result)
-            else:
-                result = app.execute_endpoint(
-                    match.endpoint, request, **match.arguments
-                )
+            result = function(request, **arguments)
         except Exception:
             return self._failed(request, Failure())
+        if type(result) is bytes:
+            return result
+        if iscoroutine(result):
+            result = ensureDeferred(result)
         if isinstance(result, Deferred):
             return self._render_later(request, result)
         try:

@@ -59,3 +59,9 @@ async def slow(request: IRequest) -> str:
 @app.route("/pid")
 def pid(request: IRequest) -> str:
     return str(os.getpid())
+
+
+@app.route("/calendar/1999")
+def calendar_1999(request: IRequest) -> str:
+    # The demo's /calendar/<int:year> matches this path first and wins.
+    return "the module's calendar"

@@ -183,3 +183,110 @@ def test_exact_routes_match_what_werkzeug_matches() -> None:
             )
             checked += 1
     assert checked > 20
+
+
+def _router(args: list[str]):  # type: ignore[no-untyped-def]
+    from app._config import config_from_args
+    from app._site import build_site
+
+    return build_site(config_from_args(args), reactor=None).resource
+
+
+def test_fast_routes_are_what_matching_finds() -> None:
+    from app._router import _Found
+
+    router = _router(["--routes", "tests.example_routes", "--proxy", "http://h/"])
+    assert (b"/health", b"GET") in router._fast
+    assert (b"/health", b"HEAD") in router._fast
+    for (path, method), fast in router._fast.items():
+        found = router._match_uncached(path.decode(), method.decode())
+        assert isinstance(found, _Found)
+        assert found.direct is fast.function
+        handler = found.app.endpoints[found.endpoint]
+        assert handler.segment_count == fast.segment_count
+    # A module's exact route is left out where a built-in variable route
+    # matches its path first.
+    assert (b"/calendar/1999", b"GET") not in router._fast
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_builtin_variable_route_wins_over_a_module_exact_route(
+    routed: LiveServer,
+) -> None:
+    for _ in range(2):
+        body = await (await routed.get("/calendar/1999")).text()
+        assert "1999" in body
+        assert "module" not in body
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/calendar/2026"),
+        ("GET", "/calendar/2026/"),
+        ("GET", "/calendar/x"),
+        ("DELETE", "/items/7"),
+        ("POST", "/items/7"),
+        ("GET", "/dir"),
+        ("GET", "/no/such/path"),
+        ("GET", "/static/a/b"),
+        ("GET", "/proxy//evil"),
+        ("HEAD", "/health/"),
+    ],
+)
+def test_remembered_matches_are_what_matching_finds(method: str, path: str) -> None:
+    router = _router(["--routes", "tests.example_routes", "--proxy", "http://h/"])
+    assert router._matched is not None
+    first = router._match(path, method)
+    assert (path, method) in router._matched
+    assert router._match(path, method) is first
+    assert first == router._match_uncached(path, method)
+
+
+def test_remembered_matches_are_bounded() -> None:
+    from app._router import MATCH_CACHE
+
+    router = _router([])
+    for number in range(MATCH_CACHE + 10):
+        router._match(f"/calendar/{number}", "GET")
+    assert len(router._matched) == MATCH_CACHE
+    assert ("/calendar/0", "GET") not in router._matched
+    assert (f"/calendar/{MATCH_CACHE + 9}", "GET") in router._matched
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_custom_converter_is_asked_for_every_request() -> None:
+    from klein import Klein
+    from treq.testing import StubTreq
+    from werkzeug.routing import BaseConverter
+
+    from app._router import Router
+
+    asked: list[str] = []
+
+    class Even(BaseConverter):
+        def to_python(self, value: str) -> int:
+            asked.append(value)
+            if int(value) % 2:
+                from werkzeug.routing import ValidationError
+
+                raise ValidationError()
+            return int(value)
+
+    app = Klein()
+    app.url_map.converters["even"] = Even
+
+    @app.route("/even/<even:number>")
+    def even(request: object, number: int) -> str:
+        return f"{number} is even"
+
+    router = Router([app])
+    assert router._matched is None
+    client = StubTreq(router)
+    for _ in range(2):
+        response = await client.get("http://h/even/4")
+        assert await response.text() == "4 is even"
+    response = await client.get("http://h/even/5")
+    assert response.code == 404
+    await response.content()
+    assert asked == ["4", "4", "5"]
