@@ -148,10 +148,26 @@ class Channel(http.HTTPChannel):
     _drained = 0
     #: Set while twisted.web hands a request over (see setTimeout).
     _keep_idle_timer = False
+    _peer: IAddress | None = None
+    _host: IAddress | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
+
+    def getPeer(self) -> IAddress:
+        # Asked for by every request (twisted.web makes a new address object
+        # each time); a connection's two ends never change.
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
+
+    def getHost(self) -> IAddress:
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._cancel_stall_timer()
@@ -357,19 +373,19 @@ class Channel(http.HTTPChannel):
             return
         # As twisted.web writes them, with ours set over whatever a CGI
         # script, WSGI app or upstream sent, written once per response; the
-        # Date is the response's own where it has one.
-        sequence = [version, b" ", code, b" ", reason, b"\r\n", b""]
+        # Date is the response's own where it has one.  (Headers keeps names
+        # in one canonical spelling.)
+        sequence = [b"%s %s %s\r\n" % (version, code, reason)]
         dated = False
         for name, values in headers.getAllRawHeaders():
-            lowered = name.lower()
-            if lowered in _OWN_HEADERS:
+            if name in _OWN_HEADERS:
                 continue
-            if lowered == b"date":
+            if name == b"Date":
                 dated = True
             for value in values:
-                sequence += (name, b": ", value, b"\r\n")
+                sequence.append(name + b": " + value + b"\r\n")
         if not dated:
-            sequence[6] = b"Date: " + http_date() + b"\r\n"
+            sequence.insert(1, b"Date: " + http_date() + b"\r\n")
         sequence.append(_OWN_HEADER_LINES)
         if self.transport is not None:
             self.transport.writeSequence(sequence)
@@ -412,7 +428,7 @@ class Channel(http.HTTPChannel):
 
 
 #: The headers every answer carries, whatever produced it.
-_OWN_HEADERS = frozenset({b"server", b"x-content-type-options"})
+_OWN_HEADERS = frozenset({b"Server", b"X-Content-Type-Options"})
 _OWN_HEADER_LINES = (
     b"Server: " + SERVER_NAME + b"\r\nX-Content-Type-Options: nosniff\r\n\r\n"
 )

@@ -65,3 +65,9 @@ def pid(request: IRequest) -> str:
 def calendar_1999(request: IRequest) -> str:
     # The demo's /calendar/<int:year> matches this path first and wins.
     return "the module's calendar"
+
+
+@app.route("/dated")
+def dated(request: IRequest) -> str:
+    request.setHeader("Date", "Thu, 01 Jan 2015 00:00:00 GMT")
+    return "a response with its own date"

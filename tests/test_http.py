@@ -376,3 +376,25 @@ async def test_a_request_slower_than_the_idle_timeout_is_answered() -> None:
         await client.closed
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_response_has_one_date_its_own_where_it_sets_one() -> None:
+    live = await LiveServer.start(["--routes", "tests.example_routes"])
+    try:
+        for path, own in [(b"/health", None), (b"/dated", b"Thu, 01 Jan 2015")]:
+            data = await exchange(
+                reactor,
+                live.port_number,
+                b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path,
+            )
+            head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+            dates = [line for line in head if line.lower().startswith(b"date:")]
+            assert len(dates) == 1
+            if own is not None:
+                assert own in dates[0]
+            else:
+                assert head[1] == dates[0]
+                assert dates[0].endswith(b" GMT")
+    finally:
+        await live.stop()
