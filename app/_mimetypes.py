@@ -121,9 +121,20 @@ def content_type(name: str) -> bytes:
     The C{Content-Type} header value for a file called C{name}.
     """
     dot = name.rfind(".")
-    media_type = (
-        TYPES.get(name[dot:].lower(), DEFAULT_TYPE) if dot > 0 else DEFAULT_TYPE
-    )
+    if dot <= 0:
+        return _DEFAULT_HEADER
+    return _HEADERS.get(name[dot:].lower(), _DEFAULT_HEADER)
+
+
+def _header(media_type: str) -> bytes:
     if is_text(media_type):
         media_type += "; charset=utf-8"
     return media_type.encode("ascii")
+
+
+#: L{content_type}'s answers, made once: it is asked on every request for
+#: a static file.
+_HEADERS: Mapping[str, bytes] = MappingProxyType(
+    {extension: _header(media_type) for extension, media_type in TYPES.items()}
+)
+_DEFAULT_HEADER = _header(DEFAULT_TYPE)

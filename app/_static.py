@@ -34,17 +34,18 @@ import os
 import re
 import secrets
 import stat
+import weakref
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, NamedTuple, cast
 from urllib.parse import quote
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
@@ -64,6 +65,33 @@ WELL_KNOWN = ".well-known"
 INDEX = "index.html"
 
 _ALLOW = b"GET, HEAD"
+_READ_METHODS = (b"GET", b"HEAD")
+#: Request headers that can make the answer other than the whole file.
+_CONDITIONAL_HEADERS = frozenset(
+    {
+        b"if-match",
+        b"if-unmodified-since",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-range",
+        b"range",
+    }
+)
+#: O_NOFOLLOW: a symlink met is left to the resolving way (or, where that
+#: way opens a path already resolved, was swapped in since).  O_NONBLOCK:
+#: opening a FIFO must not wait for a writer.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: O_PATH (Linux): a directory passed through needs only search permission,
+#: as on a path.
+_DIRECTORY_FLAGS = (
+    os.O_RDONLY
+    | os.O_DIRECTORY
+    | os.O_NOFOLLOW
+    | os.O_CLOEXEC
+    | getattr(os, "O_PATH", 0)
+)
+#: Most Last-Modified values a directory keeps formatted.
+_DATES_KEPT = 1024
 #: Characters left as they are when a segment is put back into a Location.
 _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 #: Larger than any file; a longer number of digits means "past the end".
@@ -75,11 +103,21 @@ log = Logger()
 
 #: Byte ranges of a file, each as its first and last (inclusive) offset.
 Ranges = list[tuple[int, int]]
+#: What is to be sent of a file: literal bytes, or C{(offset, length)} of it.
+Pieces = list[bytes | tuple[int, int]]
 
 
 class StaticDirectory(Resource):
     """
     Serve the files under C{root} (see the module's docstring for the rules).
+
+    A file is found in one of two ways, which answer the same.  The direct
+    way opens it relative to the root, held open, one name at a time without
+    following any symlink (C{O_NOFOLLOW}), having checked that the root's
+    path still leads to the directory held; it costs a few system calls.
+    Whatever it does not serve (a symlink on the way, a directory to
+    redirect, a missing file, any other method) takes the resolving way:
+    the real path, symlinks resolved, checked to lie inside the root.
 
     @ivar root: the directory served, symlinks resolved.
     """
@@ -89,17 +127,33 @@ class StaticDirectory(Resource):
     def __init__(self, root: Path) -> None:
         super().__init__()
         self.root = root.resolve()
+        self._root = str(self.root)
+        self._held: _HeldDirectory | None = None
+        #: Last-Modified values by modification time: a pure function of
+        #: the time, so an entry can never be stale.
+        self._dates: dict[int, bytes] = {}
 
     def render(self, request: Request) -> int:
         if request.channel is None:
             # The client left while this request waited (for a login, say).
             return NOT_DONE_YET
+        if request.method in _READ_METHODS:
+            found = self._open_directly(request.postpath or [])
+            if found is not None:
+                descriptor, status, name = found
+                return self._serve(request, descriptor, status, content_type(name))
+        return self._render_resolved(request)
+
+    def _render_resolved(self, request: Request) -> int:
+        """
+        Answer C{request} by the resolving way (see the class's docstring).
+        """
         postpath: list[bytes] = list(request.postpath or [])
         wanted = _requested_names(postpath)
         if wanted is None:
             return _error(request, 404)
         names, as_directory = wanted
-        real = _inside(self.root, self.root.joinpath(*names))
+        real = _inside(self._root, os.path.join(self._root, *names))
         if real is None:
             return _error(request, 404)
         try:
@@ -109,18 +163,164 @@ class StaticDirectory(Resource):
         if is_directory:
             if not as_directory:
                 return _redirect_to_directory(request)
-            real = _inside(self.root, real / INDEX)
+            real = _inside(self._root, os.path.join(real, INDEX))
             if real is None:
                 return _error(request, 404)
         elif as_directory:
             return _error(request, 404)
-        if request.method not in (b"GET", b"HEAD"):
+        if request.method not in _READ_METHODS:
             request.setHeader(b"allow", _ALLOW)
             return _error(request, 405)
         opened = _open_regular(real)
         if opened is None:
             return _error(request, 404)
-        return _serve(request, opened, content_type(real.name))
+        descriptor, status = opened
+        return self._serve(
+            request, descriptor, status, content_type(os.path.basename(real))
+        )
+
+    # -- the direct way ------------------------------------------------------
+
+    def _open_directly(
+        self, postpath: list[bytes]
+    ) -> tuple[int, os.stat_result, str] | None:
+        """
+        The open regular file that C{postpath} names, its status and name, if
+        the direct way finds it; else C{None}.
+        """
+        wanted = _requested_names(postpath)
+        if wanted is None:
+            return None
+        names, as_directory = wanted
+        if as_directory:
+            names.append(INDEX)
+        elif not names:
+            return None
+        root = self._root_descriptor()
+        if root is None:
+            return None
+        descriptor = _open_beneath(root, names)
+        if descriptor is None:
+            return None
+        try:
+            status = os.fstat(descriptor)
+        except OSError:
+            status = None
+        if status is None or not stat.S_ISREG(status.st_mode):
+            os.close(descriptor)
+            return None
+        return descriptor, status, names[-1]
+
+    def _root_descriptor(self) -> int | None:
+        """
+        The descriptor of the root held open, if the root's path still leads
+        to that directory and to no symlink; else C{None}.
+        """
+        # The root's path is looked at on every request: a root replaced by
+        # a symlink to elsewhere (a user's home, say) must serve nothing.
+        # Its parents are not: one swapped for a symlink that still leads to
+        # the held directory serves that same directory.
+        try:
+            status = os.lstat(self._root)
+        except OSError:
+            return None
+        held = self._held
+        if held is None or (held.device, held.inode) != (status.st_dev, status.st_ino):
+            # First use, or the root was replaced: hold the directory now
+            # there, if it may be served at all.
+            held = self._held = _HeldDirectory.open(self._root, status)
+            if held is None:
+                return None
+        return held.descriptor
+
+    # -- answering -------------------------------------------------------------
+
+    def _serve(
+        self,
+        request: Request,
+        descriptor: int,
+        status: os.stat_result,
+        media_type: bytes,
+    ) -> int:
+        """
+        Answer C{request} with the file open as C{descriptor}, which this
+        closes or hands to the producer that streams it.
+        """
+        try:
+            plan = _plan(request, self._validators(status), media_type)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        return _send(request, descriptor, plan)
+
+    def _validators(self, status: os.stat_result) -> _Opened:
+        mtime = int(status.st_mtime)
+        last_modified = self._dates.get(mtime)
+        if last_modified is None:
+            if len(self._dates) >= _DATES_KEPT:
+                self._dates.clear()
+            last_modified = self._dates[mtime] = http.datetimeToString(mtime)
+        etag = b'"%x-%x-%x"' % (status.st_ino, status.st_size, status.st_mtime_ns)
+        return _Opened(status.st_size, mtime, etag, last_modified)
+
+
+class _HeldDirectory:
+    """
+    A directory held open, to open files relative to; its descriptor is
+    closed once nothing refers to it.
+    """
+
+    def __init__(self, descriptor: int, status: os.stat_result) -> None:
+        self.descriptor = descriptor
+        self.device = status.st_dev
+        self.inode = status.st_ino
+        weakref.finalize(self, os.close, descriptor)
+
+    @classmethod
+    def open(cls, path: str, status: os.stat_result) -> _HeldDirectory | None:
+        """
+        Hold the directory at C{path}, whose C{lstat} is C{status}, if it is
+        a directory whose path has no symlink in it (the resolving way
+        serves nothing from a root that has one).
+        """
+        if not stat.S_ISDIR(status.st_mode) or os.path.realpath(path) != path:
+            return None
+        try:
+            descriptor = os.open(path, _DIRECTORY_FLAGS)
+        except OSError:
+            return None
+        try:
+            opened = os.fstat(descriptor)
+        except OSError:
+            opened = None
+        if opened is None or (opened.st_dev, opened.st_ino) != (
+            status.st_dev,
+            status.st_ino,
+        ):
+            # Replaced again between the two looks: try on the next request.
+            os.close(descriptor)
+            return None
+        return cls(descriptor, status)
+
+
+def _open_beneath(root: int, names: list[str]) -> int | None:
+    """
+    Open the file at C{names} below the directory C{root} one name at a
+    time, following no symlink; C{None} if any step fails.
+    """
+    directory = root
+    try:
+        for name in names[:-1]:
+            inner = os.open(name, _DIRECTORY_FLAGS, dir_fd=directory)
+            if directory != root:
+                os.close(directory)
+            directory = inner
+        return os.open(names[-1], _FILE_FLAGS, dir_fd=directory)
+    except (OSError, ValueError):
+        return None
+    finally:
+        if directory != root:
+            os.close(directory)
 
 
 # -- finding the file ------------------------------------------------------
@@ -153,89 +353,85 @@ def _plain_name(name: str, *, top: bool) -> bool:
     return not name.startswith(".") or (top and name == WELL_KNOWN)
 
 
-def _inside(root: Path, path: Path) -> Path | None:
+def _inside(root: str, path: str) -> str | None:
     """
     The real path of C{path} if it exists inside C{root} without passing
     through a dot-named file or directory, else C{None}.
     """
     try:
-        real = path.resolve(strict=True)
-    except (OSError, RuntimeError, ValueError):
+        real = os.path.realpath(path, strict=True)
+    except (OSError, ValueError):
         return None
-    if not real.is_relative_to(root):
+    if real == root:
+        return real
+    prefix = os.path.join(root, "")
+    if not real.startswith(prefix):
         return None
-    parts = real.relative_to(root).parts
-    for index, part in enumerate(parts):
+    for index, part in enumerate(real[len(prefix) :].split("/")):
         if not _plain_name(part, top=index == 0):
             return None
     return real
 
 
-@dataclass(frozen=True)
-class _Opened:
-    file: BinaryIO
+class _Opened(NamedTuple):
+    """
+    What the answer needs to know of an opened file.
+    """
+
     size: int
     mtime: int
     etag: bytes
     last_modified: bytes
 
 
-def _open_regular(real: Path) -> _Opened | None:
+def _open_regular(real: str) -> tuple[int, os.stat_result] | None:
     """
-    Open C{real} if it is a readable regular file.
+    Open C{real} if it is a regular file; return its descriptor and status.
     """
-    # O_NOFOLLOW: the path was resolved, so a symlink here was swapped in
-    # since.  O_NONBLOCK: opening a FIFO must not wait for a writer.
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        descriptor = os.open(real, flags)
+        descriptor = os.open(real, _FILE_FLAGS)
     except (OSError, ValueError):
         return None
     try:
         status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            os.close(descriptor)
-            return None
-        file = os.fdopen(descriptor, "rb", buffering=0)
     except OSError:
+        status = None
+    if status is None or not stat.S_ISREG(status.st_mode):
         os.close(descriptor)
         return None
-    mtime = int(status.st_mtime)
-    etag = b'"%x-%x-%x"' % (status.st_ino, status.st_size, status.st_mtime_ns)
-    return _Opened(file, status.st_size, mtime, etag, http.datetimeToString(mtime))
+    return descriptor, status
 
 
 # -- answering ---------------------------------------------------------------
 
 
-def _serve(request: Request, opened: _Opened, media_type: bytes) -> int:
-    request.setHeader(b"etag", opened.etag)
-    request.setHeader(b"last-modified", opened.last_modified)
-    request.setHeader(b"accept-ranges", b"bytes")
-    precondition = _preconditions(request, opened)
-    if precondition is not None:
-        opened.file.close()
-        if precondition == 412:
-            return _error(request, 412)
-        request.setResponseCode(304)
-        request.write(b"")
-        request.finish()
-        return NOT_DONE_YET
-
+def _plan(request: Request, opened: _Opened, media_type: bytes) -> int | Pieces:
+    """
+    Set the headers of the answer to C{request} from C{opened}; return the
+    pieces of the body, or the status (304, 412, 416) that answers instead.
+    """
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"etag", [opened.etag])
+    headers.setRawHeaders(b"last-modified", [opened.last_modified])
+    headers.setRawHeaders(b"accept-ranges", [b"bytes"])
     ranges = None
-    if request.method == b"GET" and _if_range_holds(request, opened):
-        header = request.requestHeaders.getRawHeaders(b"range")
-        if header is not None and len(header) == 1:
-            ranges = byte_ranges(header[0], opened.size)
-    if ranges is not None and not ranges:
-        opened.file.close()
-        request.setHeader(b"content-range", b"bytes */%d" % (opened.size,))
-        return _error(request, 416)
+    if _asks_conditionally(request.requestHeaders):
+        precondition = _preconditions(request, opened)
+        if precondition is not None:
+            return precondition
+        if request.method == b"GET" and _if_range_holds(request, opened):
+            header = request.requestHeaders.getRawHeaders(b"range")
+            if header is not None and len(header) == 1:
+                ranges = byte_ranges(header[0], opened.size)
+        if ranges is not None and not ranges:
+            request.setHeader(b"content-range", b"bytes */%d" % (opened.size,))
+            return 416
 
-    pieces: list[bytes | tuple[int, int]]
+    pieces: Pieces
     if ranges is None:
-        request.setHeader(b"content-type", media_type)
+        headers.setRawHeaders(b"content-type", [media_type])
         pieces = [(0, opened.size)]
+        length = opened.size
     elif len(ranges) == 1:
         first, last = ranges[0]
         request.setResponseCode(206)
@@ -244,6 +440,7 @@ def _serve(request: Request, opened: _Opened, media_type: bytes) -> int:
             b"content-range", b"bytes %d-%d/%d" % (first, last, opened.size)
         )
         pieces = [(first, last - first + 1)]
+        length = last - first + 1
     else:
         boundary = secrets.token_hex(16).encode("ascii")
         request.setResponseCode(206)
@@ -251,35 +448,63 @@ def _serve(request: Request, opened: _Opened, media_type: bytes) -> int:
             b"content-type", b"multipart/byteranges; boundary=" + boundary
         )
         pieces = _multipart(ranges, opened.size, media_type, boundary)
-    length = sum(len(p) if isinstance(p, bytes) else p[1] for p in pieces)
-    request.setHeader(b"content-length", b"%d" % (length,))
+        length = sum(len(p) if isinstance(p, bytes) else p[1] for p in pieces)
+    headers.setRawHeaders(b"content-length", [b"%d" % (length,)])
     if request.method == b"HEAD" or length == 0:
-        opened.file.close()
+        return []
+    return pieces
+
+
+def _send(request: Request, descriptor: int, plan: int | Pieces) -> int:
+    """
+    Write the answer that L{_plan} made, closing C{descriptor} or handing it
+    to the producer that streams the file.
+    """
+    if isinstance(plan, int):
+        os.close(descriptor)
+        if plan == 304:
+            request.setResponseCode(304)
+            request.write(b"")
+            request.finish()
+            return NOT_DONE_YET
+        return _error(request, plan)
+    if not plan:
+        os.close(descriptor)
         request.write(b"")
         request.finish()
         return NOT_DONE_YET
-    if len(pieces) == 1 and length <= CHUNK_SIZE:
-        # Small enough for one write: no producer to set up.
-        offset, size = cast(tuple[int, int], pieces[0])
-        try:
-            opened.file.seek(offset)
-            data = opened.file.read(size)
-        except OSError:
-            data = b""
-        if len(data) == size:
-            opened.file.close()
-            request.write(data)
-            request.finish()
-            return NOT_DONE_YET
-        # The file changed under us: the producer knows how to give up.
-    _FileProducer(request, opened.file, pieces).start()
+    if len(plan) == 1:
+        offset, size = cast(tuple[int, int], plan[0])
+        if size <= CHUNK_SIZE:
+            # Small enough for one write: no producer to set up.
+            try:
+                data = os.pread(descriptor, size, offset)
+            except OSError:
+                data = b""
+            if len(data) == size:
+                os.close(descriptor)
+                request.write(data)
+                request.finish()
+                return NOT_DONE_YET
+            # The file changed under us: the producer knows how to give up.
+    file = os.fdopen(descriptor, "rb", buffering=0)
+    _FileProducer(request, file, plan).start()
     return NOT_DONE_YET
 
 
-def _multipart(
-    ranges: Ranges, size: int, media_type: bytes, boundary: bytes
-) -> list[bytes | tuple[int, int]]:
-    pieces: list[bytes | tuple[int, int]] = []
+def _asks_conditionally(headers: Headers) -> bool:
+    """
+    Whether the request has a precondition or C{Range} header: most have
+    none, and one look at the few headers beats six lookups.
+    """
+    for name, _ in headers.getAllRawHeaders():
+        if name.lower() in _CONDITIONAL_HEADERS:
+            return True
+    return False
+
+
+def _multipart(ranges: Ranges, size: int, media_type: bytes, boundary: bytes) -> Pieces:
+    pieces: Pieces = []
     for first, last in ranges:
         pieces.append(
             b"\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n"

@@ -5,6 +5,7 @@ and mounts, over HTTP to live servers serving real files.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import re
@@ -23,7 +24,7 @@ from twisted.web.resource import Resource
 
 from app._config import DEMO_STATIC, ConfigError, config_from_args
 from app._http import Site
-from app._mimetypes import content_type
+from app._mimetypes import TYPES, content_type, is_text
 from app._static import MAX_RANGES, StaticDirectory, byte_ranges
 from app.testing import LiveServer
 from tests.conftest import failures
@@ -291,6 +292,14 @@ async def test_content_type_comes_from_the_shipped_table(
 )
 def test_content_type_by_extension(name: str, expected: bytes) -> None:
     assert content_type(name) == expected
+
+
+def test_content_type_of_every_listed_extension_in_any_case() -> None:
+    for extension, media_type in TYPES.items():
+        charset = "; charset=utf-8" if is_text(media_type) else ""
+        expected = (media_type + charset).encode("ascii")
+        assert content_type("file" + extension) == expected
+        assert content_type("FILE" + extension.upper()) == expected
 
 
 # -- validators and conditional requests ---------------------------------------
@@ -922,6 +931,217 @@ def test_static_directory_resolves_its_root(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     assert StaticDirectory(tmp_path / "link").root == (tmp_path / "real").resolve()
+
+
+# -- files that change between requests ----------------------------------------------
+#
+# A file is opened relative to the root held open when the way there has no
+# symlink; everything else is resolved.  These pin that nothing is remembered
+# from one request to the next that could serve what is no longer there.
+
+
+async def _exchange(
+    live: LiveServer, method: bytes, target: bytes, headers: bytes
+) -> bytes:
+    data = await exchange(
+        live.reactor,
+        live.port_number,
+        method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"" + headers + b"\r\n",
+        timeout=5,
+    )
+    return re.sub(rb"\r\nDate: [^\r]*", b"", data)
+
+
+#: Requests whose answers the direct way and the resolving way must agree on.
+_BOTH_WAYS = [
+    *((b"GET", target, b"") for target in TRAVERSALS),
+    *(
+        (method, target, b"")
+        for method in (b"GET", b"HEAD", b"POST")
+        for target in (
+            b"/static/",
+            b"/static/ten.txt",
+            b"/static/empty.txt",
+            b"/static/sub/",
+            b"/static/sub",
+            b"/static/sub/index.html",
+            b"/static/inner-link.txt",
+            b"/static/.well-known/x.txt",
+            b"/static/listless/",
+            b"/static/listless/file.txt",
+            b"/static/missing",
+            b"/docs/hundred.txt",
+        )
+    ),
+    *(
+        (b"GET", b"/static/hundred.txt", header)
+        for header in (
+            b"Range: bytes=2-5\r\n",
+            b"Range: bytes=-7\r\n",
+            b"Range: bytes=100-\r\n",
+            b"Range: bytes=x\r\n",
+            b'If-None-Match: "x", *\r\n',
+            b'If-Match: "x"\r\n',
+            b"If-Modified-Since: Sun, 06 Nov 2094 08:49:37 GMT\r\n",
+            b"If-Unmodified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
+            b'If-Range: "stale"\r\nRange: bytes=2-5\r\n',
+        )
+    ),
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_direct_and_the_resolving_way_answer_the_same(
+    files: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct = [await _exchange(files, *request) for request in _BOTH_WAYS]
+    monkeypatch.setattr(StaticDirectory, "_open_directly", lambda self, postpath: None)
+    resolved = [await _exchange(files, *request) for request in _BOTH_WAYS]
+    for request, one, other in zip(_BOTH_WAYS, direct, resolved, strict=True):
+        assert one == other, request
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_rewritten_in_place_is_served_anew(
+    files: LiveServer, tree: Path
+) -> None:
+    before = await _get(files, "/static/ten.txt")
+    assert await before.content() == TEN
+    (tree / "ten.txt").write_bytes(b"ABCDEFGHIJ")
+    os.utime(tree / "ten.txt", (MTIME + 1, MTIME + 1))
+    after = await _get(files, "/static/ten.txt")
+    assert await after.content() == b"ABCDEFGHIJ"
+    assert _header(after, "etag") != _header(before, "etag")
+    assert _header(after, "last-modified") == http.datetimeToString(MTIME + 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_replaced_by_a_symlink_out_is_refused(
+    files: LiveServer, tree: Path
+) -> None:
+    code, _, _ = await _raw(files, b"/static/ten.txt")
+    assert code == 200
+    (tree / "ten.txt").unlink()
+    (tree / "ten.txt").symlink_to(tree.parent / "outside" / "secret.txt")
+    code, _, body = await _raw(files, b"/static/ten.txt")
+    assert code == 404
+    assert SECRET not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_replaced_by_a_symlink_inside_is_served(
+    files: LiveServer, tree: Path
+) -> None:
+    code, _, _ = await _raw(files, b"/static/ten.txt")
+    assert code == 200
+    (tree / "ten.txt").unlink()
+    (tree / "ten.txt").symlink_to(tree / "hundred.txt")
+    code, headers, body = await _raw(files, b"/static/ten.txt")
+    assert (code, body) == (200, bytes(range(100)))
+    assert headers[b"etag"] == (await _raw(files, b"/static/hundred.txt"))[1][b"etag"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removed_file_is_404(files: LiveServer, tree: Path) -> None:
+    code, _, _ = await _raw(files, b"/static/sub/index.html")
+    assert code == 200
+    (tree / "sub" / "index.html").unlink()
+    for target in (b"/static/sub/index.html", b"/static/sub/"):
+        code, _, _ = await _raw(files, target)
+        assert code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_directory_replaced_by_a_symlink_out_is_refused(
+    files: LiveServer, tree: Path
+) -> None:
+    code, _, _ = await _raw(files, b"/static/sub/")
+    assert code == 200
+    (tree.parent / "outside" / "index.html").write_bytes(SECRET)
+    (tree / "sub").rename(tree / "sub-before")
+    (tree / "sub").symlink_to(tree.parent / "outside")
+    for target in (
+        b"/static/sub/",
+        b"/static/sub/index.html",
+        b"/static/sub/secret.txt",
+    ):
+        code, _, body = await _raw(files, target)
+        assert code == 404
+        assert SECRET not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_root_replaced_by_a_symlink_serves_nothing(
+    files: LiveServer, tree: Path
+) -> None:
+    code, _, _ = await _raw(files, b"/static/ten.txt")
+    assert code == 200
+    elsewhere = tree.parent / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "ten.txt").write_bytes(SECRET)
+    tree.rename(tree.parent / "root-before")
+    tree.symlink_to(elsewhere)
+    for target in (b"/static/ten.txt", b"/static/"):
+        code, _, body = await _raw(files, target)
+        assert code == 404
+        assert SECRET not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_root_replaced_by_a_directory_serves_that_directory(
+    files: LiveServer, tree: Path
+) -> None:
+    code, _, _ = await _raw(files, b"/static/ten.txt")
+    assert code == 200
+    tree.rename(tree.parent / "root-before")
+    tree.mkdir()
+    (tree / "ten.txt").write_bytes(b"new root")
+    (tree / ".secret").write_bytes(SECRET)
+    for _ in range(2):
+        assert (await _raw(files, b"/static/ten.txt"))[0::2] == (200, b"new root")
+        assert (await _raw(files, b"/static/hundred.txt"))[0] == 404
+        assert (await _raw(files, b"/static/.secret"))[0] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_root_gone_and_back_is_served_again(
+    files: LiveServer, tree: Path
+) -> None:
+    code, _, _ = await _raw(files, b"/static/ten.txt")
+    assert code == 200
+    tree.rename(tree.parent / "away")
+    assert (await _raw(files, b"/static/ten.txt"))[0] == 404
+    (tree.parent / "away").rename(tree)
+    assert (await _raw(files, b"/static/ten.txt"))[0::2] == (200, TEN)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_root_is_open_only_while_its_directory_is_served(
+    tmp_path: Path,
+) -> None:
+    from twisted.internet import reactor
+
+    served = tmp_path / "held-root-for-test"
+    served.mkdir()
+    (served / "a.txt").write_bytes(b"a")
+    root = Resource()
+    root.putChild(b"home", StaticDirectory(served))
+    site = Site(root, reactor=reactor, max_body=1024, idle_timeout=10)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        data = await exchange(
+            reactor,
+            port.getHost().port,
+            b"GET /home/a.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    finally:
+        await port.stopListening()
+    assert parse_response(data)[0::2] == (200, b"a")
+    assert len(_open_files_named(served.name)) == 1
+    root.delEntity(b"home")
+    gc.collect()
+    assert _open_files_named(served.name) == []
 
 
 # -- options -------------------------------------------------------------------------
