@@ -96,7 +96,7 @@ class _Found:
 class _Layer:
     adapter: MapAdapter
     apps: dict[str, Klein]
-    #: The route functions of endpoints that are not branches, by endpoint.
+    #: What Klein's executor of each endpoint would call, by endpoint.
     direct: dict[str, Callable[..., Any]]
     #: Routes without variables, by (path, method): what werkzeug would
     #: match for them, found without running its matcher.
@@ -151,7 +151,9 @@ def _layer(apps: Sequence[Klein]) -> _Layer:
             url_map.add(copy)
             owners[name] = app
             endpoint = str(rule.endpoint)
-            call = None if "__rest__" in copy.arguments else _direct_call(app, endpoint)
+            call = _direct_call(app, endpoint)
+            if call is not None and "__rest__" in copy.arguments:
+                call = partial(_call_branch, call)
             if call is not None:
                 direct[name] = call
             if _is_exact(copy):
@@ -227,6 +229,17 @@ def _direct_call(app: Klein, endpoint: str) -> Callable[..., Any] | None:
     if instance is not None or getattr(function, "__klein_bound__", False):
         return partial(function, instance)
     return cast(Callable[..., Any], function)
+
+
+def _call_branch(
+    function: Callable[..., Any], request: Request, __rest__: str = "", **arguments: Any
+) -> Any:
+    """
+    Call a branch route's C{function} as Klein's branch executor does, with
+    the rest of the path in C{IKleinRequest(request).branch_segments}.
+    """
+    IKleinRequest(request).branch_segments = __rest__.split("/")
+    return function(request, **arguments)
 
 
 def _is_exact(rule: Rule) -> bool:

@@ -290,3 +290,27 @@ async def test_a_custom_converter_is_asked_for_every_request() -> None:
     assert response.code == 404
     await response.content()
     assert asked == ["4", "4", "5"]
+
+
+@pytest.mark.parametrize("path", ["/b/", "/b/x", "/b/x/y/", "/b//z"])
+@pytest_twisted.ensureDeferred
+async def test_branch_routes_see_the_segments_klein_gives_them(path: str) -> None:
+    from klein import Klein
+    from klein.interfaces import IKleinRequest
+    from treq.testing import StubTreq
+
+    from app._router import Router
+
+    app = Klein()
+
+    @app.route("/b/", branch=True)
+    def branch(request: object) -> str:
+        return repr(IKleinRequest(request).branch_segments)
+
+    ours = await (await StubTreq(Router([app])).get("http://h" + path)).text()
+    klein = await (await StubTreq(app.resource()).get("http://h" + path)).text()
+    if path != "/b//z":  # Klein merges the two slashes; the router does not.
+        assert ours == klein
+    else:
+        assert ours == repr(["", "z"])
+    assert ours.startswith("[")
