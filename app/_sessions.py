@@ -16,6 +16,9 @@ expires idle sessions with one timer.
   - The cookie is C{HttpOnly}, C{SameSite=Lax}, C{Path=/}, and C{Secure}
     over TLS; its value is 256 bits from the OS's random source.  A cookie
     the store does not know (garbage, forged, expired) gets a fresh session.
+  - A request's session is found and touched with one reading of the
+    clock and one pass over its C{Cookie} headers: C{/session} is meant to
+    cost little more than C{/health}.
 """
 
 from __future__ import annotations
@@ -82,13 +85,7 @@ class Session(server.Session):
         the most recently used.  A session already past its deadline expires
         instead (an expired session is never brought back).
         """
-        store = self.site.sessions
-        now = self._reactor.seconds()
-        if store.holds(self) and store.is_stale(self, now):
-            self.expire()
-            return
-        self.lastModified = now
-        store.touched(self)
+        self.site.sessions.use(self, self._reactor.seconds())
 
     def expire(self) -> None:
         """
@@ -114,12 +111,13 @@ class SessionStore(MutableMapping[bytes, Session]):
 
     @ivar timeout: idle seconds after which a session expires.
     @ivar limit: the most sessions held at once.
+    @ivar clock: the clock that deadlines are read on (the site's).
     """
 
     def __init__(self, clock: IReactorTime, timeout: float, limit: int) -> None:
         self.timeout = timeout
         self.limit = limit
-        self._clock = clock
+        self.clock = clock
         self._sessions: OrderedDict[bytes, Session] = OrderedDict()
         self._sweep_call: IDelayedCall | None = None
         self._paused = False
@@ -127,9 +125,8 @@ class SessionStore(MutableMapping[bytes, Session]):
     # -- the mapping ------------------------------------------------------
 
     def __getitem__(self, uid: bytes) -> Session:
-        session = self._sessions[uid]
-        if self.is_stale(session, self._clock.seconds()):
-            session.expire()
+        session = self.live(uid, self.clock.seconds())
+        if session is None:
             raise KeyError(uid)
         return session
 
@@ -152,7 +149,7 @@ class SessionStore(MutableMapping[bytes, Session]):
     def __len__(self) -> int:
         return len(self._sessions)
 
-    # -- what sessions tell the store -------------------------------------
+    # -- what sessions and requests tell the store ---------------------------
 
     def holds(self, session: Session) -> bool:
         return self._sessions.get(session.uid) is session
@@ -161,9 +158,34 @@ class SessionStore(MutableMapping[bytes, Session]):
         deadline: float = session.lastModified + self.timeout
         return now >= deadline
 
-    def touched(self, session: Session) -> None:
-        if self.holds(session):
-            self._sessions.move_to_end(session.uid)
+    def live(self, uid: bytes, now: float) -> Session | None:
+        """
+        The session called C{uid} if it is live at C{now}, or L{None}.  One
+        found past its deadline expires (the sweep may not have run yet).
+        """
+        session = self._sessions.get(uid)
+        if session is not None and now >= session.lastModified + self.timeout:
+            session.expire()
+            return None
+        return session
+
+    def use(self, session: Session, now: float) -> bool:
+        """
+        Mark C{session} used at C{now}: its deadline becomes C{now} plus the
+        timeout, and it becomes the most recently used.  A held session
+        already past its deadline expires instead.  Returns whether the
+        store holds C{session} afterwards.
+        """
+        sessions = self._sessions
+        uid = session.uid
+        held = sessions.get(uid) is session
+        if held and now >= session.lastModified + self.timeout:
+            session.expire()
+            return False
+        session.lastModified = now
+        if held:
+            sessions.move_to_end(uid)
+        return held
 
     def discard(self, session: Session) -> None:
         if self.holds(session):
@@ -187,13 +209,13 @@ class SessionStore(MutableMapping[bytes, Session]):
         if self._paused or self._sweep_call is not None or not self._sessions:
             return
         oldest = next(iter(self._sessions.values()))
-        delay = oldest.lastModified + self.timeout - self._clock.seconds()
+        delay = oldest.lastModified + self.timeout - self.clock.seconds()
         delay = min(max(0.0, delay), MAX_SWEEP_DELAY)
-        self._sweep_call = self._clock.callLater(delay, self._sweep)
+        self._sweep_call = self.clock.callLater(delay, self._sweep)
 
     def _sweep(self) -> None:
         self._sweep_call = None
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         sessions = self._sessions
         while sessions:
             oldest = next(iter(sessions.values()))
@@ -246,13 +268,31 @@ def cookie_values(headers: Sequence[bytes], name: bytes) -> list[bytes]:
     return values
 
 
+def _uid_cookie(name: bytes) -> re.Pattern[bytes]:
+    # What cookie_values finds for name, in one pass, keeping only the values
+    # that are well-formed uids: \s in a bytes pattern is exactly what
+    # bytes.strip() removes, and the lookahead leaves the ";" to the next pair.
+    key = re.escape(name)
+    return re.compile(rb"(?:^|;)\s*%s\s*=\s*(%s)\s*(?=;|\Z)" % (key, _UID.pattern))
+
+
+def cookie_uids(headers: Sequence[bytes], name: bytes) -> list[bytes]:
+    """
+    The values of the cookies called C{name} in C{headers} that have the
+    form of a session uid, in order: L{cookie_values} without the others.
+    """
+    pattern = _UID_COOKIES.get(name) or _uid_cookie(name)
+    uids: list[bytes] = []
+    for header in headers:
+        uids += pattern.findall(header)
+    return uids
+
+
 def _cookie_name(secure: bool) -> bytes:
     return SECURE_COOKIE_NAME if secure else COOKIE_NAME
 
 
-def _set_cookie(
-    request: Request, secure: bool, value: bytes, *attributes: bytes
-) -> None:
+def _cookie(secure: bool, value: bytes, *attributes: bytes) -> bytes:
     # Request.addCookie writes "SameSite=lax"; browsers take any case, but
     # the attribute is spelled Lax everywhere else, so the line is built here
     # (the name and the hex value need no quoting).
@@ -260,11 +300,53 @@ def _set_cookie(
     parts += [b"HttpOnly", b"SameSite=Lax"]
     if secure:
         parts.append(b"Secure")
-    request.cookies.append(b"; ".join(parts))
+    return b"; ".join(parts)
+
+
+_UID_COOKIES = {name: _uid_cookie(name) for name in (COOKIE_NAME, SECURE_COOKIE_NAME)}
+#: The cookie of a new session, plain and over TLS, split where its uid goes.
+_NEW_COOKIE = {
+    secure: tuple(_cookie(secure, b"\0").split(b"\0")) for secure in (False, True)
+}
 
 
 def _is_secure(request: Request, force_not_secure: bool) -> bool:
-    return bool(request.isSecure()) and not force_not_secure
+    # Request.isSecure asks zope.interface whether the transport is (or
+    # adapts to) ISSLTransport: ask once per lookup, and not at all if forced.
+    return not force_not_secure and bool(request.isSecure())
+
+
+def _found_session(
+    request: Request, store: SessionStore, secure: bool, now: float
+) -> Session | None:
+    """
+    The session of C{request}: the one an earlier lookup of the same request
+    found, while the store holds it, or else the first that its cookies name
+    and that is live at C{now}.  Either way it is kept on the request, where
+    twisted.web's own getSession keeps it, for the next lookup.
+    """
+    session: Session | None = (
+        request._secureSession if secure else request._insecureSession
+    )
+    if session is not None and store.holds(session):
+        return session
+    session = None
+    headers = request.requestHeaders.getRawHeaders(b"cookie")
+    if headers is not None:
+        for uid in cookie_uids(headers, _cookie_name(secure)):
+            session = store.live(uid, now)
+            if session is not None:
+                break
+    _keep(request, secure, session)
+    return session
+
+
+def _keep(request: Request, secure: bool, session: Session | None) -> None:
+    # twisted.web declares both attributes as None at class level.
+    if secure:
+        request._secureSession = session  # type: ignore[assignment]
+    else:
+        request._insecureSession = session  # type: ignore[assignment]
 
 
 def existing_session(
@@ -274,24 +356,9 @@ def existing_session(
     The live session that C{request} already has (by its cookie, or from an
     earlier C{getSession()} of the same request), or L{None}; never makes one.
     """
-    secure = _is_secure(request, force_not_secure)
-    attribute = "_secureSession" if secure else "_insecureSession"
     store = request.site.sessions
-    session: Session | None = getattr(request, attribute)
-    if session is not None and store.holds(session):
-        return session
-    session = None
-    headers = request.requestHeaders.getRawHeaders(b"cookie", [])
-    for value in cookie_values(headers, _cookie_name(secure)):
-        if not _UID.fullmatch(value):
-            continue
-        try:
-            session = store[value]
-        except KeyError:
-            continue
-        break
-    setattr(request, attribute, session)
-    return session
+    secure = _is_secure(request, force_not_secure)
+    return _found_session(request, store, secure, store.clock.seconds())
 
 
 def request_session(
@@ -301,16 +368,17 @@ def request_session(
     C{request.getSession()}: the request's session, touched, or a new one
     with its cookie set; adapted to C{interface} when one is given.
     """
+    store = request.site.sessions
     secure = _is_secure(request, force_not_secure)
-    session = existing_session(request, force_not_secure)
-    if session is not None:
-        session.touch()
-        if not request.site.sessions.holds(session):
-            session = None
-    if session is None:
+    # One reading of the clock both finds the session live and restarts its
+    # idle time, as Session.touch would.
+    now = store.clock.seconds()
+    session = _found_session(request, store, secure, now)
+    if session is None or not store.use(session, now):
         session = request.site.makeSession()
-        _set_cookie(request, secure, session.uid)
-        setattr(request, "_secureSession" if secure else "_insecureSession", session)
+        head, tail = _NEW_COOKIE[secure]
+        request.cookies.append(head + session.uid + tail)
+        _keep(request, secure, session)
     if interface is not None:
         return session.getComponent(interface)
     return session
@@ -325,5 +393,6 @@ def forget_session(request: Request, force_not_secure: bool = False) -> bool:
     if session is None:
         return False
     session.expire()
-    _set_cookie(request, _is_secure(request, force_not_secure), b"", b"Max-Age=0")
+    secure = _is_secure(request, force_not_secure)
+    request.cookies.append(_cookie(secure, b"", b"Max-Age=0"))
     return True

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -32,16 +32,18 @@ from zope.interface.verify import verifyObject
 
 from app._config import config_from_args
 from app._http import Request, Site
+from app._pages import page
 from app._sessions import (
     COOKIE_NAME,
     MAX_SWEEP_DELAY,
     SECURE_COOKIE_NAME,
     Session,
+    cookie_uids,
     cookie_values,
 )
 from app._site import build_site
 from app.testing import LiveServer
-from routes.sessions import Counter, ICounter, register_counter
+from routes.sessions import Counter, ICounter, register_counter, session_page
 from tests.rawhttp import exchange, parse_response
 
 TIMEOUT = 60.0
@@ -117,6 +119,35 @@ async def test_session_page_shows_the_uid_of_the_cookie(server: LiveServer) -> N
     value = cookie.split(b";")[0].partition(b"=")[2].decode()
     assert _uid_in(await response.text()) == value
     assert list(server.site.sessions) == [value.encode()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_page_is_the_page_of_its_uid(server: LiveServer) -> None:
+    first = await server.get("/session")
+    uid = _uid_in(await first.text())
+    again = await server.get("/session")
+    assert _cookies(again) == []
+    assert await again.content() == session_page(uid)
+    assert session_page(uid) == page(
+        "Session",
+        f"<h1>Session</h1>\n<p>Your session id is <code>{uid}</code>.</p>\n"
+        '<form method="POST" action="/session/expire">'
+        '<input type="submit" value="Expire it"></form>',
+    )
+
+
+def test_session_page_escapes_a_uid_that_is_not_plain(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = build_site(config_from_args([]), reactor, clock)
+    monkeypatch.setattr(site, "_mkuid", lambda: b"<odd&uid>")
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /session HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, body = parse_response(transport.value())
+    assert status == 200
+    assert body == session_page("&lt;odd&amp;uid&gt;")
 
 
 @pytest_twisted.ensureDeferred
@@ -699,3 +730,115 @@ def test_cookie_values_finds_every_value_of_the_name(
     value = value.replace(b";", b"").strip()
     headers = [b"; ".join(others), b"app_session=" + value]
     assert cookie_values(headers, b"app_session")[-1] == value
+
+
+_HEX64 = re.compile(b"[0-9a-f]{64}")
+
+_SPACE = st.sampled_from([b"", b" ", b"\t", b" \x0b\x0c"])
+_COOKIE_PAIR = st.one_of(
+    st.tuples(
+        _SPACE,
+        st.sampled_from(
+            [b"app_session", b"__Host-app_session", b"xapp_session", b"a b"]
+        ),
+        _SPACE,
+        st.sampled_from([b"=", b"==", b""]),
+        _SPACE,
+        st.sampled_from([b"0" * 64, b"ab" * 32, b"AB" * 32, b"f" * 63, b"f" * 65]),
+        st.sampled_from([b"", b"=", b"x"]),
+        _SPACE,
+    ).map(b"".join),
+    st.binary(max_size=20),
+)
+_COOKIE_HEADER = st.lists(_COOKIE_PAIR, max_size=5).map(b";".join)
+
+
+@given(st.lists(_COOKIE_HEADER, max_size=3))
+@example([b"app_session=" + b"0" * 64 + b";app_session=" + b"ab" * 32])
+@example([b" __Host-app_session = " + b"0" * 64 + b" \t;app_session=" + b"0" * 64])
+def test_cookie_uids_are_the_cookie_values_that_are_uids(
+    headers: list[bytes],
+) -> None:
+    for name in (COOKIE_NAME, SECURE_COOKIE_NAME, b"other"):
+        expected = [v for v in cookie_values(headers, name) if _HEX64.fullmatch(v)]
+        assert cookie_uids(headers, name) == expected
+
+
+def _new_cookie(request: Request) -> tuple[bytes, bytes]:
+    [cookie] = request.cookies
+    name_value, _, attributes = cookie.partition(b"; ")
+    name, _, value = name_value.partition(b"=")
+    assert _HEX64.fullmatch(value)
+    return name, attributes
+
+
+def test_the_cookie_of_a_new_session_over_http(clock: Clock) -> None:
+    request = _request(_site(clock), [])
+    session = request.getSession()
+    assert request.cookies == [
+        COOKIE_NAME + b"=" + session.uid + b"; Path=/; HttpOnly; SameSite=Lax"
+    ]
+
+
+def test_the_cookie_of_a_new_session_over_tls(clock: Clock) -> None:
+    request = _request(_site(clock), [])
+    request.setHost(b"localhost", 443, ssl=True)
+    request.getSession()
+    assert _new_cookie(request) == (
+        SECURE_COOKIE_NAME,
+        b"Path=/; HttpOnly; SameSite=Lax; Secure",
+    )
+
+
+def test_force_not_secure_uses_the_plain_cookie_over_tls(clock: Clock) -> None:
+    site = _site(clock)
+    request = _request(site, [])
+    request.setHost(b"localhost", 443, ssl=True)
+    plain = request.getSession(forceNotSecure=True)
+    assert _new_cookie(request) == (COOKIE_NAME, b"Path=/; HttpOnly; SameSite=Lax")
+    again = _request(site, [COOKIE_NAME + b"=" + plain.uid])
+    again.setHost(b"localhost", 443, ssl=True)
+    assert again.getSession(forceNotSecure=True) is plain
+    assert again.getSession() is not plain
+
+
+def test_a_second_lookup_in_a_request_touches_the_same_session(
+    clock: Clock,
+) -> None:
+    site = _site(clock, "--session-timeout", "10")
+    request = _request(site, [])
+    session = request.getSession()
+    clock.advance(4)
+    assert request.getSession() is session
+    assert session.lastModified == 4
+    assert len(request.cookies) == 1
+
+
+def test_a_session_found_by_its_cookie_is_touched(clock: Clock) -> None:
+    site = _site(clock, "--session-timeout", "10")
+    first, session = site.makeSession(), site.makeSession()
+    clock.advance(4)
+    request = _request(site, [COOKIE_NAME + b"=" + session.uid])
+    assert request.getSession() is session
+    assert session.lastModified == 4
+    assert list(site.sessions) == [first.uid, session.uid]
+    assert request.cookies == []
+    clock.advance(10 - EPSILON)
+    assert list(site.sessions) == [session.uid]
+
+
+def test_a_session_that_ends_within_a_request_is_replaced(clock: Clock) -> None:
+    site = _site(clock, "--session-timeout", "10")
+    request = _request(site, [])
+    session = request.getSession()
+    ended: list[bool] = []
+    session.notifyOnExpire(lambda: ended.append(True))
+    clock.rightNow = 10.0  # past its deadline, before the sweep has run
+    fresh = request.getSession()
+    assert fresh is not session
+    assert ended == [True]
+    assert list(site.sessions) == [fresh.uid]
+    assert [cookie.split(b";")[0] for cookie in request.cookies] == [
+        COOKIE_NAME + b"=" + session.uid,
+        COOKIE_NAME + b"=" + fresh.uid,
+    ]
