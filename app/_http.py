@@ -72,6 +72,30 @@ class Request(server.Request):
     #: The user name that HTTP authentication accepted, for the access log.
     remote_user: str | None = None
     _body_length = 0
+    _cookies: dict[bytes, bytes]
+    _cookies_parsed = False
+
+    def __init__(self, channel: http.HTTPChannel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self._cookies_parsed = False
+
+    # twisted.web parses the Cookie headers of every request as its head
+    # arrives; here they are parsed when received_cookies is first read.
+
+    @property
+    def received_cookies(self) -> dict[bytes, bytes]:
+        if not self._cookies_parsed:
+            self._cookies_parsed = True
+            server.Request.parseCookies(self)
+        return self._cookies
+
+    @received_cookies.setter
+    def received_cookies(self, cookies: dict[bytes, bytes]) -> None:
+        self._cookies = cookies
+        self._cookies_parsed = True
+
+    def parseCookies(self) -> None:
+        pass
 
     def handleContentChunk(self, data: bytes) -> None:
         channel = self.channel
@@ -149,11 +173,20 @@ class Channel(http.HTTPChannel):
     #: Set while twisted.web hands a request over (see setTimeout).
     _keep_idle_timer = False
     _peer: IAddress | None = None
+    _secure: bool | None = None
     _host: IAddress | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
+
+    def isSecure(self) -> bool:
+        # twisted.web asks zope.interface about the transport on every call;
+        # a connection does not change from plain to TLS or back.
+        secure = self._secure
+        if secure is None:
+            secure = self._secure = bool(super().isSecure())
+        return secure
 
     def getPeer(self) -> IAddress:
         # Asked for by every request (twisted.web makes a new address object

@@ -71,3 +71,9 @@ def calendar_1999(request: IRequest) -> str:
 def dated(request: IRequest) -> str:
     request.setHeader("Date", "Thu, 01 Jan 2015 00:00:00 GMT")
     return "a response with its own date"
+
+
+@app.route("/cookies")
+def cookies(request: IRequest) -> str:
+    found = request.received_cookies  # type: ignore[attr-defined]
+    return repr(sorted(found.items())) + " " + repr(request.getCookie(b"a"))

@@ -398,3 +398,42 @@ async def test_every_response_has_one_date_its_own_where_it_sets_one() -> None:
                 assert dates[0].endswith(b" GMT")
     finally:
         await live.stop()
+
+
+@pytest.mark.parametrize(
+    "cookie_headers",
+    [
+        [],
+        [b"a=1"],
+        [b"a=1; b=2;c=3"],
+        [b"a=1", b"a=2; d = 4"],
+        [b"noequals; a=x=y; ;"],
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_cookies_are_parsed_as_twisted_parses_them(
+    cookie_headers: list[bytes],
+) -> None:
+    from twisted.web.server import Request as TwistedRequest
+    from twisted.web.test.requesthelper import DummyChannel
+
+    expected = TwistedRequest(DummyChannel())
+    for header in cookie_headers:
+        expected.requestHeaders.addRawHeader(b"cookie", header)
+    expected.parseCookies()
+    want = f"{sorted(expected.received_cookies.items())!r} " + repr(
+        expected.getCookie(b"a")
+    )
+
+    live = await LiveServer.start(["--routes", "tests.example_routes"])
+    try:
+        data = await exchange(
+            reactor,
+            live.port_number,
+            b"GET /cookies HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            + b"".join(b"Cookie: " + header + b"\r\n" for header in cookie_headers)
+            + b"\r\n",
+        )
+        assert parse_response(data)[2].decode() == want
+    finally:
+        await live.stop()
