@@ -9,7 +9,7 @@ from auth._errors import HashPoolBusy, NoSuchRealm, PasswordFileError, StaleNonc
 from auth._guard import Guard
 from auth._htdigest import DigestUser, parse_htdigest
 from auth._htpasswd import parse_htpasswd
-from auth._interfaces import IChallenger, IDigestCredentials
+from auth._interfaces import IChallenger, IDigestCredentials, IImmediateChecker
 from auth._names import is_plain_name
 from auth._passwd import passwd_main
 from auth._pool import HashPool
@@ -28,6 +28,7 @@ __all__ = [
     "HomeRealm",
     "IChallenger",
     "IDigestCredentials",
+    "IImmediateChecker",
     "NoSuchRealm",
     "NonceCounts",
     "PasswordFileError",

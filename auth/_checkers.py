@@ -13,19 +13,18 @@ import hmac
 import os
 import secrets
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar, cast
 
 import bcrypt
-from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from auth._errors import HashPoolBusy
 from auth._htdigest import DigestUser
-from auth._interfaces import IDigestCredentials
+from auth._interfaces import IDigestCredentials, IImmediateChecker
 from auth._names import is_plain_name
 from auth._pool import HashPool
 
@@ -35,6 +34,8 @@ BCRYPT_MAX_PASSWORD = 72
 #: Verified credentials remembered at most, and for how long (seconds).
 CACHE_ENTRIES = 1024
 CACHE_LIFETIME = 60.0
+
+_Credentials = TypeVar("_Credentials")
 
 _BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -81,12 +82,15 @@ class VerifiedCache:
         self._clock = clock
         self._max_entries = max_entries
         self._lifetime = lifetime
-        self._key = os.urandom(32)
+        # HMAC-SHA256 under a key made for this process, its key already
+        # absorbed: each entry copies it rather than starting over.
+        self._mac = hmac.new(os.urandom(32), digestmod=hashlib.sha256)
         self._expiry: OrderedDict[bytes, float] = OrderedDict()
 
     def _entry(self, user: str, hashed: bytes, password: bytes) -> bytes:
-        message = b"\0".join([user.encode("utf-8"), hashed, password])
-        return hmac.new(self._key, message, hashlib.sha256).digest()
+        mac = self._mac.copy()
+        mac.update(b"\0".join([user.encode("utf-8"), hashed, password]))
+        return mac.digest()
 
     def verified(self, user: str, hashed: bytes, password: bytes) -> bool:
         """
@@ -115,10 +119,11 @@ class VerifiedCache:
         return len(self._expiry)
 
 
-@implementer(ICredentialsChecker)
+@implementer(IImmediateChecker)
 class BcryptChecker:
     """
-    Check Basic credentials against bcrypt hashes, in the hashing pool.
+    Check Basic credentials against bcrypt hashes, in the hashing pool;
+    credentials verified lately are accepted at once.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -136,26 +141,26 @@ class BcryptChecker:
     def requestAvatarId(
         self, credentials: IUsernamePassword
     ) -> Deferred[bytes | tuple[()]]:
+        return _deferred(self.check, credentials)
+
+    def check(self, credentials: IUsernamePassword) -> bytes | Deferred[bytes]:
         username: bytes = credentials.username
         try:
             name = username.decode("utf-8")
         except UnicodeDecodeError:
-            return fail(UnauthorizedLogin())
+            raise UnauthorizedLogin() from None
         if not is_plain_name(name):
-            return fail(UnauthorizedLogin())
+            raise UnauthorizedLogin()
         password = bytes(credentials.password)[:BCRYPT_MAX_PASSWORD]
         stored = self._users.get(name)
         # An unknown user goes the same way against the dummy, which the
         # cache never holds.
         hashed = self._dummy if stored is None else stored
         if self._cache.verified(name, hashed, password):
-            return succeed(username)
-        try:
-            checked = self._pool.run(check_bcrypt, password, hashed)
-        except HashPoolBusy:
-            return fail()
+            return username
+        checked = self._pool.run(check_bcrypt, password, hashed)
 
-        def decide(matches: bool) -> bytes | tuple[()]:
+        def decide(matches: bool) -> bytes:
             if not matches or stored is None:
                 raise UnauthorizedLogin()
             self._cache.remember(name, stored, password)
@@ -164,10 +169,11 @@ class BcryptChecker:
         return checked.addCallback(decide)
 
 
-@implementer(ICredentialsChecker)
+@implementer(IImmediateChecker)
 class DigestChecker:
     """
-    Check Digest responses against the HA1 of an htdigest file.
+    Check Digest responses against the HA1 of an htdigest file: always at
+    once, since nothing is slow to compute.
     """
 
     credentialInterfaces = (IDigestCredentials,)
@@ -179,6 +185,9 @@ class DigestChecker:
     def requestAvatarId(
         self, credentials: IDigestCredentials
     ) -> Deferred[bytes | tuple[()]]:
+        return _deferred(self.check, credentials)
+
+    def check(self, credentials: IDigestCredentials) -> bytes:
         username: bytes = credentials.username
         user = self._users.get(username.decode("utf-8"))
         known = user is not None
@@ -189,9 +198,22 @@ class DigestChecker:
             known, secret = False, self._dummy.sha256
         assert secret is not None
         if not credentials.check_ha1(secret) or not known:
-            return fail(UnauthorizedLogin())
-        try:
-            credentials.accept_once()
-        except Exception:
-            return fail()
-        return succeed(username)
+            raise UnauthorizedLogin()
+        credentials.accept_once()
+        return username
+
+
+def _deferred(
+    check: Callable[[_Credentials], bytes | Deferred[bytes]], credentials: _Credentials
+) -> Deferred[bytes | tuple[()]]:
+    """
+    What C{check} answers for C{credentials}, as a Deferred (the
+    C{requestAvatarId} of a checker that can also answer at once).
+    """
+    try:
+        found = check(credentials)
+    except Exception:
+        return fail()
+    if isinstance(found, Deferred):
+        return cast("Deferred[bytes | tuple[()]]", found)
+    return succeed(found)

@@ -42,12 +42,18 @@ ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 _HEX_LENGTH = {"MD5": 32, "SHA-256": 64}
 _REQUIRED = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
 
+_REQUIRED_SET = frozenset(_REQUIRED)
+
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+# A quoted-string as (?:[^"\\]|\\.)* would spell it, unrolled: the same
+# strings, matched without trying an alternative at every character.
+_QUOTED = r'"[^"\\]*(?:\\.[^"\\]*)*"'
 _PARAMETER = re.compile(
-    rf'[ \t]*({_TCHARS})[ \t]*=[ \t]*({_TCHARS}|"(?:[^"\\]|\\.)*")[ \t]*(?:,|\Z)'
+    rf"[ \t]*({_TCHARS})[ \t]*=[ \t]*({_TCHARS}|{_QUOTED})[ \t]*(?:,|\Z)"
 )
 _NONCE = re.compile(r"([0-9a-f]{16})([0-9a-f]{16})([0-9a-f]{32})")
 _NONCE_COUNT = re.compile(r"[0-9A-Fa-f]{8}")
+_HEX = re.compile(r"[0-9A-Fa-f]+")
 _ESCAPE = re.compile(r"\\(.)")
 
 
@@ -61,16 +67,20 @@ def parse_parameters(text: str) -> dict[str, str]:
     """
     found: dict[str, str] = {}
     text = text.strip(" \t")
-    position = 0
-    while position < len(text):
+    position, end = 0, len(text)
+    while position < end:
+        # A match is never empty: it holds at least a name and "=".
         match = _PARAMETER.match(text, position)
-        if match is None or match.end() == position:
+        if match is None:
             raise LoginFailed("malformed Digest parameters")
-        name, value = match.group(1).lower(), match.group(2)
+        name, value = match.groups()
+        name = name.lower()
         if name in found:
             raise LoginFailed(f"Digest parameter {name} given twice")
-        if value.startswith('"'):
-            value = _ESCAPE.sub(r"\1", value[1:-1])
+        if value[0] == '"':
+            value = value[1:-1]
+            if "\\" in value:
+                value = _ESCAPE.sub(r"\1", value)
         found[name] = value
         position = match.end()
     return found
@@ -213,17 +223,24 @@ class DigestCredentialFactory:
             raise ValueError(f"unknown Digest algorithms: {sorted(unknown)}")
         self.realm = realm
         self.algorithms = tuple(algorithms)
-        self._key = key
+        # The key absorbed once; each signature copies it.
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
         self._clock = clock
         self._lifetime = lifetime
         self._counts = NonceCounts() if counts is None else counts
         self._realm_quoted = quoted(realm)
+        self._realm_bytes = realm.encode("utf-8")
+        # The issue times of nonces whose signature was checked lately: a
+        # client sends the same nonce with many requests.  Only nonces found
+        # ours get in, at most MAX_NONCES, oldest out first.
+        self._ours: dict[str, int] = {}
 
     # -- nonces -------------------------------------------------------------
 
     def _signature(self, issued: str, salt: str) -> str:
-        message = f"{issued}:{salt}:{self.realm}".encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
+        mac = self._mac.copy()
+        mac.update(f"{issued}:{salt}:{self.realm}".encode())
+        return mac.hexdigest()[:32]
 
     def new_nonce(self) -> str:
         """
@@ -239,13 +256,18 @@ class DigestCredentialFactory:
 
         @raise LoginFailed: if it is not a nonce of ours.
         """
-        match = _NONCE.fullmatch(nonce)
-        if match is None:
-            raise LoginFailed("not a nonce of this server")
-        issued, salt, signature = match.groups()
-        if not hmac.compare_digest(signature, self._signature(issued, salt)):
-            raise LoginFailed("not a nonce of this server")
-        issued_at = int(issued, 16)
+        issued_at = self._ours.get(nonce)
+        if issued_at is None:
+            match = _NONCE.fullmatch(nonce)
+            if match is None:
+                raise LoginFailed("not a nonce of this server")
+            issued, salt, signature = match.groups()
+            if not hmac.compare_digest(signature, self._signature(issued, salt)):
+                raise LoginFailed("not a nonce of this server")
+            issued_at = int(issued, 16)
+            if len(self._ours) >= MAX_NONCES:
+                del self._ours[next(iter(self._ours))]
+            self._ours[nonce] = issued_at
         age = int(self._clock.seconds()) - issued_at
         if age < 0:
             raise LoginFailed("nonce from the future")
@@ -274,8 +296,8 @@ class DigestCredentialFactory:
         if len(response) > MAX_RESPONSE:
             raise LoginFailed("Digest response too long")
         fields = parse_parameters(response.decode("latin-1"))
-        missing = [name for name in _REQUIRED if name not in fields]
-        if missing:
+        if not _REQUIRED_SET.issubset(fields):
+            missing = [name for name in _REQUIRED if name not in fields]
             raise LoginFailed(f"Digest parameters missing: {', '.join(missing)}")
         try:
             name = fields["username"].encode("latin-1").decode("utf-8")
@@ -285,7 +307,7 @@ class DigestCredentialFactory:
             raise LoginFailed("the user name is not a plain name")
         if fields.get("userhash", "false").lower() != "false":
             raise LoginFailed("hashed user names are not supported")
-        if fields["realm"].encode("latin-1") != self.realm.encode("utf-8"):
+        if fields["realm"].encode("latin-1") != self._realm_bytes:
             raise LoginFailed("another realm")
         algorithm = fields.get("algorithm", "MD5").upper()
         if algorithm not in ALGORITHMS:
@@ -297,7 +319,7 @@ class DigestCredentialFactory:
         if not fields["cnonce"] or len(fields["cnonce"]) > 256:
             raise LoginFailed("malformed cnonce")
         answer = fields["response"]
-        if len(answer) != _HEX_LENGTH[algorithm] or not _is_hex(answer):
+        if len(answer) != _HEX_LENGTH[algorithm] or not _HEX.fullmatch(answer):
             raise LoginFailed("malformed response")
         uri = bytes(request.uri).decode("latin-1")
         if fields["uri"] != uri:
@@ -312,7 +334,3 @@ class DigestCredentialFactory:
             expired=expired,
             counts=self._counts,
         )
-
-
-def _is_hex(text: str) -> bool:
-    return all(ch in "0123456789abcdefABCDEF" for ch in text)

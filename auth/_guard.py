@@ -8,7 +8,11 @@ class per login, and offers one challenge a scheme.  This one keeps its
 Portal and credential factories and its way of working (decode the
 C{Authorization} header with the factory of its scheme, log in through the
 portal, render the avatar for the rest of the path, log out when the
-response is finished), and answers:
+response is finished).  A checker that can answer at once
+(L{IImmediateChecker}: Digest, and Basic credentials verified lately) is
+asked directly and the avatar rendered synchronously, with no Deferred on
+the way; any other login goes through the portal and waits.  Both ways
+answer the same.  It answers:
 
   - 401 with the server's own page and every factory's challenges for no,
     wrong or malformed credentials (C{stale=true} for an old Digest nonce);
@@ -33,7 +37,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from app._http import request_uri
 from app._pages import render_error
 from auth._errors import HashPoolBusy, StaleNonce
-from auth._interfaces import IChallenger
+from auth._interfaces import IChallenger, IImmediateChecker
 
 #: Seconds a client is asked to wait when the hashing pool is full.
 RETRY_AFTER = b"1"
@@ -76,10 +80,58 @@ class Guard(HTTPAuthSessionWrapper):
             self._log.failure("Decoding {scheme} credentials failed", scheme=scheme)
             return self._body(request, render_error(request, 500))
 
+        try:
+            login = self._login(credentials)
+        except Exception:
+            # Answered as the portal's failed Deferred would be: 401, 503 or
+            # a logged 500.
+            self._refused(Failure(), request, [])
+            return NOT_DONE_YET
+        if isinstance(login, Deferred):
+            self._wait(request, credentials, login)
+        else:
+            self._serve_now(request, credentials, login)
+        return NOT_DONE_YET
+
+    def _login(self, credentials: ICredentials) -> _Login | Deferred[_Login]:
+        """
+        Log in as C{Portal.login} does, with the same checker and realm, but
+        without Deferreds when the checker can answer at once: a client
+        sending credentials verified lately is served synchronously.
+
+        @raise Exception: what the checker or the realm refuses with at once.
+        """
+        portal = self._portal
+        checker = self._checker(credentials)
+        if checker is None:
+            deferred: Deferred[_Login] = portal.login(credentials, None, IResource)
+            return deferred
+        found = checker.check(credentials)
+        if isinstance(found, Deferred):
+            return found.addCallback(portal.realm.requestAvatar, None, IResource)
+        login: _Login = portal.realm.requestAvatar(found, None, IResource)
+        return login
+
+    def _checker(self, credentials: ICredentials) -> IImmediateChecker | None:
+        """
+        The checker that C{Portal.login} would give C{credentials} to (the
+        first registered for an interface they provide) if it can answer at
+        once; else C{None}, and the portal logs in.
+        """
+        for interface, checker in self._portal.checkers.items():
+            if interface.providedBy(credentials):
+                return checker if IImmediateChecker.providedBy(checker) else None
+        return None
+
+    def _wait(
+        self, request: Request, credentials: ICredentials, login: Deferred[_Login]
+    ) -> None:
+        """
+        Render the avatar once C{login} succeeds, unless the client has left.
+        """
         gone: list[Failure] = []
         finished = request.notifyFinish()
         finished.addErrback(gone.append)
-        login: Deferred[Any] = self._portal.login(credentials, None, IResource)
         login.addCallbacks(
             self._logged_in,
             self._refused,
@@ -87,7 +139,6 @@ class Guard(HTTPAuthSessionWrapper):
             errbackArgs=(request, gone),
         )
         login.addErrback(self._failed, request)
-        return NOT_DONE_YET
 
     def _logged_in(
         self,
@@ -101,6 +152,30 @@ class Guard(HTTPAuthSessionWrapper):
         finished.addBoth(lambda _: logout())
         if gone:
             return
+        self._render_avatar(request, credentials, avatar)
+
+    def _serve_now(
+        self, request: Request, credentials: ICredentials, login: _Login
+    ) -> None:
+        """
+        Render the avatar of a login that succeeded at once.
+        """
+        _, avatar, logout = login
+        try:
+            self._render_avatar(request, credentials, avatar)
+        except Exception:
+            self._failed(Failure(), request)
+        if request.finished or getattr(request, "_disconnected", False):
+            # twisted.web's notifyFinish never fires once the request has
+            # finished or its connection is gone: log out now.
+            logout()
+        else:
+            request.notifyFinish().addBoth(lambda _: logout())
+
+    @staticmethod
+    def _render_avatar(
+        request: Request, credentials: ICredentials, avatar: IResource
+    ) -> None:
         request.remote_user = credentials.username.decode("utf-8")  # type: ignore[attr-defined]
         request.render(getChildForRequest(avatar, request))
 

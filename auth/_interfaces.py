@@ -4,6 +4,9 @@ The seams between the guard, the credential factories and the checkers.
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials
 from twisted.web.iweb import ICredentialFactory
 from zope.interface import Attribute
@@ -42,4 +45,21 @@ class IDigestCredentials(ICredentials):
 
         @raise twisted.cred.error.LoginFailed: when it was seen before.
         @raise auth._errors.StaleNonce: when the nonce is too old.
+        """
+
+
+class IImmediateChecker(ICredentialsChecker):
+    """
+    A credentials checker that can tell at once, without a Deferred, when
+    it needs nothing to wait for (say, credentials it verified lately), so
+    that the guard answers those requests synchronously.
+    """
+
+    def check(credentials: Any) -> object:
+        """
+        The avatar ID of C{credentials}: the ID itself when it is known at
+        once, else a Deferred of it (as C{requestAvatarId} would return).
+
+        @raise twisted.cred.error.UnauthorizedLogin: when refused at once.
+        @raise auth._errors.HashPoolBusy: when the check cannot be queued.
         """

@@ -48,6 +48,13 @@ class HomeRealm:
         if IResource not in interfaces:
             raise NotImplementedError("the homes realm only serves resources")
         name = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else ""
+        # Resolved once: the static resource still checks every file it
+        # serves against that real directory, so a home replaced later (say
+        # by a symbolic link to elsewhere) serves nothing, not more.  Only
+        # plain names are ever remembered.
+        cached = self._avatars.get(name)
+        if cached is not None:
+            return IResource, cached, _logout
         if not is_plain_name(name):
             raise UnauthorizedLogin("not a plain user name")
         return IResource, self._avatar(name), _logout
@@ -55,12 +62,6 @@ class HomeRealm:
     def _avatar(self, name: str) -> IResource:
         if self._homes is None:
             return _NOT_FOUND
-        cached = self._avatars.get(name)
-        if cached is not None:
-            # Resolved once: the static resource still checks every file it
-            # serves against that real directory, so a home replaced later
-            # (say by a symbolic link to elsewhere) serves nothing, not more.
-            return cached
         home = self._homes / name
         public = home / "public_html"
         try:

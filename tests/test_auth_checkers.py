@@ -26,6 +26,7 @@ from auth import (
     DigestChecker,
     HashPool,
     HashPoolBusy,
+    IImmediateChecker,
     VerifiedCache,
     parse_htpasswd,
 )
@@ -186,6 +187,77 @@ def test_cache_is_bounded() -> None:
     assert len(cache) == 3
     assert cache.verified("alice", b"h", b"9")
     assert not cache.verified("alice", b"h", b"0")
+
+
+# -- answering at once -----------------------------------------------------------
+
+
+def _stopped_checker(
+    cache: VerifiedCache, users: dict[str, bytes] | None = None
+) -> BcryptChecker:
+    """
+    A checker whose pool is not running: whatever needs bcrypt raises
+    L{HashPoolBusy} instead of being accepted.
+    """
+    return BcryptChecker(USERS if users is None else users, HashPool(reactor), cache)
+
+
+def test_checkers_provide_immediate_interface() -> None:
+    assert verifyObject(IImmediateChecker, _stopped_checker(VerifiedCache(Clock())))
+    assert verifyObject(IImmediateChecker, DigestChecker({}))
+
+
+def test_check_answers_cached_credentials_at_once() -> None:
+    cache = VerifiedCache(Clock())
+    cache.remember("alice", USERS["alice"], b"wonderland")
+    found = _stopped_checker(cache).check(UsernamePassword(b"alice", b"wonderland"))
+    assert found == b"alice"
+
+
+@pytest.mark.parametrize(
+    ("user", "password"),
+    [(b"alice", b"wonderland!"), (b"alice", b"wonderlan"), (b"bob", b"wonderland")],
+)
+def test_check_sends_other_credentials_to_bcrypt(user: bytes, password: bytes) -> None:
+    cache = VerifiedCache(Clock())
+    cache.remember("alice", USERS["alice"], b"wonderland")
+    with pytest.raises(HashPoolBusy):
+        _stopped_checker(cache).check(UsernamePassword(user, password))
+
+
+def test_check_sends_expired_credentials_to_bcrypt() -> None:
+    clock = Clock()
+    cache = VerifiedCache(clock)
+    cache.remember("alice", USERS["alice"], b"wonderland")
+    checker = _stopped_checker(cache)
+    clock.advance(59)
+    assert checker.check(UsernamePassword(b"alice", b"wonderland")) == b"alice"
+    clock.advance(1)
+    with pytest.raises(HashPoolBusy):
+        checker.check(UsernamePassword(b"alice", b"wonderland"))
+
+
+def test_check_sends_credentials_of_a_changed_file_to_bcrypt() -> None:
+    cache = VerifiedCache(Clock())
+    cache.remember("alice", USERS["alice"], b"wonderland")
+    # The same cache, the password file now giving alice another hash.
+    changed = _stopped_checker(cache, {**USERS, "alice": USERS["bob"]})
+    with pytest.raises(HashPoolBusy):
+        changed.check(UsernamePassword(b"alice", b"wonderland"))
+
+
+def test_check_refuses_a_name_that_is_not_plain_at_once() -> None:
+    checker = _stopped_checker(VerifiedCache(Clock()))
+    with pytest.raises(UnauthorizedLogin):
+        checker.check(UsernamePassword(b"../alice", b"wonderland"))
+
+
+def test_request_avatar_id_of_a_full_pool_fails_as_check_raises() -> None:
+    checker = _stopped_checker(VerifiedCache(Clock()))
+    failure = checker.requestAvatarId(UsernamePassword(b"alice", b"wonderland"))
+    failed: list[Failure] = []
+    failure.addErrback(failed.append)
+    assert len(failed) == 1 and failed[0].check(HashPoolBusy)
 
 
 # -- the pool -------------------------------------------------------------------

@@ -228,6 +228,53 @@ def test_expired_nonce_with_wrong_password_is_not_stale() -> None:
     result.result.trap(LoginFailed)
 
 
+def test_a_nonce_used_before_still_expires() -> None:
+    clock = Clock()
+    factory = _factory(clock)
+    (challenge,) = factory.challenges(_request(), False)
+    for count in (1, 2):
+        header = digest_authorization(
+            challenge, "GET", "/private/", "alice", "wonderland", nc=count
+        )
+        assert _login(factory, header, _request()).result == b"alice"
+    clock.advance(301)
+    header = digest_authorization(
+        challenge, "GET", "/private/", "alice", "wonderland", nc=3
+    )
+    result = _login(factory, header, _request())
+    assert result.result.check(StaleNonce)
+    result.result.trap(StaleNonce)
+
+
+def test_a_nonce_used_before_is_refused_once_altered() -> None:
+    factory = _factory()
+    (challenge,) = factory.challenges(_request(), False)
+    header = digest_authorization(challenge, "GET", "/private/", "alice", "wonderland")
+    assert _login(factory, header, _request()).result == b"alice"
+    nonce = challenge_fields(challenge)["nonce"]
+    altered = nonce[:-1] + ("0" if nonce[-1] != "0" else "1")
+    forged = challenge.decode().replace(nonce, altered)
+    header = digest_authorization(
+        forged, "GET", "/private/", "alice", "wonderland", nc=2
+    )
+    with pytest.raises(LoginFailed):
+        factory.decode(header[7:].encode(), _request())
+
+
+def test_nonces_checked_are_remembered_boundedly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("auth._digest.MAX_NONCES", 3)
+    factory = _factory()
+    for _ in range(10):
+        (challenge,) = factory.challenges(_request(), False)
+        header = digest_authorization(
+            challenge, "GET", "/private/", "alice", "wonderland"
+        )
+        assert _login(factory, header, _request()).result == b"alice"
+    assert len(factory._ours) == 3
+
+
 def test_nonce_of_another_key_is_refused() -> None:
     (challenge,) = DigestCredentialFactory("app", b"x" * 32, Clock()).challenges(
         _request(), False

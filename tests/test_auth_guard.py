@@ -6,26 +6,40 @@ header, the answer is a 401 with challenges (or a login attempt).
 from __future__ import annotations
 
 import base64
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import LoginFailed
-from twisted.cred.portal import Portal
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import reactor
 from twisted.internet.task import Clock
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from app._pages import ErrorResource
 from auth import (
     BasicCredentialFactory,
+    BcryptChecker,
     DigestCredentialFactory,
     Guard,
+    HashPool,
     HomeRealm,
     IChallenger,
+    IImmediateChecker,
+    VerifiedCache,
+    parse_htpasswd,
+)
+
+USERS = parse_htpasswd(
+    Path(__file__).resolve().parent / "data" / "auth" / "users.htpasswd"
 )
 
 
@@ -121,3 +135,119 @@ def test_guard_answers_any_scheme_payload_with_401(
 def test_guard_answers_any_basic_credentials_with_401(credentials: bytes) -> None:
     request = _render(_guard(), b"Basic " + base64.b64encode(credentials))
     assert request.responseCode == 401 or credentials == b"alice:wonderland"
+
+
+# -- answering at once ------------------------------------------------------------
+
+
+def _cached_guard(clock: Clock) -> Guard:
+    """
+    A guard whose bcrypt checker remembers alice's password, its hashing
+    pool not running: whatever is not answered from the cache is a 503.
+    """
+    cache = VerifiedCache(clock)
+    cache.remember("alice", USERS["alice"], b"wonderland")
+    checker = BcryptChecker(USERS, HashPool(reactor), cache)
+    return Guard(Portal(HomeRealm(None), [checker]), [BasicCredentialFactory("app")])
+
+
+def _written(request: DummyRequest) -> tuple[int, list[Any], bytes]:
+    headers = sorted(request.responseHeaders.getAllRawHeaders())
+    return request.responseCode, headers, b"".join(request.written)
+
+
+def test_cached_basic_credentials_are_answered_synchronously() -> None:
+    request = DummyRequest([b""])
+    request.requestHeaders.setRawHeaders(
+        b"authorization", [b"Basic " + base64.b64encode(b"alice:wonderland")]
+    )
+    assert _cached_guard(Clock()).render(request) is NOT_DONE_YET
+    # Finished before render returned: no Deferred was waited for.
+    assert request.finished
+    assert request.responseCode == 404  # the avatar: no homes
+    assert request.remote_user == "alice"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "credentials", [b"alice:wonderland", b"alice:wonderland!", b"bob:wonderland"]
+)
+def test_answers_at_once_are_those_of_the_portal(
+    credentials: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    header = b"Basic " + base64.b64encode(credentials)
+    at_once = _render(_cached_guard(Clock()), header)
+    monkeypatch.setattr(Guard, "_checker", lambda self, credentials: None)
+    portal = _render(_cached_guard(Clock()), header)
+    assert _written(at_once) == _written(portal)
+    user = getattr(at_once, "remote_user", None)
+    assert user == getattr(portal, "remote_user", None)
+
+
+@pytest.mark.parametrize(
+    "credentials", [b"alice:wonderland!", b"alice:wonderlan", b"bob:wonderland"]
+)
+def test_other_credentials_are_not_answered_from_the_cache(credentials: bytes) -> None:
+    request = _render(_cached_guard(Clock()), b"Basic " + base64.b64encode(credentials))
+    # Sent to bcrypt, whose pool is not running.
+    assert request.responseCode == 503
+    assert getattr(request, "remote_user", None) is None
+
+
+def test_expired_credentials_are_not_answered_from_the_cache() -> None:
+    clock = Clock()
+    guard = _cached_guard(clock)
+    header = b"Basic " + base64.b64encode(b"alice:wonderland")
+    clock.advance(59)
+    assert _render(guard, header).responseCode == 404
+    clock.advance(1)
+    assert _render(guard, header).responseCode == 503
+
+
+class _Later(Resource):
+    """
+    An avatar that answers only when the test finishes its request.
+    """
+
+    isLeaf = True
+
+    def render(self, request: DummyRequest) -> int:
+        return NOT_DONE_YET
+
+
+@implementer(IRealm)
+class _CountingRealm:
+    def __init__(self, avatar: IResource) -> None:
+        self.avatar = avatar
+        self.logouts = 0
+
+    def requestAvatar(self, avatarId: Any, mind: object, *interfaces: Any) -> Any:
+        return IResource, self.avatar, self.logout
+
+    def logout(self) -> None:
+        self.logouts += 1
+
+
+@implementer(IImmediateChecker)
+class _AtOnce:
+    credentialInterfaces = (IUsernamePassword,)
+
+    def check(self, credentials: UsernamePassword) -> bytes:
+        return bytes(credentials.username)
+
+    def requestAvatarId(self, credentials: UsernamePassword) -> Any:
+        raise AssertionError("asked at once, never through the portal")
+
+
+@pytest.mark.parametrize("avatar", [ErrorResource(404), _Later()])
+def test_login_answered_at_once_logs_out_once_finished(avatar: IResource) -> None:
+    realm = _CountingRealm(avatar)
+    guard = Guard(Portal(realm, [_AtOnce()]), [BasicCredentialFactory("app")])
+    request = DummyRequest([b""])
+    request.requestHeaders.setRawHeaders(
+        b"authorization", [b"Basic " + base64.b64encode(b"alice:x")]
+    )
+    assert guard.render(request) is NOT_DONE_YET
+    assert realm.logouts == (1 if request.finished else 0)
+    if not request.finished:
+        request.finish()
+    assert realm.logouts == 1

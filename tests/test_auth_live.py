@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 
 from app.testing import LiveServer
-from auth import passwd_main
+from auth import Guard, passwd_main
 from tests.conftest import failures
 from tests.rawhttp import exchange, parse_response
 from tests.test_auth_digest import challenge_fields, digest_authorization
@@ -373,6 +374,142 @@ async def test_digest_expired_nonce_is_401_stale(
     assert fresh.endswith(", stale=true")
     again = digest_authorization(fresh, "GET", "/private/", "alice", "wonderland")
     assert (await _get(guarded, "/private/", again))[0] == 200
+
+
+# -- answered at once or through the portal -------------------------------------
+
+
+@pytest.fixture
+def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """
+    The hashes bcrypt is asked to check a password against, in order.
+    """
+    calls: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        calls.append(hashed)
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    return calls
+
+
+def _through_the_portal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Make the guard log every request in through its portal, with Deferreds,
+    as it does for a checker that cannot answer at once.
+    """
+    monkeypatch.setattr(Guard, "_checker", lambda self, credentials: None)
+
+
+_DATE = re.compile(rb"\r\nDate: [^\r]*")
+_NONCE = re.compile(rb'nonce="[0-9a-f]+"')
+
+
+async def _raw(
+    server: LiveServer, method: str, path: str, authorization: bytes | str
+) -> bytes:
+    """
+    The whole response to one request, less what differs between any two
+    responses (the date and a fresh nonce).
+    """
+    if isinstance(authorization, str):
+        authorization = authorization.encode("latin-1")
+    request = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+        + b"Authorization: "
+        + authorization
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    response = await exchange(reactor, server.port_number, request)
+    return _NONCE.sub(b'nonce="N"', _DATE.sub(b"", response))
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/private/"),
+        ("GET", "/private/notes.txt"),
+        ("HEAD", "/private/notes.txt"),
+        ("GET", "/private/missing.txt"),
+        ("GET", "/private/to-bob/bob.txt"),
+        ("POST", "/private/notes.txt"),
+    ],
+)
+async def test_cached_basic_login_answers_as_the_first_and_the_portal_do(
+    guarded: LiveServer,
+    hash_calls: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    path: str,
+) -> None:
+    authorization = basic("alice", "wonderland")
+    checked = await _raw(guarded, method, path, authorization)
+    cached = await _raw(guarded, method, path, authorization)
+    _through_the_portal(monkeypatch)
+    portal = await _raw(guarded, method, path, authorization)
+    assert cached == checked == portal
+    assert len(hash_calls) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_cached_basic_login_does_not_let_another_password_in(
+    guarded: LiveServer, hash_calls: list[bytes]
+) -> None:
+    assert (await _get(guarded, "/private/", basic("alice", "wonderland")))[0] == 200
+    code, _, body = await _get(guarded, "/private/", basic("alice", "wonderland!"))
+    assert code == 401 and "alice home" not in body
+    assert len(hash_calls) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_basic_login_is_checked_again(
+    guarded: LiveServer, hash_calls: list[bytes], clock: Clock
+) -> None:
+    for _ in range(2):
+        assert (await _get(guarded, "/private/", basic("alice", "x")))[0] == 401
+        assert (await _get(guarded, "/private/", basic("alice", "wonderland")))[
+            0
+        ] == 200
+        assert (await _get(guarded, "/private/", basic("alice", "wonderland")))[
+            0
+        ] == 200
+        clock.advance(60)
+    assert len(hash_calls) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_digest_answers_at_once_as_the_portal_does(
+    guarded: LiveServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = "/private/notes.txt"
+
+    async def answers() -> list[bytes]:
+        _, headers, _ = await _get(guarded, path)
+        challenge = headers.getRawHeaders("www-authenticate")[0]
+        right = digest_authorization(challenge, "GET", path, "alice", "wonderland")
+        wrong = digest_authorization(challenge, "GET", path, "alice", "x", nc=2)
+        bob = digest_authorization(challenge, "GET", path, "bob", "builder", nc=3)
+        late = digest_authorization(challenge, "GET", path, "alice", "wonderland", nc=4)
+        found = [await _raw(guarded, "GET", path, value) for value in (right, right)]
+        found += [await _raw(guarded, "GET", path, value) for value in (wrong, bob)]
+        clock.advance(301)
+        found.append(await _raw(guarded, "GET", path, late))
+        return found
+
+    at_once = await answers()
+    _through_the_portal(monkeypatch)
+    assert await answers() == at_once
+    assert [parse_response(answer)[0] for answer in at_once] == [
+        200,
+        401,
+        401,
+        404,
+        401,
+    ]
+    assert b"stale=true" in at_once[-1] and b"stale=true" not in at_once[1]
 
 
 # -- homes ------------------------------------------------------------------------
