@@ -39,6 +39,8 @@ import bcrypt
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on (http://[^/\s]+)/")
 USER, PASSWORD = "bench", "bench-password"
+#: The most Digest requests a second the benchmark has nonce counts for.
+DIGEST_RATE = 40_000
 
 
 @dataclass
@@ -50,8 +52,9 @@ class Case:
     headers: dict[str, str] = field(default_factory=dict)
     #: Called with the base URL once the server is up; returns extra headers.
     prepare: Callable[[str], dict[str, str]] | None = None
-    #: Called with the base URL; returns a wrk Lua script (for per-request headers).
-    script: Callable[[str, Path], Path] | None = None
+    #: Called with the base URL, a scratch directory and the seconds wrk will
+    #: run; returns a wrk Lua script (for per-request headers).
+    script: Callable[[str, Path, float], Path] | None = None
     #: The case this one's ratio is also reported against.
     versus: str | None = None
 
@@ -97,10 +100,11 @@ def session_cookie(base: str) -> dict[str, str]:
     return {"Cookie": cookie}
 
 
-def digest_script(base: str, tmp: Path) -> Path:
+def digest_script(base: str, tmp: Path, seconds: float) -> Path:
     """
     A wrk script sending a fresh nonce count with every request (each
-    (nonce, nc) pair is accepted once), precomputed from one challenge.
+    (nonce, nc) pair is accepted once), precomputed from one challenge: as
+    many as C{seconds} of requests at up to L{DIGEST_RATE} a second.
     """
     uri = "/private/4k.bin"
     try:
@@ -116,7 +120,7 @@ def digest_script(base: str, tmp: Path) -> Path:
     ha2 = hashlib.md5(f"GET:{uri}".encode()).hexdigest()
     cnonce = secrets.token_hex(8)
     lines = []
-    for count in range(1, 60_001):
+    for count in range(1, math.ceil(max(seconds, 1.0) * DIGEST_RATE) + 1):
         nc = f"{count:08x}"
         answer = hashlib.md5(
             f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}".encode()
@@ -344,9 +348,9 @@ def main() -> int:
                 url = base + case.path
                 # A fresh script each run: a nonce count is good only once.
                 make = case.script
-                script = make(base, tmp) if make is not None else None
+                script = make(base, tmp, options.warmup) if make else None
                 wrk(url, options.warmup, options.connections, headers, script)
-                script = make(base, tmp) if make is not None else None
+                script = make(base, tmp, options.seconds) if make else None
                 result = wrk(url, options.seconds, options.connections, headers, script)
             finally:
                 stop(process)
