@@ -38,9 +38,11 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.logger import Logger
+from twisted.protocols import basic
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import IResource
 
 from app._pages import HTML_TYPE, error_page, reason
@@ -173,6 +175,9 @@ class Channel(http.HTTPChannel):
     #: Set while twisted.web hands a request over (see setTimeout).
     _keep_idle_timer = False
     _peer: IAddress | None = None
+    #: twisted.web's own: whether the next line is a request line (1, or
+    #: 2 once a stray blank line before it was skipped).
+    _HTTPChannel__first_line: int
     _secure: bool | None = None
     _host: IAddress | None = None
 
@@ -222,11 +227,13 @@ class Channel(http.HTTPChannel):
             # stops sending altogether meets the idle timer instead.)
             self.refuse(408)
             return
+        if deadline is None and data[-4:] == b"\r\n\r\n" and self._whole_head(data):
+            return
         super().dataReceived(data)
         if (
             deadline is None
             and self.line_mode
-            and (self._buffer or not self._HTTPChannel__first_line)  # type: ignore[attr-defined]
+            and (self._buffer or not self._HTTPChannel__first_line)
             and self.timeOut
             and not self.refused
         ):
@@ -234,6 +241,82 @@ class Channel(http.HTTPChannel):
             # be complete within the idle timeout from now.  (A head that
             # arrives whole, the usual case, costs no clock reading.)
             self._head_deadline = self.site.reactor.seconds() + self.timeOut
+
+    def _whole_head(self, data: bytes) -> bool:
+        """
+        Take C{data} as a request if it is one whole head without a body and
+        with nothing after it, which a client between requests usually sends:
+        the request line and headers are parsed in one pass, with
+        twisted.web's rules.  Anything else, or anything these rules refuse,
+        is left untouched (C{False}) for twisted.web's line-by-line parser,
+        which answers it as it always does.
+        """
+        if (
+            not self.line_mode
+            or self._buffer
+            or self._busyReceiving
+            or self.requests
+            or not self.persistent
+            or self._HTTPChannel__first_line != 1
+            or len(data) > self.totalHeadersSize
+            or data.find(b"\r\n\r\n") != len(data) - 4
+        ):
+            return False
+        lines = data[:-4].split(b"\r\n")
+        request_line = lines[0]
+        parts = request_line.split(b" ")
+        if (
+            len(parts) != 3
+            or len(request_line) > MAX_REQUEST_LINE
+            or len(lines) > self.maxHeaders
+            or _NOT_PRINTABLE.search(request_line) is not None
+            or _TOKEN.fullmatch(parts[0]) is None
+            or not parts[1]
+            or parts[2] not in _VERSIONS
+        ):
+            return False
+        headers = Headers()
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            value = value.strip(b" \t")
+            if (
+                not colon
+                or name.lower() in _BODY_HEADERS
+                or len(value.translate(None, b"\x00\r\n")) != len(value)
+            ):
+                return False
+            try:
+                headers.addRawHeader(name, value)
+            except ValueError:  # InvalidHeaderName: not a token
+                return False
+
+        # As twisted.web's lineReceived, headerReceived, allHeadersReceived
+        # and LineReceiver.dataReceived would leave things.
+        self.resetTimeout()
+        factory = self.requestFactory
+        if INonQueuedRequestFactory.providedBy(factory):
+            request = factory(self)
+        else:
+            request = factory(self, len(self.requests))
+        request.requestHeaders = headers
+        self.requests.append(request)
+        self._HTTPChannel__first_line = 0
+        self._command, self._path, self._version = parts
+        self._request_line = request_line
+        self._receivedHeaderCount = len(lines) - 1
+        self._receivedHeaderSize = len(data) - 2 * len(lines) - 2
+        self._busyReceiving = True
+        try:
+            self.allHeadersReceived()
+            if not self.refused:
+                self.allContentReceived()
+        finally:
+            self._busyReceiving = False
+        if self._buffer and not self.refused:
+            # What arrived while the request was handled (twisted.web hands
+            # it back through dataReceived when it is done).
+            basic.LineReceiver.dataReceived(self, b"")
+        return True
 
     def rawDataReceived(self, data: bytes) -> None:
         if self.refused:
@@ -244,7 +327,7 @@ class Channel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if self.refused:
             return
-        if line and self._HTTPChannel__first_line:  # type: ignore[attr-defined]
+        if line and self._HTTPChannel__first_line:
             # The request line.
             if len(line) > MAX_REQUEST_LINE:
                 self._request_line = None
@@ -258,7 +341,7 @@ class Channel(http.HTTPChannel):
         super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        first_line = self._HTTPChannel__first_line  # type: ignore[attr-defined]
+        first_line = self._HTTPChannel__first_line
         if first_line:
             self._request_line = None
         self.refuse(414 if first_line else 431)
@@ -293,7 +376,7 @@ class Channel(http.HTTPChannel):
         # twisted.web's answer to everything it finds wrong with a head; the
         # limits on its size and number of lines have their own codes.
         if self._receivedHeaderSize > self.totalHeadersSize:
-            self.refuse(414 if self._HTTPChannel__first_line else 431)  # type: ignore[attr-defined]
+            self.refuse(414 if self._HTTPChannel__first_line else 431)
         elif self._receivedHeaderCount > self.maxHeaders:
             self.refuse(431)
         else:
@@ -377,7 +460,7 @@ class Channel(http.HTTPChannel):
         assert self.transport is not None
         # twisted.web clears __first_line once it has made the request object
         # for the request line; before that it has no headers to show.
-        started = not self._HTTPChannel__first_line  # type: ignore[attr-defined]
+        started = not self._HTTPChannel__first_line
         return Refusal(
             client=self.transport.getPeer(),
             request_line=self._request_line,
@@ -486,6 +569,12 @@ http_date = _HTTPDate()
 
 #: Anything but printable ASCII and spaces in a request line.
 _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+#: A method: an RFC 9110 token.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
+#: Headers that frame a body or ask for 100 Continue: a head that has any
+#: is left to twisted.web's parser.
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 
 
 def request_uri(request: server.Request) -> str:
