@@ -174,6 +174,10 @@ class Channel(http.HTTPChannel):
     _drained = 0
     #: Set while twisted.web hands a request over (see setTimeout).
     _keep_idle_timer = False
+    #: What the guard of /private/ remembers of this connection's last
+    #: login (auth._guard), so that a client repeating its Authorization
+    #: header on the same connection is not checked again each time.
+    remembered_login: Any = None
     _peer: IAddress | None = None
     #: twisted.web's own: whether the next line is a request line (1, or
     #: 2 once a stray blank line before it was skipped).

@@ -105,6 +105,23 @@ class VerifiedCache:
             return False
         return True
 
+    def expiry(self, user: str, hashed: bytes, password: bytes) -> float | None:
+        """
+        When the verification of these credentials ends, on the cache's
+        clock, if they are verified now; else C{None}.
+        """
+        expiry = self._expiry.get(self._entry(user, hashed, password))
+        if expiry is None or expiry <= self._clock.seconds():
+            return None
+        return expiry
+
+    def still_good(self, expiry: float) -> Callable[[], bool]:
+        """
+        A test of whether the cache's clock is still before C{expiry}.
+        """
+        seconds = self._clock.seconds
+        return lambda: seconds() < expiry
+
     def remember(self, user: str, hashed: bytes, password: bytes) -> None:
         """
         Note that these credentials were just verified.
@@ -168,6 +185,15 @@ class BcryptChecker:
 
         return checked.addCallback(decide)
 
+    def still_good(self, credentials: IUsernamePassword) -> Callable[[], bool] | None:
+        name = credentials.username.decode("utf-8")
+        stored = self._users.get(name)
+        if stored is None:
+            return None
+        password = bytes(credentials.password)[:BCRYPT_MAX_PASSWORD]
+        expiry = self._cache.expiry(name, stored, password)
+        return None if expiry is None else self._cache.still_good(expiry)
+
 
 @implementer(IImmediateChecker)
 class DigestChecker:
@@ -201,6 +227,10 @@ class DigestChecker:
             raise UnauthorizedLogin()
         credentials.accept_once()
         return username
+
+    def still_good(self, credentials: IDigestCredentials) -> None:
+        # Every Digest answer is good once: each request is checked.
+        return None
 
 
 def _deferred(

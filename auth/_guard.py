@@ -22,6 +22,7 @@ answer the same.  It answers:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.cred.credentials import ICredentials
@@ -45,6 +46,23 @@ RETRY_AFTER = b"1"
 _Login = tuple[Any, IResource, Callable[[], None]]
 
 
+@dataclass(frozen=True)
+class _Remembered:
+    """
+    The last login a connection's C{Authorization} header made at once: the
+    same header on the same connection is taken for the same avatar ID
+    again, without decoding or checking, while the checker's C{still_good}
+    holds (for Basic, while the verification it cached lasts); the realm is
+    still asked for the avatar, and told of the logout, every time.
+    """
+
+    guard: Guard
+    header: bytes
+    credentials: ICredentials
+    avatar_id: Any
+    still_good: Callable[[], bool]
+
+
 class Guard(HTTPAuthSessionWrapper):
     """
     Guard every path below it with C{portal}, the credentials coming from
@@ -66,7 +84,25 @@ class Guard(HTTPAuthSessionWrapper):
         values = request.requestHeaders.getRawHeaders(b"authorization") or []
         if len(values) != 1:
             return self._unauthorized(request)
-        scheme, _, response = values[0].strip(b" \t").partition(b" ")
+        header = values[0]
+        channel: Any = getattr(request, "channel", None)
+        remembered: _Remembered | None = getattr(channel, "remembered_login", None)
+        if (
+            remembered is not None
+            and remembered.guard is self
+            and remembered.header == header
+            and remembered.still_good()
+        ):
+            try:
+                login = self._portal.realm.requestAvatar(
+                    remembered.avatar_id, None, IResource
+                )
+            except Exception:
+                self._refused(Failure(), request, [])
+                return NOT_DONE_YET
+            self._serve_now(request, remembered.credentials, login)
+            return NOT_DONE_YET
+        scheme, _, response = header.strip(b" \t").partition(b" ")
         factory = self._by_scheme.get(scheme.lower())
         if factory is None:
             return self._unauthorized(request)
@@ -80,8 +116,9 @@ class Guard(HTTPAuthSessionWrapper):
             self._log.failure("Decoding {scheme} credentials failed", scheme=scheme)
             return self._body(request, render_error(request, 500))
 
+        checker = self._checker(credentials)
         try:
-            login = self._login(credentials)
+            login = self._log_in(checker, credentials)
         except Exception:
             # Answered as the portal's failed Deferred would be: 401, 503 or
             # a logged 500.
@@ -89,20 +126,29 @@ class Guard(HTTPAuthSessionWrapper):
             return NOT_DONE_YET
         if isinstance(login, Deferred):
             self._wait(request, credentials, login)
-        else:
-            self._serve_now(request, credentials, login)
+            return NOT_DONE_YET
+        assert checker is not None
+        avatar_id, login = login
+        still_good = checker.still_good(credentials)
+        if still_good is not None and channel is not None:
+            channel.remembered_login = _Remembered(
+                self, header, credentials, avatar_id, still_good
+            )
+        self._serve_now(request, credentials, login)
         return NOT_DONE_YET
 
-    def _login(self, credentials: ICredentials) -> _Login | Deferred[_Login]:
+    def _log_in(
+        self, checker: IImmediateChecker | None, credentials: ICredentials
+    ) -> tuple[Any, _Login] | Deferred[_Login]:
         """
         Log in as C{Portal.login} does, with the same checker and realm, but
         without Deferreds when the checker can answer at once: a client
-        sending credentials verified lately is served synchronously.
+        sending credentials verified lately is served synchronously (the
+        avatar ID and the login are returned then).
 
         @raise Exception: what the checker or the realm refuses with at once.
         """
         portal = self._portal
-        checker = self._checker(credentials)
         if checker is None:
             deferred: Deferred[_Login] = portal.login(credentials, None, IResource)
             return deferred
@@ -110,7 +156,7 @@ class Guard(HTTPAuthSessionWrapper):
         if isinstance(found, Deferred):
             return found.addCallback(portal.realm.requestAvatar, None, IResource)
         login: _Login = portal.realm.requestAvatar(found, None, IResource)
-        return login
+        return found, login
 
     def _checker(self, credentials: ICredentials) -> IImmediateChecker | None:
         """

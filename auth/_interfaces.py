@@ -4,6 +4,7 @@ The seams between the guard, the credential factories and the checkers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
@@ -62,4 +63,13 @@ class IImmediateChecker(ICredentialsChecker):
 
         @raise twisted.cred.error.UnauthorizedLogin: when refused at once.
         @raise auth._errors.HashPoolBusy: when the check cannot be queued.
+        """
+
+    def still_good(credentials: Any) -> Callable[[], bool] | None:
+        """
+        For credentials that C{check} just accepted at once: a test of
+        whether the same credentials would still be accepted at once without
+        being checked again (until the lifetime of a cached verification
+        ends, say); C{None} where every request must be checked (Digest,
+        whose every answer is used once).
         """

@@ -237,6 +237,9 @@ class _AtOnce:
     def requestAvatarId(self, credentials: UsernamePassword) -> Any:
         raise AssertionError("asked at once, never through the portal")
 
+    def still_good(self, credentials: UsernamePassword) -> None:
+        return None
+
 
 @pytest.mark.parametrize("avatar", [ErrorResource(404), _Later()])
 def test_login_answered_at_once_logs_out_once_finished(avatar: IResource) -> None:

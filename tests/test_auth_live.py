@@ -750,3 +750,77 @@ async def test_demo_users_log_in_to_their_homes() -> None:
         assert code == 200 and "bob's home" in body
     finally:
         await server.stop()
+
+
+async def _keep_alive_get(client: Any, path: bytes, authorization: bytes) -> bytes:
+    """
+    Send one GET on an open raw connection and return its whole response
+    (its Date left out) once it has arrived.
+    """
+    start = len(client.received)
+    client.send(
+        b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: %s\r\n\r\n"
+        % (path, authorization)
+    )
+    for _ in range(1000):
+        data = bytes(client.received[start:])
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"\r\nContent-Length: (\d+)", head)
+        if length is not None and len(body) >= int(length.group(1)):
+            return _DATE.sub(b"", data)
+        await Deferred.fromCoroutine(_tick())
+    raise AssertionError("no whole response arrived")
+
+
+async def _tick() -> None:
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, 0.005, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_repeating_its_basic_login_is_not_checked_again(
+    guarded: LiveServer,
+    hash_calls: list[bytes],
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from auth import BcryptChecker
+    from tests.rawhttp import connect
+
+    checks: list[bytes] = []
+    real_check = BcryptChecker.check
+
+    def counting(self: BcryptChecker, credentials: Any) -> Any:
+        checks.append(credentials.username)
+        return real_check(self, credentials)
+
+    monkeypatch.setattr(BcryptChecker, "check", counting)
+    right, wrong = basic("alice", "wonderland"), basic("alice", "wonderland!")
+    client = await connect(reactor, guarded.port_number)
+    try:
+        first = await _keep_alive_get(client, b"/private/notes.txt", right)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        # The first is bcrypt-checked, the second found in the cache; from
+        # then on the connection's repeated header is let in as it was.
+        for _ in range(3):
+            assert await _keep_alive_get(client, b"/private/notes.txt", right) == first
+        assert (len(checks), len(hash_calls)) == (2, 1)
+        refused = await _keep_alive_get(client, b"/private/notes.txt", wrong)
+        assert refused.startswith(b"HTTP/1.1 401 ")
+        assert (len(checks), len(hash_calls)) == (3, 2)
+        # A refused header does not undo the login the connection made.
+        assert await _keep_alive_get(client, b"/private/notes.txt", right) == first
+        assert (len(checks), len(hash_calls)) == (3, 2)
+        # The connection's login lasts as long as the verification it rests on.
+        clock.advance(59.9)
+        assert await _keep_alive_get(client, b"/private/notes.txt", right) == first
+        assert (len(checks), len(hash_calls)) == (3, 2)
+        clock.advance(0.1)
+        assert await _keep_alive_get(client, b"/private/notes.txt", right) == first
+        assert (len(checks), len(hash_calls)) == (4, 3)
+        # Another user's home stays out of reach on the same connection.
+        other = await _keep_alive_get(client, b"/private/notes.txt", basic("bob", "x"))
+        assert other.startswith(b"HTTP/1.1 401 ")
+    finally:
+        client.close()
