@@ -369,7 +369,7 @@ def request_session(
     with its cookie set; adapted to C{interface} when one is given.
     """
     store = request.site.sessions
-    secure = _is_secure(request, force_not_secure)
+    secure = not force_not_secure and request.isSecure()
     # One reading of the clock both finds the session live and restarts its
     # idle time, as Session.touch would.
     now = store.clock.seconds()
