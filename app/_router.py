@@ -75,7 +75,7 @@ class _Rest(PathConverter):
 
 
 #: How many (path, method) pairs the router remembers the match of.
-MATCH_CACHE = 4096
+MATCH_CACHE = 1024
 
 #: How Klein spells the rest of a branch route, and how this router does.
 _KLEIN_BRANCH = "/<path:__rest__>"
