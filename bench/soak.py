@@ -101,6 +101,9 @@ HOSTILE: list[bytes] = [
 ]
 
 
+#: Long enough for the mix to fill --max-sessions (1000) at ~1 000 req/s.
+WARM_UP_SECONDS = 15
+
 SLOW_REQUEST = (
     b"GET /delayed?seconds=0.3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 )
@@ -291,7 +294,17 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as directory:
             script = lua_script(Path(directory))
-            load(port, 3, options.connections, script)  # warm-up
+            # Warm up with both streams until what is bounded has filled:
+            # --max-sessions sessions, the thread pools, the buffers of the
+            # largest hostile requests.  Growth after that would be a leak.
+            warming = threading.Event()
+            warm_hostile = threading.Thread(
+                target=hostile_stream, args=(port, warming, Findings())
+            )
+            warm_hostile.start()
+            load(port, WARM_UP_SECONDS, options.connections, script)
+            warming.set()
+            warm_hostile.join(timeout=30)
             rss_start = rss_kib(process.pid)
             stop = threading.Event()
             hostile = threading.Thread(
