@@ -337,12 +337,7 @@ class Router(Resource):
         if fast is None:
             body = self._dispatch(request)
         else:
-            postpath: list[bytes] = request.postpath or []
-            prepath: list[bytes] = request.prepath or []
-            count = fast.segment_count
-            prepath.extend(postpath[:count])
-            request.prepath = prepath
-            request.postpath = postpath[count:]
+            _take_segments(request, fast.segment_count)
             body = self._call(request, fast.function, {})
         if body is NOT_DONE_YET or request.method != b"HEAD":
             return body
@@ -351,7 +346,6 @@ class Router(Resource):
 
     def _dispatch(self, request: Request) -> bytes | int:
         postpath: list[bytes] = request.postpath or []
-        prepath: list[bytes] = request.prepath or []
         raw: bytes = request.path
         try:
             if raw[:1] == b"/" and b"%" not in raw:
@@ -377,10 +371,7 @@ class Router(Resource):
 
         app = match.app
         handler = app.endpoints[match.endpoint]
-        segment_count: int = handler.segment_count  # type: ignore[attr-defined]
-        prepath.extend(postpath[:segment_count])
-        request.prepath = prepath
-        request.postpath = postpath[segment_count:]
+        _take_segments(request, handler.segment_count)  # type: ignore[attr-defined]
         if match.direct is not None:
             return self._call(request, match.direct, match.arguments)
         return self._call(
@@ -501,6 +492,18 @@ class Router(Resource):
             trace = escape(failure.getTraceback())
             return error_page(500, extra_html=f"\n<pre>{trace}</pre>")
         return error_page(500)
+
+
+def _take_segments(request: Request, count: int) -> None:
+    """
+    Move the first C{count} segments of the path left to C{request} over to
+    the part already dispatched, as Klein does for the route it calls.
+    """
+    postpath: list[bytes] = request.postpath or []
+    prepath: list[bytes] = request.prepath or []
+    prepath.extend(postpath[:count])
+    request.prepath = prepath
+    request.postpath = postpath[count:]
 
 
 def branch_segments(request: Request) -> list[str]:
