@@ -202,12 +202,8 @@ class StaticDirectory(Resource):
         descriptor = _open_beneath(root, names)
         if descriptor is None:
             return None
-        try:
-            status = os.fstat(descriptor)
-        except OSError:
-            status = None
-        if status is None or not stat.S_ISREG(status.st_mode):
-            os.close(descriptor)
+        status = _regular_status(descriptor)
+        if status is None:
             return None
         return descriptor, status, names[-1]
 
@@ -392,6 +388,17 @@ def _open_regular(real: str) -> tuple[int, os.stat_result] | None:
         descriptor = os.open(real, _FILE_FLAGS)
     except (OSError, ValueError):
         return None
+    status = _regular_status(descriptor)
+    if status is None:
+        return None
+    return descriptor, status
+
+
+def _regular_status(descriptor: int) -> os.stat_result | None:
+    """
+    The status of the open C{descriptor} if it is a regular file; otherwise
+    close it and return C{None}.
+    """
     try:
         status = os.fstat(descriptor)
     except OSError:
@@ -399,7 +406,7 @@ def _open_regular(real: str) -> tuple[int, os.stat_result] | None:
     if status is None or not stat.S_ISREG(status.st_mode):
         os.close(descriptor)
         return None
-    return descriptor, status
+    return status
 
 
 # -- answering ---------------------------------------------------------------
