@@ -254,24 +254,11 @@ class SessionSweep(Service):
 # -- requests -----------------------------------------------------------------
 
 
-def cookie_values(headers: Sequence[bytes], name: bytes) -> list[bytes]:
-    """
-    The values of every cookie called C{name} in the C{Cookie} headers
-    C{headers}, in order (a browser sends the most specific first).
-    """
-    values = []
-    for header in headers:
-        for pair in header.split(b";"):
-            key, sep, value = pair.partition(b"=")
-            if sep and key.strip() == name:
-                values.append(value.strip())
-    return values
-
-
 def _uid_cookie(name: bytes) -> re.Pattern[bytes]:
-    # What cookie_values finds for name, in one pass, keeping only the values
-    # that are well-formed uids: \s in a bytes pattern is exactly what
-    # bytes.strip() removes, and the lookahead leaves the ";" to the next pair.
+    # The values of the name=value pairs of a Cookie header (split at ";",
+    # then at the first "=", each part stripped) that are well-formed uids,
+    # in one pass: \s in a bytes pattern is exactly what bytes.strip()
+    # removes, and the lookahead leaves the ";" to the next pair.
     key = re.escape(name)
     return re.compile(rb"(?:^|;)\s*%s\s*=\s*(%s)\s*(?=;|\Z)" % (key, _UID.pattern))
 
@@ -279,7 +266,8 @@ def _uid_cookie(name: bytes) -> re.Pattern[bytes]:
 def cookie_uids(headers: Sequence[bytes], name: bytes) -> list[bytes]:
     """
     The values of the cookies called C{name} in C{headers} that have the
-    form of a session uid, in order: L{cookie_values} without the others.
+    form of a session uid, in order (a browser sends the most specific
+    first).
     """
     pattern = _UID_COOKIES.get(name) or _uid_cookie(name)
     uids: list[bytes] = []

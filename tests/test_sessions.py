@@ -39,7 +39,6 @@ from app._sessions import (
     SECURE_COOKIE_NAME,
     Session,
     cookie_uids,
-    cookie_values,
 )
 from app._site import build_site
 from app.testing import LiveServer
@@ -721,6 +720,20 @@ def test_any_cookie_header_gets_its_session_or_a_fresh_one(
         assert len(site.sessions) == 2
     else:
         assert request.cookies == []
+
+
+def cookie_values(headers: list[bytes], name: bytes) -> list[bytes]:
+    """
+    The values of every cookie called C{name} in C{headers}, in order, as
+    the header's plain grammar gives them: the reference for cookie_uids.
+    """
+    values = []
+    for header in headers:
+        for pair in header.split(b";"):
+            key, sep, value = pair.partition(b"=")
+            if sep and key.strip() == name:
+                values.append(value.strip())
+    return values
 
 
 @given(st.lists(st.binary(max_size=100), max_size=5), st.binary(max_size=20))
