@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 
+import bcrypt
 import pytest
 import pytest_twisted
 from hypothesis import settings
@@ -61,3 +62,19 @@ async def stop_on_clock(live: LiveServer) -> None:
         if channel.transport is not None:
             channel.transport.abortConnection()
     await live.stop()
+
+
+@pytest.fixture
+def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """
+    The hashes bcrypt is asked to check a password against, in order.
+    """
+    calls: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        calls.append(hashed)
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    return calls

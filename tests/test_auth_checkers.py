@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import bcrypt
 import pytest
 import pytest_twisted
 from twisted.cred.checkers import ICredentialsChecker
@@ -42,22 +41,6 @@ def pool() -> Iterator[HashPool]:
     hashing.startService()
     yield hashing
     hashing.stopService()
-
-
-@pytest.fixture
-def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """
-    The hashes bcrypt is asked to check a password against, in order.
-    """
-    calls: list[bytes] = []
-    real = bcrypt.checkpw
-
-    def counting(password: bytes, hashed: bytes) -> bool:
-        calls.append(hashed)
-        return real(password, hashed)
-
-    monkeypatch.setattr(bcrypt, "checkpw", counting)
-    return calls
 
 
 def _checker(pool: HashPool, clock: Clock | None = None) -> BcryptChecker:

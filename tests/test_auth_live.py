@@ -379,22 +379,6 @@ async def test_digest_expired_nonce_is_401_stale(
 # -- answered at once or through the portal -------------------------------------
 
 
-@pytest.fixture
-def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """
-    The hashes bcrypt is asked to check a password against, in order.
-    """
-    calls: list[bytes] = []
-    real = bcrypt.checkpw
-
-    def counting(password: bytes, hashed: bytes) -> bool:
-        calls.append(hashed)
-        return real(password, hashed)
-
-    monkeypatch.setattr(bcrypt, "checkpw", counting)
-    return calls
-
-
 def _through_the_portal(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     Make the guard log every request in through its portal, with Deferreds,
