@@ -1016,6 +1016,13 @@ async def test_a_file_rewritten_in_place_is_served_anew(
     assert _header(after, "last-modified") == http.datetimeToString(MTIME + 1)
 
 
+async def _serves_nothing(files: LiveServer, *targets: bytes) -> None:
+    for target in targets:
+        code, _, body = await _raw(files, target)
+        assert code == 404
+        assert SECRET not in body
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_file_replaced_by_a_symlink_out_is_refused(
     files: LiveServer, tree: Path
@@ -1024,9 +1031,7 @@ async def test_a_file_replaced_by_a_symlink_out_is_refused(
     assert code == 200
     (tree / "ten.txt").unlink()
     (tree / "ten.txt").symlink_to(tree.parent / "outside" / "secret.txt")
-    code, _, body = await _raw(files, b"/static/ten.txt")
-    assert code == 404
-    assert SECRET not in body
+    await _serves_nothing(files, b"/static/ten.txt")
 
 
 @pytest_twisted.ensureDeferred
@@ -1061,14 +1066,9 @@ async def test_a_directory_replaced_by_a_symlink_out_is_refused(
     (tree.parent / "outside" / "index.html").write_bytes(SECRET)
     (tree / "sub").rename(tree / "sub-before")
     (tree / "sub").symlink_to(tree.parent / "outside")
-    for target in (
-        b"/static/sub/",
-        b"/static/sub/index.html",
-        b"/static/sub/secret.txt",
-    ):
-        code, _, body = await _raw(files, target)
-        assert code == 404
-        assert SECRET not in body
+    await _serves_nothing(
+        files, b"/static/sub/", b"/static/sub/index.html", b"/static/sub/secret.txt"
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -1082,10 +1082,7 @@ async def test_a_root_replaced_by_a_symlink_serves_nothing(
     (elsewhere / "ten.txt").write_bytes(SECRET)
     tree.rename(tree.parent / "root-before")
     tree.symlink_to(elsewhere)
-    for target in (b"/static/ten.txt", b"/static/"):
-        code, _, body = await _raw(files, target)
-        assert code == 404
-        assert SECRET not in body
+    await _serves_nothing(files, b"/static/ten.txt", b"/static/")
 
 
 @pytest_twisted.ensureDeferred
