@@ -1,50 +1,78 @@
 """
-The HTTP layer: a Site, channel and request that keep twisted.web's API and
-add what a public server needs.
+The HTTP layer: the server's own HTTP/1.1 channel on llhttp, and the Site and
+Request that keep twisted.web's API above it.
 
-  - Every response names the server without a version and carries
-    C{X-Content-Type-Options: nosniff}.
-  - A body larger than C{max_body} is answered 413 as soon as its length is
-    known (before twisted.web would send C{100 Continue}) or, for a chunked
-    body, as soon as it grows past the limit; the rest is read and discarded
-    for a short while so the client gets to read the answer.
-  - A request line past the limit gets 414, a header block past it 431, a
-    malformed request 400: each a real response before the close, where
-    twisted.web drops the connection or sends a bare status line.
-  - A request head must arrive whole within the idle timeout (twisted.web
-    restarts its timer on every byte, so a slow sender is never closed), and
-    a response the client stops reading is cut off after the idle timeout
-    (twisted.web keeps no timer while it writes one).
-  - A C{Transfer-Encoding} other than chunked, or raw bytes 0x7F and above
-    in the request target, are 400: both pass twisted.web's own checks.
-  - The site knows its open connections, so it can stop gracefully.
+twisted.web's C{HTTPChannel} parses requests line by line in Python, lets
+folded header lines, requests without C{Host} and odd transfer codings
+through, parses every form body before routing, and keeps answering
+pipelined requests into memory for a client that reads nothing.  This
+channel hands the bytes to llhttp (through C{httptools}) and adds:
+
+  - RFC 9112's rules, each a 400 page and a close: C{Host} missing (in
+    HTTP/1.1), repeated or malformed; folded lines, control characters,
+    whitespace before a colon, C{Content-Length} beside
+    C{Transfer-Encoding}, two lengths, bad chunks.  A transfer coding other
+    than chunked is 501, as is C{CONNECT} and a method llhttp does not know.
+  - Absolute-form targets served as their path, their authority standing in
+    for C{Host}; C{OPTIONS *} answered here; HTTP/1.0 keep-alive.
+  - Back-pressure: while a response is being produced, or while the
+    transport holds more than 64 KiB of unsent output, nothing more is
+    parsed and at most L{READ_AHEAD} bytes are read ahead (so a client that
+    hangs up is still noticed); then the connection is not read at all.
+  - The limits of the site: 414 for a long request line, 431 for a large or
+    long header block, 413 for a body past C{max_body} (before
+    C{100 Continue}, and before reading it), each a page before the close,
+    after which what the client still sends is read and dropped for a short
+    while so that it gets to read the answer.
+  - Timers: a request head must arrive whole within the idle timeout of its
+    first byte (408); a body must keep arriving (408); a connection idle
+    between requests is closed; a response the client stops reading is cut
+    off after the idle timeout.
+  - Form bodies are parsed when a handler first reads C{request.args}, by a
+    linear parser (L{app._forms}), never before routing.
 """
 
 from __future__ import annotations
 
+import io
 import re
+import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import time
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserInvalidMethodError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+)
 from twisted.application.service import MultiService
+from twisted.internet._producer_helpers import _PullToPush
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IListeningPort,
+    IPushProducer,
     IReactorTime,
+    ISSLTransport,
+    ITCPTransport,
 )
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols import basic
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import IResource
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
+from zope.interface import implementer
 
+from app._forms import FormError, form_fields
 from app._pages import HTML_TYPE, error_page, reason
 from app._sessions import Session, SessionStore, SessionSweep, new_uid, request_session
 
@@ -59,27 +87,39 @@ MAX_HEADER_COUNT = 100
 #: How long, and how many bytes, a refused request's body is read and dropped.
 DRAIN_SECONDS = 2.0
 DRAIN_BYTES = 16 * 1024 * 1024
+#: Bytes read but not parsed while a response is produced, before the
+#: connection is no longer read.
+READ_AHEAD = 64 * 1024
+#: A body of known length up to this size is kept in memory.
+MEMORY_BODY = 100_000
+#: What C{OPTIONS *} answers the server takes.
+ALLOWED_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 log = Logger()
 
 
 class Request(server.Request):
     """
-    A request whose chunked body is bounded by the site's C{max_body}.
+    twisted.web's request, made by L{Channel}: form bodies are parsed when
+    C{args} is first read, cookies when C{received_cookies} is.
     """
 
-    channel: Channel
+    channel: Channel  # type: ignore[assignment]
     site: Site
     defaultContentType = HTML_TYPE
     #: The user name that HTTP authentication accepted, for the access log.
     remote_user: str | None = None
-    _body_length = 0
     _cookies: dict[bytes, bytes]
     _cookies_parsed = False
+    _args: dict[bytes, list[bytes]]
+    #: The Content-Type of a form body not parsed yet.
+    _form_type: bytes | None = None
 
-    def __init__(self, channel: http.HTTPChannel, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, channel: Channel, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(channel, *args, **kwargs)
         self._cookies_parsed = False
+        self._args = {}
 
     # twisted.web parses the Cookie headers of every request as its head
     # arrives; here they are parsed when received_cookies is first read.
@@ -99,15 +139,45 @@ class Request(server.Request):
     def parseCookies(self) -> None:
         pass
 
-    def handleContentChunk(self, data: bytes) -> None:
-        channel = self.channel
-        if channel.refused:
-            return
-        self._body_length += len(data)
-        if self._body_length > channel.site.max_body:
-            channel.refuse(413)
-            return
-        super().handleContentChunk(data)
+    # twisted.web parses a form body into args before the request is even
+    # routed, with the email package's parser; here it is parsed, by a
+    # linear parser, when a handler first asks for args.
+
+    @property
+    def args(self) -> dict[bytes, list[bytes]]:
+        form_type = self._form_type
+        if form_type is not None:
+            self._form_type = None
+            content = self.content
+            assert content is not None
+            try:
+                fields = form_fields(form_type, content)
+            except FormError as error:
+                self._args = {}
+                if error.code == 413:
+                    raise RequestEntityTooLarge(str(error)) from None
+                raise BadRequest(str(error)) from None
+            args = self._args
+            for name, values in fields.items():
+                args.setdefault(name, []).extend(values)
+        return self._args
+
+    @args.setter
+    def args(self, value: dict[bytes, list[bytes]]) -> None:
+        self._form_type = None
+        self._args = value
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # As twisted.web's, less the form parsing (see args).
+        self.method, self.uri, self.clientproto = command, path, version
+        path, question, query = path.partition(b"?")
+        self.path = path
+        self._args = http.parse_qs(query, 1) if question else {}
+        if command == b"POST":
+            content_type = self.requestHeaders.getRawHeaders(b"content-type")
+            if content_type and _FORM_TYPE.match(content_type[0]):
+                self._form_type = content_type[0]
+        self.process()
 
     def process(self) -> None:
         # twisted.web's, less the Server and Date headers it sets here only
@@ -117,7 +187,11 @@ class Request(server.Request):
         site = self.site = self.channel.site
         path = self.path
         if path == b"*":
-            super().process()
+            # OPTIONS * (the channel refuses any other method with *).
+            self.setHeader(b"allow", ALLOWED_METHODS)
+            self.setHeader(b"content-length", b"0")
+            self.write(b"")
+            self.finish()
             return
         segments = path[1:].split(b"/")
         self.prepath = []
@@ -131,6 +205,20 @@ class Request(server.Request):
         except BaseException:
             self.processingFailed(Failure())
 
+    def processingFailed(self, reason: Failure) -> Failure:
+        # A malformed form body found by a resource that is not a route.
+        error = reason.value
+        if isinstance(error, HTTPException) and error.code is not None:
+            if not self.startedWriting:
+                body = error_page(error.code)
+                self.setResponseCode(error.code)
+                self.setHeader(b"content-type", HTML_TYPE)
+                self.setHeader(b"content-length", b"%d" % (len(body),))
+                self.write(body)
+                self.finish()
+                return reason
+        return super().processingFailed(reason)  # type: ignore[no-any-return]
+
     def getSession(
         self, sessionInterface: Any = None, forceNotSecure: bool = False
     ) -> Any:
@@ -138,6 +226,12 @@ class Request(server.Request):
         # second lookup within a request, and its cookie lacks HttpOnly and
         # SameSite: see app._sessions.
         return request_session(self, sessionInterface, forceNotSecure)
+
+
+#: Media types whose bodies become form fields.
+_FORM_TYPE = re.compile(
+    rb"\s*(application/x-www-form-urlencoded|multipart/form-data)\s*(;|$)", re.I
+)
 
 
 @dataclass(frozen=True)
@@ -154,280 +248,764 @@ class Refusal:
     length: int
 
 
-class Channel(http.HTTPChannel):
+class _Refuse(Exception):
     """
-    An HTTP/1.1 connection with the limits described in this module.
+    Raised inside the parser's callbacks: answer C{code} and close.
     """
 
-    site: Site
-    MAX_LENGTH = MAX_HEADER_BYTES
-    totalHeadersSize = MAX_HEADER_BYTES
-    maxHeaders = MAX_HEADER_COUNT
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
-    refused = False
-    #: The request line of the request being received, for the access log.
-    _request_line: bytes | None = None
-    #: When the request head being received must be complete.
-    _head_deadline: float | None = None
-    _stall_timer: IDelayedCall | None = None
-    _drain_timer: IDelayedCall | None = None
-    _drained = 0
-    #: Set while twisted.web hands a request over (see setTimeout).
-    _keep_idle_timer = False
-    #: What the guard of /private/ remembers of this connection's last
-    #: login (auth._guard), so that a client repeating its Authorization
-    #: header on the same connection is not checked again each time.
-    remembered_login: Any = None
-    _peer: IAddress | None = None
-    #: twisted.web's own: whether the next line is a request line (1, or
-    #: 2 once a stray blank line before it was skipped).
-    _HTTPChannel__first_line: int
-    _secure: bool | None = None
-    _host: IAddress | None = None
+
+class _Message:
+    """
+    One request as it is parsed: its head, and its body as it arrives.
+    """
+
+    __slots__ = (
+        "began",
+        "body_length",
+        "chunks",
+        "content",
+        "continue_wanted",
+        "count",
+        "head_bytes",
+        "headers",
+        "headers_done",
+        "keep_alive",
+        "method",
+        "upgrade_body",
+        "url",
+        "version",
+    )
+
+    def __init__(self, first_chunk: bytes | None, began: int) -> None:
+        #: Which of the connection's reads the head began in.
+        self.began = began
+        self.url = b""
+        self.method = b""
+        self.version = b""
+        #: The values of each header, by its name in canonical spelling.
+        self.headers: dict[bytes, list[bytes]] = {}
+        #: How many header lines.
+        self.count = 0
+        self.head_bytes = 0
+        self.headers_done = False
+        self.keep_alive = True
+        self.content: IO[bytes] | None = None
+        self.body_length = 0
+        self.continue_wanted = False
+        #: The body's length where llhttp skips it (see Channel._upgraded).
+        self.upgrade_body: int | None = None
+        #: The data the head arrived in, from the head's first byte when
+        #: that is known (for the access log of a refused request).
+        self.chunks: list[bytes] | None = None if first_chunk is None else [first_chunk]
+
+    def request_line(self) -> bytes | None:
+        """
+        The request line as sent, where it arrived whole.
+        """
+        if self.chunks is not None:
+            head = b"".join(self.chunks).lstrip(b"\r\n")
+            line, newline, _ = head.partition(b"\n")
+            if newline and len(line) <= MAX_REQUEST_LINE + 1:
+                return line.removesuffix(b"\r")
+            return None
+        if self.version:
+            return b"%s %s HTTP/%s" % (self.method, self.url, self.version)
+        return None
+
+    def header_object(self) -> Headers:
+        return headers_of(self.headers)
+
+
+@implementer(IPushProducer)
+class Channel(Protocol):
+    """
+    An HTTP/1.1 server connection, as described in this module.
+    """
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        #: twisted.web's requests log themselves through their channel's factory.
+        self.factory = site
+        self.requestFactory: Callable[[Channel], Request] = site.requestFactory
+        self._clock = site.reactor
+        self.timeOut: float | None = site.timeOut
+        #: The request whose response is being produced (one at most).
+        self.requests: list[Request] = []
+        #: Requests parsed whole, waiting their turn.
+        self._queue: deque[_Message] = deque()
+        #: The request being parsed.
+        self._message: _Message | None = None
+        self._parser = HttpRequestParser(self)
+        #: Data read while a response is produced, parsed once it is done.
+        self._unparsed: list[bytes] = []
+        self._unparsed_size = 0
+        #: The data being parsed, how many reads were parsed, and whether a
+        #: request ended earlier in the data being parsed.
+        self._chunk = b""
+        self._reads = 0
+        self._ended_in_chunk = False
+        #: Bytes of a head that arrived after the read it began in.
+        self._head_overflow = 0
+        #: While llhttp parses a head made up to frame a skipped body.
+        self._reframing = False
+        #: Whether the connection stays open after the response under way.
+        self.persistent = True
+        #: Nothing more is parsed: a request said it is the last, or one
+        #: was refused.
+        self._no_more = False
+        self.refused = False
+        #: A refusal to send once the answers before it are written.
+        self._refusal_due: tuple[int, Refusal] | None = None
+        self._closed = False
+        #: Closing: nothing more is started.
+        self._closing = False
+        self._reading = True
+        self._write_blocked = False
+        self._producer: IPushProducer | None = None
+        self._producer_streaming = True
+        # Timers: one delayed call, pushed back lazily to self._deadline.
+        self._timer: IDelayedCall | None = None
+        self._deadline: float | None = None
+        self._deadline_action: Callable[[], None] | None = None
+        self._drain_timer: IDelayedCall | None = None
+        self._drained = 0
+        #: What the guard of /private/ remembers of this connection's last
+        #: login (auth._guard), so that a client repeating its Authorization
+        #: header on the same connection is not checked again each time.
+        self.remembered_login: Any = None
+        self._peer: IAddress | None = None
+        self._host: IAddress | None = None
+        self._secure: bool | None = None
+
+    # -- the connection -------------------------------------------------------
 
     def connectionMade(self) -> None:
-        super().connectionMade()
+        # A TCP, UNIX or TLS transport: a producer's consumer too.
+        transport: Any = self.transport
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(True)
+        transport.registerProducer(self, True)
         self.site.channels.add(self)
+        self._idle()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._closed = self._closing = True
+        self._cancel_timers()
+        for request in self.requests:
+            request.connectionLost(reason)
+        for message in self._queue:
+            if message.content is not None:
+                message.content.close()
+        self._queue.clear()
+        self.site.channel_closed(self)
 
     def isSecure(self) -> bool:
-        # twisted.web asks zope.interface about the transport on every call;
-        # a connection does not change from plain to TLS or back.
+        # A connection does not change from plain to TLS or back.
         secure = self._secure
         if secure is None:
-            secure = self._secure = bool(super().isSecure())
+            secure = self._secure = ISSLTransport.providedBy(self.transport)
         return secure
 
     def getPeer(self) -> IAddress:
-        # Asked for by every request (twisted.web makes a new address object
-        # each time); a connection's two ends never change.
         peer = self._peer
         if peer is None:
-            peer = self._peer = super().getPeer()
+            assert self.transport is not None
+            peer = self._peer = self.transport.getPeer()
         return peer
 
     def getHost(self) -> IAddress:
         host = self._host
         if host is None:
-            host = self._host = super().getHost()
+            assert self.transport is not None
+            host = self._host = self.transport.getHost()
         return host
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        self._cancel_stall_timer()
-        if self._drain_timer is not None and self._drain_timer.active():
-            self._drain_timer.cancel()
-        super().connectionLost(reason)
-        self.site.channel_closed(self)
+    def loseConnection(self) -> None:
+        self.persistent = False
+        self._closing = True
+        transport: Any = self.transport
+        if transport is not None:
+            transport.unregisterProducer()
+            transport.loseConnection()
 
-    # -- reading ----------------------------------------------------------
+    def shutdown(self) -> None:
+        """
+        Close now if no response is under way; otherwise let it finish and
+        close.
+        """
+        self.persistent = False
+        self._no_more = True
+        if not self.requests and self.transport is not None:
+            self.loseConnection()
+
+    # -- reading --------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.refused:
+        if self.refused or self._refusal_due is not None:
             self._drain(data)
             return
-        deadline = self._head_deadline
-        if deadline is not None and self.site.reactor.seconds() >= deadline:
-            # twisted.web restarts its idle timer on every byte, so a head
-            # sent a byte at a time would never time out.  (A client that
-            # stops sending altogether meets the idle timer instead.)
-            self.refuse(408)
+        if self.requests or self._unparsed:
+            # A response is under way: nothing more is parsed until it is
+            # done, and little more is read.
+            self._unparsed.append(data)
+            self._unparsed_size += len(data)
+            if self._unparsed_size > READ_AHEAD:
+                self._pause_reading()
             return
-        if deadline is None and data[-4:] == b"\r\n\r\n" and self._whole_head(data):
-            return
-        super().dataReceived(data)
-        if (
-            deadline is None
-            and self.line_mode
-            and (self._buffer or not self._HTTPChannel__first_line)
-            and self.timeOut
-            and not self.refused
-        ):
-            # A request head has begun and did not arrive whole: it must
-            # be complete within the idle timeout from now.  (A head that
-            # arrives whole, the usual case, costs no clock reading.)
-            self._head_deadline = self.site.reactor.seconds() + self.timeOut
+        self._parse(data)
+        self._next()
 
-    def _whole_head(self, data: bytes) -> bool:
+    def _parse(self, data: bytes) -> None:
+        if self._no_more:
+            return
+        self._chunk = data
+        self._reads += 1
+        self._ended_in_chunk = False
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            self._upgraded(data[upgrade.args[0] :])
+            return
+        except HttpParserError as error:
+            self._parse_failed(error)
+            return
+        message = self._message
+        if message is None:
+            return
+        if not message.headers_done:
+            self._head_incomplete(message, data)
+        elif self.timeOut:
+            # A body must keep arriving.
+            self._set_deadline(self._clock.seconds() + self.timeOut, self._too_slow)
+
+    def _head_incomplete(self, message: _Message, data: bytes) -> None:
         """
-        Take C{data} as a request if it is one whole head without a body and
-        with nothing after it, which a client between requests usually sends:
-        the request line and headers are parsed in one pass, with
-        twisted.web's rules.  Anything else, or anything these rules refuse,
-        is left untouched (C{False}) for twisted.web's line-by-line parser,
-        which answers it as it always does.
+        A head began and did not arrive whole: it must within the idle
+        timeout of its first byte, and within the limits of its size.
         """
-        if (
-            not self.line_mode
-            or self._buffer
-            or self._busyReceiving
-            or self.requests
-            or not self.persistent
-            or self._HTTPChannel__first_line != 1
-            or len(data) > self.totalHeadersSize
-            or data.find(b"\r\n\r\n") != len(data) - 4
+        if message.began == self._reads:
+            if self.timeOut:
+                self._set_deadline(self._clock.seconds() + self.timeOut, self._too_slow)
+            return
+        if message.chunks is not None:
+            message.chunks.append(data)
+        # llhttp holds an unfinished line where no callback sees it yet.
+        self._head_overflow += len(data)
+        if self._head_overflow > MAX_HEADER_BYTES:
+            self.refuse(431 if message.version else 414)
+
+    def _parse_failed(self, error: HttpParserError) -> None:
+        cause = error.__context__
+        if isinstance(error, HttpParserCallbackError) and isinstance(cause, _Refuse):
+            self.refuse(cause.code)
+        elif isinstance(error, HttpParserInvalidMethodError) and _looks_like_a_method(
+            self._message
         ):
-            return False
-        lines = data[:-4].split(b"\r\n")
-        request_line = lines[0]
-        parts = request_line.split(b" ")
-        if (
-            len(parts) != 3
-            or len(request_line) > MAX_REQUEST_LINE
-            or len(lines) > self.maxHeaders
-            or _NOT_PRINTABLE.search(request_line) is not None
-            or _TOKEN.fullmatch(parts[0]) is None
-            or not parts[1]
-            or parts[2] not in _VERSIONS
-        ):
-            return False
-        headers = Headers()
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            value = value.strip(b" \t")
-            if (
-                not colon
-                or name.lower() in _BODY_HEADERS
-                or len(value.translate(None, b"\x00\r\n")) != len(value)
-            ):
-                return False
+            self.refuse(501)
+        else:
+            self.refuse(400)
+
+    def _upgraded(self, rest: bytes) -> None:
+        """
+        llhttp stopped after the head of a request that asks to switch
+        protocols, which this server never does: parse on as HTTP/1.1.
+        """
+        message = self._message
+        if message is not None and message.upgrade_body is not None:
+            # llhttp skipped the body: a fresh parser reads it, framed by a
+            # head made up for it.
+            length, message.upgrade_body = message.upgrade_body, None
+            self._parser = HttpRequestParser(self)
+            self._reframing = True
             try:
-                headers.addRawHeader(name, value)
-            except ValueError:  # InvalidHeaderName: not a token
-                return False
+                self._parser.feed_data(
+                    b"PUT / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (length,)
+                )
+            finally:
+                self._reframing = False
+            if self.timeOut:
+                self._set_deadline(self._clock.seconds() + self.timeOut, self._too_slow)
+        if rest:
+            self._parse(rest)
 
-        # As twisted.web's lineReceived, headerReceived, allHeadersReceived
-        # and LineReceiver.dataReceived would leave things.
-        self.resetTimeout()
-        factory = self.requestFactory
-        if INonQueuedRequestFactory.providedBy(factory):
-            request = factory(self)
+    # -- llhttp's callbacks ---------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._reframing:
+            return
+        self._message = _Message(
+            None if self._ended_in_chunk else self._chunk, self._reads
+        )
+        self._head_overflow = 0
+
+    def on_url(self, piece: bytes) -> None:
+        if self._reframing:
+            return
+        message = self._message
+        assert message is not None
+        url = message.url = message.url + piece
+        if len(url) > MAX_REQUEST_LINE - 30:
+            method = self._parser.get_method()
+            if len(method) + len(url) + 10 > MAX_REQUEST_LINE:
+                raise _Refuse(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._reframing:
+            return
+        message = self._message
+        assert message is not None
+        size = message.head_bytes = message.head_bytes + len(name) + len(value) + 4
+        if message.headers_done:
+            # A trailer field of a chunked body: bounded, and dropped.
+            if size > MAX_HEADER_BYTES:
+                raise _Refuse(431)
+            return
+        count = message.count = message.count + 1
+        if count == 1:
+            # The request line is whole.
+            message.method = self._parser.get_method()
+            message.version = self._parser.get_http_version().encode("ascii")
+        elif count > MAX_HEADER_COUNT or size + len(message.url) > MAX_HEADER_BYTES:
+            raise _Refuse(431)
+        name = _CANONICAL.get(name) or canonical_name(name)
+        values = message.headers.get(name)
+        if values is None:
+            message.headers[name] = [value.rstrip(b" \t")]
         else:
-            request = factory(self, len(self.requests))
-        request.requestHeaders = headers
+            values.append(value.rstrip(b" \t"))
+
+    def on_headers_complete(self) -> None:
+        if self._reframing:
+            return
+        message = self._message
+        assert message is not None
+        message.headers_done = True
+        parser = self._parser
+        message.method = method = parser.get_method()
+        message.version = version = parser.get_http_version().encode("ascii")
+        if version != b"1.1" and version != b"1.0":
+            raise _Refuse(505)
+        if method == b"CONNECT":
+            raise _Refuse(501)
+        headers = message.headers
+        hosts = headers.get(b"Host")
+        host = hosts[0] if hosts else None
+        connection = _tokens(headers[b"Connection"]) if b"Connection" in headers else ()
+        lengths = headers.get(b"Content-Length")
+        length = int(lengths[0]) if lengths else None
+        codings = (
+            _tokens(headers[b"Transfer-Encoding"])
+            if b"Transfer-Encoding" in headers
+            else ()
+        )
+        expect = headers.get(b"Expect")
+        upgrade = b"Upgrade" in headers
+        if hosts is not None and len(hosts) > 1:
+            raise _Refuse(400)
+        if hosts is None and version == b"1.1":
+            raise _Refuse(400)
+        if message.url[:1] != b"/":
+            host = self._other_form(message, host)
+        if host is not None and _HOST.fullmatch(host) is None:
+            raise _Refuse(400)
+        if codings:
+            if any(coding != b"chunked" for coding in codings):
+                raise _Refuse(501)
+            if len(codings) > 1:
+                raise _Refuse(400)
+        if length is not None and length > self.site.max_body:
+            raise _Refuse(413)
+        if version == b"1.1":
+            message.keep_alive = b"close" not in connection
+        else:
+            message.keep_alive = (
+                b"keep-alive" in connection and b"close" not in connection
+            )
+        if upgrade and b"upgrade" in connection and (length or codings):
+            # llhttp skips the body of a request that asks to upgrade, and
+            # would take it for the next request (see _upgraded).
+            if codings:
+                raise _Refuse(400)
+            message.upgrade_body = length
+        if length is None and not codings:
+            message.content = io.BytesIO()
+            return
+        message.content = (
+            io.BytesIO()
+            if length is not None and length <= MEMORY_BODY
+            else tempfile.SpooledTemporaryFile(MEMORY_BODY)
+        )
+        if (
+            expect is not None
+            and expect[0].lower() == b"100-continue"
+            and version == b"1.1"
+            and length != 0
+        ):
+            if self.requests or self._queue:
+                message.continue_wanted = True
+            else:
+                self._continue(message)
+
+    def _other_form(self, message: _Message, host: bytes | None) -> bytes | None:
+        """
+        Take an absolute-form or asterisk-form target; return the C{Host}
+        the request stands for (RFC 9112 §3.2.2).
+        """
+        url = message.url
+        if url == b"*":
+            if message.method != b"OPTIONS":
+                raise _Refuse(400)
+            return host
+        found = _ABSOLUTE.fullmatch(url)
+        if found is None:
+            raise _Refuse(400)
+        authority, path = found.group(1), found.group(2)
+        message.url = path if path[:1] == b"/" else b"/" + path
+        message.headers[b"Host"] = [authority]
+        return authority
+
+    def on_body(self, piece: bytes) -> None:
+        message = self._message
+        assert message is not None and message.content is not None
+        length = message.body_length = message.body_length + len(piece)
+        if length > self.site.max_body:
+            raise _Refuse(413)
+        message.content.write(piece)
+
+    def on_message_complete(self) -> None:
+        message = self._message
+        assert message is not None
+        if self._reframing or message.upgrade_body is not None:
+            # Its body is still to come (see _upgraded).
+            return
+        self._message = None
+        self._ended_in_chunk = True
+        if self._no_more:
+            # Parsed in the same read as a request that closes the connection.
+            return
+        self._queue.append(message)
+        if not message.keep_alive:
+            self._no_more = True
+
+    def _continue(self, message: _Message) -> None:
+        message.continue_wanted = False
+        if self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    # -- dispatching ----------------------------------------------------------
+
+    def _next(self) -> None:
+        """
+        Start the next request, or parse what waits, or go idle.  (A request
+        answered at once calls this again from within: the loop goes on.)
+        """
+        if self._in_next:
+            return
+        self._in_next = True
+        try:
+            self._next_request()
+        finally:
+            self._in_next = False
+
+    _in_next = False
+
+    def _next_request(self) -> None:
+        while not self.requests and not self._closing and not self.refused:
+            if self._queue:
+                self._dispatch(self._queue.popleft())
+                continue
+            if self._refusal_due is not None:
+                self._send_refusal(*self._refusal_due)
+                return
+            if self._unparsed:
+                data = b"".join(self._unparsed)
+                self._unparsed = []
+                self._unparsed_size = 0
+                self._parse(data)
+                continue
+            message = self._message
+            if message is not None and message.continue_wanted:
+                self._continue(message)
+            if not self.persistent:
+                self.loseConnection()
+                return
+            if not self._reading and not self._write_blocked:
+                self._resume_reading()
+            return
+
+    def _dispatch(self, message: _Message) -> None:
+        request = self.requestFactory(self)
+        request.requestHeaders = message.header_object()
+        content = request.content = message.content
+        if content is not None:
+            content.seek(0)
         self.requests.append(request)
-        self._HTTPChannel__first_line = 0
-        self._command, self._path, self._version = parts
-        self._request_line = request_line
-        self._receivedHeaderCount = len(lines) - 1
-        self._receivedHeaderSize = len(data) - 2 * len(lines) - 2
-        self._busyReceiving = True
-        try:
-            self.allHeadersReceived()
-            if not self.refused:
-                self.allContentReceived()
-        finally:
-            self._busyReceiving = False
-        if self._buffer and not self.refused:
-            # What arrived while the request was handled (twisted.web hands
-            # it back through dataReceived when it is done).
-            basic.LineReceiver.dataReceived(self, b"")
-        return True
+        self._set_deadline(None, None)
+        self.persistent = message.keep_alive and not self.site.stopping
+        request.requestReceived(message.method, message.url, b"HTTP/" + message.version)
 
-    def rawDataReceived(self, data: bytes) -> None:
-        if self.refused:
-            self._drain(data)
+    def requestDone(self, request: Request) -> None:
+        """
+        Called by a request once its response is finished.
+        """
+        self.requests.remove(request)
+        if self._closed:
             return
-        super().rawDataReceived(data)
-
-    def lineReceived(self, line: bytes) -> None:
-        if self.refused:
+        if not self.persistent:
+            self.loseConnection()
             return
-        if line and self._HTTPChannel__first_line:
-            # The request line.
-            if len(line) > MAX_REQUEST_LINE:
-                self._request_line = None
-                self.refuse(414)
-                return
-            self._request_line = line
-            if _NOT_PRINTABLE.search(line) is not None:
-                # twisted.web lets bytes 0x7F and above through in the target.
-                self.refuse(400)
-                return
-        super().lineReceived(line)
+        self._idle()
+        self._next()
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        first_line = self._HTTPChannel__first_line
-        if first_line:
-            self._request_line = None
-        self.refuse(414 if first_line else 431)
+    # -- writing --------------------------------------------------------------
 
-    def allHeadersReceived(self) -> None:
-        self._head_deadline = None
-        if self.length is not None and self.length > self.site.max_body:
-            # twisted.web would now send "100 Continue" by itself: refuse first.
-            self.refuse(413)
+    def writeHeaders(
+        self, version: bytes, code: bytes, reason: bytes, headers: Headers
+    ) -> None:
+        # As twisted.web writes them, with ours set over whatever a CGI
+        # script, WSGI app or upstream sent, written once per response; the
+        # Date is the response's own where it has one.  (Headers keeps names
+        # in one canonical spelling.)
+        sequence = [b"%s %s %s\r\n" % (version, code, reason)]
+        dated = framed = False
+        for name, values in headers.getAllRawHeaders():
+            if name in _OWN_HEADERS:
+                if name == b"Connection" and b"close" in _tokens(list(values)):
+                    self.persistent = False
+                continue
+            if name == b"Date":
+                dated = True
+            elif name == b"Content-Length":
+                framed = True
+            for value in values:
+                sequence.append(name + b": " + value + b"\r\n")
+        if not dated:
+            sequence.insert(1, b"Date: " + http_date() + b"\r\n")
+        if self.site.stopping:
+            self.persistent = False
+        if version == b"HTTP/1.0" and self.persistent:
+            # An HTTP/1.0 client that asked to keep the connection: kept
+            # where the response says where it ends.
+            if (
+                framed
+                or code in _NO_BODY_CODES
+                or (self.requests and self.requests[0].method == b"HEAD")
+            ):
+                sequence.append(b"Connection: keep-alive\r\n")
+            else:
+                self.persistent = False
+        if not self.persistent:
+            sequence.append(b"Connection: close\r\n")
+        sequence.append(_OWN_HEADER_LINES)
+        if self.transport is not None:
+            self.transport.writeSequence(sequence)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.writeSequence(list(data))
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError(
+                f"Cannot register producer {producer!r}: "
+                f"{self._producer!r} was never unregistered."
+            )
+        if not streaming:
+            producer = _PullToPush(producer, self)
+        self._producer = producer
+        self._producer_streaming = streaming
+        if not streaming:
+            producer.startStreaming()
+        elif self._write_blocked:
+            # The transport is full already: the producer waits for it.
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        producer = self._producer
+        if producer is None:
             return
-        super().allHeadersReceived()
+        if not self._producer_streaming:
+            producer.stopStreaming()  # type: ignore[attr-defined]
+        self._producer = None
 
-    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
-        if header == b"Transfer-Encoding" and data.lower() != b"chunked":
-            # twisted.web takes "identity" as no encoding and frames the body
-            # by Content-Length; a proxy in front may not: a smuggling risk.
-            self.refuse(400)
-            return False
-        return bool(super()._maybeChooseTransferDecoder(header, data))
+    @property
+    def write_blocked(self) -> bool:
+        """
+        Whether the transport holds more output than it wants to.
+        """
+        return self._write_blocked
 
-    def allContentReceived(self) -> None:
-        if self.refused:
+    # The transport's producer interface: it pauses this channel when its
+    # buffer is full (the client is not reading).
+
+    def pauseProducing(self) -> None:
+        self._write_blocked = True
+        if self._producer is not None:
+            self._producer.pauseProducing()
+        self._pause_reading()
+        if self.timeOut:
+            self._set_deadline(
+                self._clock.seconds() + self.timeOut, self._client_not_reading
+            )
+
+    def resumeProducing(self) -> None:
+        self._write_blocked = False
+        if self._deadline_action == self._client_not_reading:
+            if self.requests:
+                self._set_deadline(None, None)
+            else:
+                self._idle()
+        if self._producer is not None:
+            self._producer.resumeProducing()
+        if not self.requests and not self.refused:
+            self._resume_reading()
+
+    def stopProducing(self) -> None:
+        if self._producer is not None:
+            self._producer.stopProducing()
+
+    def _pause_reading(self) -> None:
+        if self._reading and self.transport is not None:
+            self._reading = False
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def _resume_reading(self) -> None:
+        if not self._reading and self.transport is not None and not self._closed:
+            self._reading = True
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    # -- timers ---------------------------------------------------------------
+
+    @property
+    def waiting_for(self) -> str | None:
+        """
+        What the connection's timer waits for: C{"request"} (the next one,
+        idle between requests), C{"rest"} (of a request begun), C{"reader"}
+        (a client to read its response), or C{None}.
+        """
+        action = self._deadline_action
+        if action is None:
+            return None
+        return {
+            self._timed_out: "request",
+            self._too_slow: "rest",
+            self._client_not_reading: "reader",
+        }[action]
+
+    def _idle(self) -> None:
+        """
+        Between requests: closed after the idle timeout (or, while the
+        client does not read what it was sent, as L{_client_not_reading}).
+        """
+        if self.timeOut and not self._write_blocked:
+            self._set_deadline(self._clock.seconds() + self.timeOut, self._timed_out)
+
+    def _set_deadline(
+        self, deadline: float | None, action: Callable[[], None] | None
+    ) -> None:
+        self._deadline = deadline
+        self._deadline_action = action
+        if deadline is None:
             return
-        self._request_line = None
-        self._keep_idle_timer = True
-        try:
-            super().allContentReceived()
-        finally:
-            self._keep_idle_timer = False
+        timer = self._timer
+        if timer is None:
+            self._timer = self._clock.callLater(
+                deadline - self._clock.seconds(), self._timer_ran
+            )
+        elif timer.getTime() > deadline:
+            timer.reset(deadline - self._clock.seconds())
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # twisted.web's answer to everything it finds wrong with a head; the
-        # limits on its size and number of lines have their own codes.
-        if self._receivedHeaderSize > self.totalHeadersSize:
-            self.refuse(414 if self._HTTPChannel__first_line else 431)
-        elif self._receivedHeaderCount > self.maxHeaders:
-            self.refuse(431)
-        else:
-            self.refuse(400)
-
-    # -- the idle timer ---------------------------------------------------
-
-    def setTimeout(self, period: float | None) -> float | None:
-        if period is None and self._keep_idle_timer:
-            # twisted.web switches the idle timer off while it handles a
-            # request and makes a new one afterwards: two timer operations
-            # per request.  Keep the timer instead; it is only pushed back
-            # when the request is done, and ignored should it run out before.
-            self._keep_idle_timer = False
-            previous, self.timeOut = self.timeOut, None
-            return previous
-        return super().setTimeout(period)  # type: ignore[no-any-return]
-
-    def timeoutConnection(self) -> None:
-        if self.timeOut is None:
-            # The kept timer ran out while a request was being handled.
+    def _timer_ran(self) -> None:
+        self._timer = None
+        deadline, action = self._deadline, self._deadline_action
+        if deadline is None or action is None or self._closed:
             return
-        super().timeoutConnection()
+        now = self._clock.seconds()
+        if now < deadline:
+            self._timer = self._clock.callLater(deadline - now, self._timer_ran)
+            return
+        self._deadline = self._deadline_action = None
+        action()
 
-    # -- refusing ---------------------------------------------------------
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._drain_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._drain_timer = None
+        self._deadline = self._deadline_action = None
+
+    def _timed_out(self) -> None:
+        if self.transport is None:
+            return
+        if self._message is not None:
+            self._too_slow()
+            return
+        # Idle: close, and abort should the client not take what is unsent.
+        self.loseConnection()
+        self._drain_timer = self._clock.callLater(DRAIN_SECONDS, self._abort)
+
+    def _too_slow(self) -> None:
+        self.refuse(408)
+
+    def _client_not_reading(self) -> None:
+        if self.transport is not None:
+            log.info(
+                "Closing connection from {peer}: the response went unread",
+                peer=_peer(self.transport),
+            )
+            self._abort()
+
+    def _abort(self) -> None:
+        self._drain_timer = None
+        if self.transport is not None and not self._closed:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # -- refusing -------------------------------------------------------------
 
     def refuse(self, code: int) -> None:
         """
         Answer C{code} with the site's error page and close the connection,
         reading and discarding what the client still sends for a short while
-        so that it reads the answer instead of a reset.
+        so that it reads the answer instead of a reset.  Answers still due
+        to earlier requests on this connection are written first.
         """
-        if self.refused:
+        if self.refused or self._refusal_due is not None:
             return
+        self._no_more = True
+        self._unparsed = []
+        self._set_deadline(None, None)
+        message = self._message
+        request_line = None if message is None else message.request_line()
+        refusal = Refusal(
+            client=self.getPeer(),
+            request_line=request_line,
+            headers=None
+            if message is None or request_line is None
+            else message.header_object(),
+            code=code,
+            length=0,
+        )
+        if self.requests or self._queue:
+            self._refusal_due = (code, refusal)
+        else:
+            self._send_refusal(code, refusal)
+
+    def _send_refusal(self, code: int, refusal: Refusal) -> None:
+        self._refusal_due = None
         self.refused = True
-        self._head_deadline = None
         self.persistent = False
-        self.setTimeout(None)
-        # Whatever else has arrived is drained, not parsed.
-        self.setRawMode()
-        transport = self.transport
-        if transport is None:
+        transport: Any = self.transport
+        if transport is None or self._closed:
             return
-        if self._handlingRequest or (self.requests and self.requests[0].startedWriting):
-            # A response is already under way on this connection: no second one.
-            transport.loseConnection()
-            return
+        self._resume_reading()
         body = error_page(code)
         head = b"HTTP/1.1 %d %s\r\n" % (code, reason(code).encode("ascii"))
         headers = [
@@ -452,106 +1030,76 @@ class Channel(http.HTTPChannel):
             code=code,
             reason=reason(code),
         )
-        self.site.log_refusal(self._refusal(code, len(body)))
+        self.site.log_refusal(replace(refusal, length=len(body)))
+        transport.unregisterProducer()
         half_close = getattr(transport, "loseWriteConnection", None)
         if half_close is None:
             transport.loseConnection()
             return
         half_close()
-        self._drain_timer = self.callLater(DRAIN_SECONDS, transport.loseConnection)
-
-    def _refusal(self, code: int, length: int) -> Refusal:
-        assert self.transport is not None
-        # twisted.web clears __first_line once it has made the request object
-        # for the request line; before that it has no headers to show.
-        started = not self._HTTPChannel__first_line
-        return Refusal(
-            client=self.transport.getPeer(),
-            request_line=self._request_line,
-            headers=self.requests[-1].requestHeaders
-            if started and self._request_line is not None and self.requests
-            else None,
-            code=code,
-            length=length,
-        )
+        self._drain_timer = self._clock.callLater(DRAIN_SECONDS, self._abort)
 
     def _drain(self, data: bytes) -> None:
         self._drained += len(data)
-        if self._drained > DRAIN_BYTES and self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-
-    # -- writing ----------------------------------------------------------
-
-    def writeHeaders(
-        self, version: bytes, code: bytes, reason: bytes, headers: Any
-    ) -> None:
-        if self.site.stopping:
-            self.persistent = False
-            headers.setRawHeaders(b"Connection", [b"close"])
-        if not isinstance(headers, Headers):
-            super().writeHeaders(version, code, reason, headers)
-            return
-        # As twisted.web writes them, with ours set over whatever a CGI
-        # script, WSGI app or upstream sent, written once per response; the
-        # Date is the response's own where it has one.  (Headers keeps names
-        # in one canonical spelling.)
-        sequence = [b"%s %s %s\r\n" % (version, code, reason)]
-        dated = False
-        for name, values in headers.getAllRawHeaders():
-            if name in _OWN_HEADERS:
-                continue
-            if name == b"Date":
-                dated = True
-            for value in values:
-                sequence.append(name + b": " + value + b"\r\n")
-        if not dated:
-            sequence.insert(1, b"Date: " + http_date() + b"\r\n")
-        sequence.append(_OWN_HEADER_LINES)
-        if self.transport is not None:
-            self.transport.writeSequence(sequence)
-
-    def pauseProducing(self) -> None:
-        # The transport's buffer is full: the client is not reading.
-        # twisted.web keeps its idle timer off while a response is written,
-        # so a client that never reads would hold the connection forever.
-        super().pauseProducing()
-        idle_timeout = self.site.timeOut  # self.timeOut is None mid-request
-        if self._stall_timer is None and idle_timeout:
-            self._stall_timer = self.callLater(idle_timeout, self._client_not_reading)
-
-    def resumeProducing(self) -> None:
-        super().resumeProducing()
-        self._cancel_stall_timer()
-
-    def _cancel_stall_timer(self) -> None:
-        if self._stall_timer is not None:
-            if self._stall_timer.active():
-                self._stall_timer.cancel()
-            self._stall_timer = None
-
-    def _client_not_reading(self) -> None:
-        self._stall_timer = None
-        if self.transport is not None:
-            log.info(
-                "Closing connection from {peer}: the response went unread",
-                peer=_peer(self.transport),
-            )
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-
-    def shutdown(self) -> None:
-        """
-        Close now if idle; otherwise let the request in flight finish and close.
-        """
-        self.persistent = False
-        if not self.requests and self.transport is not None:
-            self.transport.loseConnection()
+        if self._drained > DRAIN_BYTES:
+            self._abort()
 
 
 #: The headers every answer carries, whatever produced it.
-_OWN_HEADERS = frozenset({b"Server", b"X-Content-Type-Options"})
+_OWN_HEADERS = frozenset({b"Server", b"X-Content-Type-Options", b"Connection"})
 _OWN_HEADER_LINES = (
     b"Server: " + SERVER_NAME + b"\r\nX-Content-Type-Options: nosniff\r\n\r\n"
 )
+_NO_BODY_CODES = frozenset({b"204", b"304"})
+
+#: RFC 9112 §3.2: host [ ":" port ], the host a reg-name, IPv4 or IP literal.
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+#: An absolute-form target: http or https, an authority with no user, a path.
+_ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#@]+)([^#]*)")
+#: A request line whose method is a token llhttp does not know.
+_METHOD_START = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
+
+
+def _tokens(values: list[bytes]) -> list[bytes]:
+    """
+    The comma-separated tokens of a header's values, lower-cased.
+    """
+    return [
+        token.strip(b" \t").lower() for value in values for token in value.split(b",")
+    ]
+
+
+#: Header names as sent, and as twisted.web's Headers spells them.
+_CANONICAL: dict[bytes, bytes] = {}
+_CANONICAL_MAX = 1000
+
+
+def canonical_name(name: bytes) -> bytes:
+    """
+    C{name} as L{Headers} spells it, remembered for the next time (up to a
+    bound, so that a client sending made-up names costs no memory).
+    """
+    spelled = next(iter(Headers({name: [b""]}).getAllRawHeaders()))[0]
+    if len(_CANONICAL) < _CANONICAL_MAX:
+        _CANONICAL[name] = spelled
+    return spelled
+
+
+def headers_of(raw: dict[bytes, list[bytes]]) -> Headers:
+    """
+    A L{Headers} holding C{raw}, whose names are spelled canonically and
+    whose values llhttp has checked: none holds a line break.
+    """
+    headers = Headers()
+    # Headers() would canonicalise and clean each name and value again.
+    headers._rawHeaders = raw
+    return headers
+
+
+def _looks_like_a_method(message: _Message | None) -> bool:
+    if message is None or message.chunks is None:
+        return False
+    return _METHOD_START.match(message.chunks[0].lstrip(b"\r\n")) is not None
 
 
 class _HTTPDate:
@@ -570,15 +1118,6 @@ class _HTTPDate:
 
 
 http_date = _HTTPDate()
-
-#: Anything but printable ASCII and spaces in a request line.
-_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
-#: A method: an RFC 9110 token.
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
-#: Headers that frame a body or ask for 100 Continue: a head that has any
-#: is left to twisted.web's parser.
-_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 
 
 def request_uri(request: server.Request) -> str:
@@ -650,14 +1189,7 @@ class Site(server.Site):
         return self.sessions[uid]
 
     def buildProtocol(self, addr: Any) -> Channel:  # type: ignore[override]
-        channel = Channel()
-        channel.factory = self
-        channel.site = self
-        channel.requestFactory = self.requestFactory
-        # Timeouts run on this site's clock, as HTTPFactory.buildProtocol does.
-        channel.callLater = self.reactor.callLater  # type: ignore[method-assign, assignment]
-        channel.timeOut = self.timeOut  # type: ignore[assignment]
-        return channel
+        return Channel(self)
 
     def startFactory(self) -> None:
         # HTTPFactory starts a once-a-second timer for its own log and opens

@@ -500,11 +500,9 @@ class _Exchange:
 
     def body_started(self, transport: IPushProducer) -> None:
         self._body = transport
+        # The channel pauses a producer registered while the client's
+        # transport is already full.
         self._request.registerProducer(self, True)
-        # HTTPChannel.registerProducer does not pause a producer registered
-        # while the client's transport is already full; do it here.
-        if getattr(self._request.channel, "_waitingForTransport", False):
-            self.pauseProducing()
 
     def body_received(self, data: bytes) -> None:
         if self._over:

@@ -82,8 +82,8 @@ async def test_binary_header_values_never_fail(
     data = await exchange(
         reactor,
         server.port_number,
-        b"GET /clock HTTP/1.1\r\nHost: x\r\nUser-Agent: \x01\x02\xff\xfe\r\n"
-        b"Cookie: \xff=\xfe; ;;=\r\nReferer: \x1b[31m\r\nConnection: close\r\n\r\n",
+        b"GET /clock HTTP/1.1\r\nHost: x\r\nUser-Agent: \x80\x9f\xff\xfe\r\n"
+        b"Cookie: \xff=\xfe; ;;=\r\nReferer: \xe9[31m\r\nConnection: close\r\n\r\n",
     )
     assert parse_response(data)[0] == 200
     assert failures(captured_log) == []

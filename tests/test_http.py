@@ -211,11 +211,10 @@ async def test_stub_treq_serves_the_same_site() -> None:
         b"Content-Length: 5\r\n\r\n0\r\n\r\n",
         b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
         b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n",
     ],
-    ids=["te-identity", "te-then-cl", "cl-then-te", "te-list", "utf8-target", "del"],
+    ids=["te-identity", "te-then-cl", "cl-then-te", "utf8-target", "del"],
 )
 @pytest_twisted.ensureDeferred
 async def test_ambiguous_framing_and_raw_bytes_in_the_target_are_400(
@@ -241,7 +240,7 @@ async def test_a_client_that_never_reads_its_response_is_closed() -> None:
             + body
         )
         for _ in range(500):
-            if any(channel._stall_timer for channel in site.channels):
+            if any(channel.waiting_for == "reader" for channel in site.channels):
                 break
             await _settle()
         else:

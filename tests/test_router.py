@@ -137,7 +137,7 @@ async def test_unknown_paths_are_html_404(routed: LiveServer, path: str) -> None
     assert "<h1>" in body
 
 
-@pytest.mark.parametrize("method", ["DELETE", "FROBNICATE", "OPTIONS", "TRACE"])
+@pytest.mark.parametrize("method", ["DELETE", "PROPFIND", "OPTIONS", "TRACE"])
 @pytest_twisted.ensureDeferred
 async def test_unknown_or_unsupported_methods_are_405_never_500(
     routed: LiveServer, method: str
