@@ -10,6 +10,10 @@ CHECKED := app routes auth
 DEMO_ARGS := --htpasswd app/demo/users.htpasswd --htdigest app/demo/users.htdigest \
 	--homes app/demo/homes --proxy http://127.0.0.1:8080/static/
 RUN_ARGS ?=
+# The peers `make bench` compares the server with, in an environment of their
+# own so that they never enter the project's dependencies.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
 
 .PHONY: run test test-tools lint format pytest bench soak session-memory clean
 
@@ -41,7 +45,13 @@ pytest: $(STAMP) test-tools
 
 test: lint pytest
 
-bench: $(STAMP)
+$(BENCH_STAMP): bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 soak: $(STAMP)
@@ -51,4 +61,4 @@ session-memory: $(STAMP)
 	$(BIN)/python bench/session_memory.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info

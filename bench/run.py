@@ -1,10 +1,37 @@
 """
 `make bench`: requests per second and latency of the server, as ratios to a
-plain twisted.web server measured in the same run.
+plain twisted.web server measured in the same run, and what hostile clients
+cost it.
 
-Each case starts a fresh server on 127.0.0.1, warms it up, runs wrk with the
-same settings as every other case, and stops it.  The table goes to standard
-output and, with the raw figures, to bench-results.json.
+Each wrk case starts a fresh server on 127.0.0.1, warms it up, runs wrk with
+the same settings as every other case, and stops it.  Two peers are measured
+the same way, from the bench's own environment (.venv-bench/, made by `make
+bench` from bench/requirements.txt, never the project's dependencies), and
+/health is reported as a ratio to each: an aiohttp hello (one process,
+default settings) and a Starlette hello on uvicorn (one worker, httptools
+and uvloop, access log off).  The peers are scripts in bench/peers/.
+
+The hostile cases (bench/hostile.py) are figures printed beside their goals,
+never pass or fail; each runs for --seconds, on loopback, and stops by
+itself:
+
+  - 1 MiB form body: how long the reactor is held by a 1 MiB POST to /form,
+    for three urlencoded shapes (one field, all '&', 'a=1&' repeated) and
+    three multipart ones (one part, many tiny parts, one part of '\r\n--'
+    repeated), with --max-body 2097152.  A probe connection sends GET
+    /health back to back while another uploads the body; the figure is the
+    worst /health latency from the start of the upload to 100 ms after its
+    answer, less the median before it.
+  - one-byte-chunk flood: four connections send POST /echo with chunked
+    bodies of one-byte chunks as fast as they can while the probe runs; the
+    figures are the probe's median and 99th-percentile latency.
+  - pipelining without reading: four connections each send 800 KiB of
+    pipelined GETs for a 64 KiB file and never read; the figure is the growth
+    of the server's resident set (VmRSS) over the run.
+
+The tables go to standard output and, with the raw figures, to
+bench-results.json.  --only NAME (repeatable) runs the cases whose names
+contain NAME, with the baselines they are compared with.
 
     python bench/run.py [--seconds 5] [--connections 50] [--only NAME]
 """
@@ -13,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -29,15 +57,21 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import bcrypt
+import hostile
+from hostile import rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on (http://[^/\s]+)/")
+PEERS = ROOT / "bench" / "peers"
+PEER_PACKAGES = ("aiohttp", "starlette", "uvicorn", "httptools", "uvloop")
 USER, PASSWORD = "bench", "bench-password"
 #: The most Digest requests a second the benchmark has nonce counts for.
 DIGEST_RATE = 40_000
@@ -48,15 +82,18 @@ class Case:
     name: str
     path: str
     args: list[str] = field(default_factory=list)
+    #: The plain twisted.web baseline (bench/plain_server.py).
     plain: bool = False
+    #: A peer: this script of bench/peers/, run in the bench's environment.
+    peer: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     #: Called with the base URL once the server is up; returns extra headers.
     prepare: Callable[[str], dict[str, str]] | None = None
     #: Called with the base URL, a scratch directory and the seconds wrk will
     #: run; returns a wrk Lua script (for per-request headers).
     script: Callable[[str, Path, float], Path] | None = None
-    #: The case this one's ratio is also reported against.
-    versus: str | None = None
+    #: The cases this one's ratio is also reported against.
+    versus: tuple[str, ...] = ()
 
 
 @dataclass
@@ -67,14 +104,25 @@ class Result:
     p99_ms: float
     errors: int
     ratio_to_plain: float = 0.0
-    versus: str | None = None
-    ratio_to_versus: float | None = None
+    #: This case's requests per second over each of its versus cases'.
+    ratio_to_versus: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HostileCase:
+    name: str
+    #: What the figures say.
+    about: str
+    #: Called with a way to start a fresh server and the seconds to run.
+    measure: Callable[[hostile.Serve, float], list[hostile.Figure]]
+    args: list[str] = field(default_factory=list)
 
 
 def make_fixtures(tmp: Path) -> dict[str, Path]:
     static = tmp / "static"
     static.mkdir()
     (static / "4k.bin").write_bytes(os.urandom(4096))
+    (static / hostile.STATIC_FILE).write_bytes(os.urandom(65536))
     (static / "1m.bin").write_bytes(os.urandom(1024 * 1024))
     homes = tmp / "homes"
     public = homes / USER / "public_html"
@@ -156,8 +204,10 @@ def cases(fixtures: dict[str, Path]) -> list[Case]:
     guarded = ["--homes", str(fixtures["homes"])]
     return [
         Case("plain twisted.web hello", "/", plain=True),
-        Case("/health", "/health"),
-        Case("/calendar/2026", "/calendar/2026", versus="/health"),
+        Case("aiohttp hello", "/health", peer="aiohttp_hello.py"),
+        Case("Starlette on uvicorn", "/health", peer="starlette_hello.py"),
+        Case("/health", "/health", versus=("aiohttp hello", "Starlette on uvicorn")),
+        Case("/calendar/2026", "/calendar/2026", versus=("/health",)),
         Case("/static/ 4 KiB", "/static/4k.bin", static),
         Case("/static/ 1 MiB", "/static/1m.bin", static),
         Case(
@@ -165,42 +215,87 @@ def cases(fixtures: dict[str, Path]) -> list[Case]:
             "/private/4k.bin",
             ["--htpasswd", str(fixtures["htpasswd"]), *guarded],
             headers={"Authorization": f"Basic {basic}"},
-            versus="/static/ 4 KiB",
+            versus=("/static/ 4 KiB",),
         ),
         Case(
             "/private/ Digest",
             "/private/4k.bin",
             ["--htdigest", str(fixtures["htdigest"]), *guarded],
             script=digest_script,
-            versus="/static/ 4 KiB",
+            versus=("/static/ 4 KiB",),
         ),
         Case(
             "/session with a cookie",
             "/session",
             prepare=session_cookie,
-            versus="/health",
+            versus=("/health",),
         ),
-        Case("/session without a cookie", "/session", versus="/health"),
+        Case("/session without a cookie", "/session", versus=("/health",)),
         Case("/wsgi/", "/wsgi/"),
-        Case("/health --workers 2", "/health", ["--workers", "2"], versus="/health"),
+        Case("/health --workers 2", "/health", ["--workers", "2"], versus=("/health",)),
     ]
 
 
-def start(case: Case) -> tuple[subprocess.Popen[str], str]:
+def hostile_cases(fixtures: dict[str, Path]) -> list[HostileCase]:
+    return [
+        HostileCase(
+            "1 MiB form body",
+            "reactor held: worst /health latency during the upload "
+            "(and 100 ms after its answer), less the idle median",
+            hostile.form_body,
+            ["--max-body", "2097152"],
+        ),
+        HostileCase(
+            "one-byte-chunk flood",
+            f"/health latency while {hostile.CONNECTIONS} connections send "
+            "one-byte chunks",
+            hostile.chunk_flood,
+        ),
+        HostileCase(
+            "pipelining without reading",
+            f"growth of the resident set while {hostile.CONNECTIONS} connections "
+            "pipeline GETs for a 64 KiB file and read nothing",
+            hostile.unread_pipelining,
+            ["--static", str(fixtures["static"])],
+        ),
+    ]
+
+
+def app_arguments(args: list[str]) -> list[str]:
+    return ["-m", "app", "--listen", "tcp:0:interface=127.0.0.1", *args]
+
+
+def start(case: Case, peer_python: Path) -> tuple[subprocess.Popen[str], str]:
     if case.plain:
         return start_server([str(ROOT / "bench" / "plain_server.py")])
-    return start_server(
-        ["-m", "app", "--listen", "tcp:0:interface=127.0.0.1", *case.args]
-    )
+    if case.peer is not None:
+        return start_server([str(PEERS / case.peer)], python=str(peer_python))
+    return start_server(app_arguments(case.args))
 
 
-def start_server(arguments: list[str]) -> tuple[subprocess.Popen[str], str]:
+@contextmanager
+def serving(args: list[str]) -> Iterator[hostile.Server]:
     """
-    Run Python with C{arguments}; return the process and the URL of the
+    The server under test with C{args}, for one hostile measurement.
+    """
+    process, base = start_server(app_arguments(args))
+    try:
+        url = urlsplit(base)
+        assert url.hostname is not None and url.port is not None, base
+        yield hostile.Server((url.hostname, url.port), process.pid)
+    finally:
+        stop(process)
+
+
+def start_server(
+    arguments: list[str], python: str = sys.executable
+) -> tuple[subprocess.Popen[str], str]:
+    """
+    Run C{python} with C{arguments}; return the process and the URL of the
     first C{listening on} line it logs.
     """
     process = subprocess.Popen(
-        [sys.executable, *arguments],
+        [python, *arguments],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -264,15 +359,6 @@ def wrk(
     return Result("", rate, p50, p99, errors)
 
 
-def rss_kib(pid: int) -> int:
-    """
-    The resident set of process C{pid}, in KiB.
-    """
-    status = Path(f"/proc/{pid}/status").read_text()
-    found = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return int(found.group(1)) if found else 0
-
-
 def _requests(output: str) -> int:
     found = re.search(r"(\d+) requests in", output)
     return int(found.group(1)) if found else 0
@@ -285,7 +371,7 @@ def flat_memory(rate: float, options: argparse.Namespace) -> dict[str, Any]:
     flat.
     """
     seconds = max(1, math.ceil(50_000 / max(rate, 1.0)))
-    process, base = start(Case("/health", "/health"))
+    process, base = start_server(app_arguments([]))
     command = ["wrk", "-t1", f"-c{options.connections}", f"-d{seconds}s"]
     try:
         first = _requests(
@@ -319,6 +405,116 @@ def ensure_wrk() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
 
 
+def peer_versions(python: Path) -> dict[str, str]:
+    """
+    The versions of the peers' packages in the bench's environment.
+    """
+    names = ", ".join(repr(name) for name in PEER_PACKAGES)
+    program = (
+        "import importlib.metadata as m, json\n"
+        f"print(json.dumps({{n: m.version(n) for n in ({names},)}}))"
+    )
+    output = subprocess.run(
+        [str(python), "-c", program], capture_output=True, text=True, check=True
+    ).stdout
+    versions: dict[str, str] = json.loads(output)
+    return versions
+
+
+def chosen(all_cases: list[Case], only: list[str], peers: bool) -> list[Case]:
+    """
+    The cases whose names contain one of C{only} (all of them without it),
+    with the peers they are compared with, and the plain baseline.  Without
+    C{peers}, no peer.
+    """
+    picked = [c for c in all_cases if not only or any(o in c.name for o in only)]
+    compared = {name for c in picked for name in c.versus}
+    measured = [
+        c
+        for c in all_cases
+        if (c in picked or (c.peer is not None and c.name in compared))
+        and (peers or c.peer is None)
+    ]
+    if not measured:
+        return []
+    return [c for c in all_cases if c.plain or c in measured]
+
+
+def run_case(
+    case: Case, options: argparse.Namespace, tmp: Path, peer_python: Path
+) -> Result:
+    process, base = start(case, peer_python)
+    try:
+        headers = dict(case.headers)
+        if case.prepare is not None:
+            headers.update(case.prepare(base))
+        url = base + case.path
+        # A fresh script each run: a nonce count is good only once.
+        make = case.script
+        script = make(base, tmp, options.warmup) if make else None
+        wrk(url, options.warmup, options.connections, headers, script)
+        script = make(base, tmp, options.seconds) if make else None
+        result = wrk(url, options.seconds, options.connections, headers, script)
+    finally:
+        stop(process)
+    result.name = case.name
+    return result
+
+
+def add_ratios(results: dict[str, Result], all_cases: list[Case]) -> None:
+    plain = next(
+        (results[c.name] for c in all_cases if c.plain and c.name in results), None
+    )
+    for case in all_cases:
+        result = results.get(case.name)
+        if result is None:
+            continue
+        if plain is not None:
+            result.ratio_to_plain = (
+                result.requests_per_second / plain.requests_per_second
+            )
+        for name in case.versus:
+            if name in results:
+                result.ratio_to_versus[name] = (
+                    result.requests_per_second / results[name].requests_per_second
+                )
+
+
+def print_results(results: dict[str, Result]) -> None:
+    columns = ("req/s", "p50 ms", "p99 ms", "errors", "x plain")
+    print(f"{'case':28} " + " ".join(f"{c:>8}" for c in columns) + "  vs")
+    for r in results.values():
+        versus = ", ".join(
+            f"{ratio:.2f}x {name}" for name, ratio in r.ratio_to_versus.items()
+        )
+        print(
+            f"{r.name:28} {r.requests_per_second:8.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
+            f"{r.errors:8d} {r.ratio_to_plain:8.2f}  {versus}"
+        )
+
+
+def print_peers(versions: dict[str, str]) -> None:
+    print(
+        f"\npeers, from .venv-bench/: aiohttp hello (aiohttp {versions['aiohttp']}, "
+        "one process, default settings);\n"
+        f"  Starlette on uvicorn (Starlette {versions['starlette']}, uvicorn "
+        f"{versions['uvicorn']}: one worker, httptools {versions['httptools']}, "
+        f"uvloop {versions['uvloop']},\n"
+        "  access log off (--no-access-log): the server under test keeps no "
+        "access log by default either)"
+    )
+
+
+def print_hostile(figures: dict[str, tuple[HostileCase, list[hostile.Figure]]]) -> None:
+    print("\nhostile cases: figures beside their goals")
+    for case, case_figures in figures.values():
+        print(f"{case.name}: {case.about}")
+        for f in case_figures:
+            print(
+                f"  {f.label:44} {f.value:8.1f} {f.unit:3}  goal {f.goal:16}  {f.note}"
+            )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -326,70 +522,58 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--only", action="append", default=[])
     parser.add_argument("--json", default=str(ROOT / "bench-results.json"))
+    parser.add_argument(
+        "--peer-python",
+        type=Path,
+        default=ROOT / ".venv-bench" / "bin" / "python",
+        help="the Python of the bench's environment, which runs the peers",
+    )
     options = parser.parse_args()
     ensure_wrk()
+    versions = None
+    if options.peer_python.exists():
+        versions = peer_versions(options.peer_python)
+    else:
+        print(f"no {options.peer_python} (make bench makes it): peers left out")
 
     results: dict[str, Result] = {}
+    figures: dict[str, tuple[HostileCase, list[hostile.Figure]]] = {}
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
         fixtures = make_fixtures(tmp)
-        for case in cases(fixtures):
-            if (
-                options.only
-                and not case.plain
-                and not any(o in case.name for o in options.only)
-            ):
-                continue
-            process, base = start(case)
-            try:
-                headers = dict(case.headers)
-                if case.prepare is not None:
-                    headers.update(case.prepare(base))
-                url = base + case.path
-                # A fresh script each run: a nonce count is good only once.
-                make = case.script
-                script = make(base, tmp, options.warmup) if make else None
-                wrk(url, options.warmup, options.connections, headers, script)
-                script = make(base, tmp, options.seconds) if make else None
-                result = wrk(url, options.seconds, options.connections, headers, script)
-            finally:
-                stop(process)
-            result.name = case.name
-            result.versus = case.versus
+        all_cases = cases(fixtures)
+        for case in chosen(all_cases, options.only, versions is not None):
+            result = run_case(case, options, tmp, options.peer_python)
             results[case.name] = result
             print(f"  {case.name}: {result.requests_per_second:.0f} req/s", flush=True)
+        for hostile_case in hostile_cases(fixtures):
+            if options.only and not any(o in hostile_case.name for o in options.only):
+                continue
+            print(f"  {hostile_case.name}...", flush=True)
+            serve = functools.partial(serving, hostile_case.args)
+            measured = hostile_case.measure(serve, options.seconds)
+            figures[hostile_case.name] = (hostile_case, measured)
 
     memory = None
     if "/health" in results:
         memory = flat_memory(results["/health"].requests_per_second, options)
 
-    plain = next(iter(results.values())).requests_per_second
-    for result in results.values():
-        result.ratio_to_plain = result.requests_per_second / plain
-        if result.versus in results:
-            result.ratio_to_versus = (
-                result.requests_per_second / results[result.versus].requests_per_second
-            )
-
-    print()
-    columns = ("req/s", "p50 ms", "p99 ms", "errors", "x plain")
-    print(f"{'case':28} " + " ".join(f"{c:>8}" for c in columns) + "  vs")
-    for r in results.values():
-        versus = (
-            f"{r.ratio_to_versus:.2f}x {r.versus}"
-            if r.ratio_to_versus is not None
-            else ""
-        )
-        print(
-            f"{r.name:28} {r.requests_per_second:8.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
-            f"{r.errors:8d} {r.ratio_to_plain:8.2f}  {versus}"
-        )
+    add_ratios(results, all_cases)
+    if results:
+        print()
+        print_results(results)
+        if versions is not None and any(
+            c.peer is not None and c.name in results for c in all_cases
+        ):
+            print_peers(versions)
     if memory is not None:
         print(
             f"\nmemory, /health: RSS {memory['after_first_kib']} KiB after "
             f"{memory['first_requests']} requests, {memory['after_second_kib']} KiB "
             f"after {memory['second_requests']} more ({memory['growth']:+.1%})"
         )
+    if figures:
+        print_hostile(figures)
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": (
@@ -401,8 +585,18 @@ def main() -> int:
             "connections": options.connections,
             "seconds": options.seconds,
         },
+        "peers": versions,
         "results": [vars(r) for r in results.values()],
         "memory": memory,
+        "hostile": [
+            {
+                "case": case.name,
+                "about": case.about,
+                "server_args": case.args,
+                "figures": [asdict(f) for f in case_figures],
+            }
+            for case, case_figures in figures.values()
+        ],
     }
     Path(options.json).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{report['machine']}; {report['date']}; written to {options.json}")
