@@ -157,9 +157,8 @@ class Request(server.Request):
                 if error.code == 413:
                     raise RequestEntityTooLarge(str(error)) from None
                 raise BadRequest(str(error)) from None
-            args = self._args
-            for name, values in fields.items():
-                args.setdefault(name, []).extend(values)
+            # As in twisted.web, a field replaces a query argument of its name.
+            self._args.update(fields)
         return self._args
 
     @args.setter
@@ -389,6 +388,7 @@ class Channel(Protocol):
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
+        self._registered = True
         self.site.channels.add(self)
         self._idle()
 
@@ -429,7 +429,7 @@ class Channel(Protocol):
         self._closing = True
         transport: Any = self.transport
         if transport is not None:
-            transport.unregisterProducer()
+            self._unregister()
             transport.loseConnection()
 
     def shutdown(self) -> None:
@@ -663,7 +663,7 @@ class Channel(Protocol):
         found = _ABSOLUTE.fullmatch(url)
         if found is None:
             raise _Refuse(400)
-        authority, path = found.group(1), found.group(2)
+        authority, path = found.group(1), found.group(2) or b"/"
         message.url = path if path[:1] == b"/" else b"/" + path
         message.headers[b"Host"] = [authority]
         return authority
@@ -872,6 +872,17 @@ class Channel(Protocol):
         if self._producer is not None:
             self._producer.stopProducing()
 
+    def _unregister(self) -> None:
+        """
+        No longer the transport's producer (as it closes).
+        """
+        if self._registered:
+            self._registered = False
+            transport: Any = self.transport
+            transport.unregisterProducer()
+
+    _registered = False
+
     def _pause_reading(self) -> None:
         if self._reading and self.transport is not None:
             self._reading = False
@@ -1031,7 +1042,7 @@ class Channel(Protocol):
             reason=reason(code),
         )
         self.site.log_refusal(replace(refusal, length=len(body)))
-        transport.unregisterProducer()
+        self._unregister()
         half_close = getattr(transport, "loseWriteConnection", None)
         if half_close is None:
             transport.loseConnection()
@@ -1055,7 +1066,7 @@ _NO_BODY_CODES = frozenset({b"204", b"304"})
 #: RFC 9112 §3.2: host [ ":" port ], the host a reg-name, IPv4 or IP literal.
 _HOST = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
 #: An absolute-form target: http or https, an authority with no user, a path.
-_ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#@]+)([^#]*)")
+_ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#@]+)([/?][^#]*)?")
 #: A request line whose method is a token llhttp does not know.
 _METHOD_START = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
 
