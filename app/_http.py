@@ -116,9 +116,22 @@ class Request(server.Request):
     _form_type: bytes | None = None
 
     def __init__(self, channel: Channel, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("parsePOSTFormSubmission", False)
-        super().__init__(channel, *args, **kwargs)
+        # What twisted.web's http.Request and server.Request constructors
+        # set, in one step: one is made for every request.  (A test compares
+        # the two, should a Twisted release set more.)
+        self.notifications: list[Deferred[None]] = []
+        self.channel = channel
+        self.client = channel.getPeer()
+        self.host = channel.getHost()
+        self.requestHeaders = Headers()
+        self._cookies = {}
         self._cookies_parsed = False
+        self.responseHeaders = Headers()
+        self.cookies: list[bytes] = []
+        self.transport = channel.transport
+        self.queued = False
+        self._parsePOSTFormSubmission = False
+        self._adapterCache: dict[str, Any] = {}
         self._args = {}
 
     # twisted.web parses the Cookie headers of every request as its head
@@ -252,9 +265,10 @@ class _Refuse(Exception):
     Raised inside the parser's callbacks: answer C{code} and close.
     """
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, detail: str | None = None) -> None:
         super().__init__(code)
         self.code = code
+        self.detail = detail
 
 
 class _Message:
@@ -268,12 +282,12 @@ class _Message:
         "chunks",
         "content",
         "continue_wanted",
-        "count",
         "head_bytes",
         "headers",
         "headers_done",
         "keep_alive",
         "method",
+        "raw",
         "upgrade_body",
         "url",
         "version",
@@ -285,10 +299,11 @@ class _Message:
         self.url = b""
         self.method = b""
         self.version = b""
-        #: The values of each header, by its name in canonical spelling.
+        #: Each header line's name and value, as they arrive.
+        self.raw: list[tuple[bytes, bytes]] = []
+        #: The values of each header, by its name in canonical spelling,
+        #: once the head is whole.
         self.headers: dict[bytes, list[bytes]] = {}
-        #: How many header lines.
-        self.count = 0
         self.head_bytes = 0
         self.headers_done = False
         self.keep_alive = True
@@ -316,7 +331,12 @@ class _Message:
         return None
 
     def header_object(self) -> Headers:
-        return headers_of(self.headers)
+        if self.headers_done:
+            return headers_of(self.headers)
+        headers = Headers()
+        for name, value in self.raw:
+            headers.addRawHeader(name, value.rstrip(b" \t"))
+        return headers
 
 
 @implementer(IPushProducer)
@@ -349,8 +369,6 @@ class Channel(Protocol):
         self._ended_in_chunk = False
         #: Bytes of a head that arrived after the read it began in.
         self._head_overflow = 0
-        #: While llhttp parses a head made up to frame a skipped body.
-        self._reframing = False
         #: Whether the connection stays open after the response under way.
         self.persistent = True
         #: Nothing more is parsed: a request said it is the last, or one
@@ -358,7 +376,7 @@ class Channel(Protocol):
         self._no_more = False
         self.refused = False
         #: A refusal to send once the answers before it are written.
-        self._refusal_due: tuple[int, Refusal] | None = None
+        self._refusal_due: tuple[int, str | None, Refusal] | None = None
         self._closed = False
         #: Closing: nothing more is started.
         self._closing = False
@@ -429,6 +447,7 @@ class Channel(Protocol):
         self._closing = True
         transport: Any = self.transport
         if transport is not None:
+            self._flush()
             self._unregister()
             transport.loseConnection()
 
@@ -448,9 +467,10 @@ class Channel(Protocol):
         if self.refused or self._refusal_due is not None:
             self._drain(data)
             return
-        if self.requests or self._unparsed:
-            # A response is under way: nothing more is parsed until it is
-            # done, and little more is read.
+        if self.requests or self._unparsed or self._queue:
+            # A response is under way (or waits for the client to read the
+            # ones before): nothing more is parsed until it is done, and
+            # little more is read.
             self._unparsed.append(data)
             self._unparsed_size += len(data)
             if self._unparsed_size > READ_AHEAD:
@@ -496,12 +516,14 @@ class Channel(Protocol):
         # llhttp holds an unfinished line where no callback sees it yet.
         self._head_overflow += len(data)
         if self._head_overflow > MAX_HEADER_BYTES:
-            self.refuse(431 if message.version else 414)
+            # A header line that never ends (a request line that never
+            # ends is 414 in on_url).
+            self.refuse(431)
 
     def _parse_failed(self, error: HttpParserError) -> None:
         cause = error.__context__
         if isinstance(error, HttpParserCallbackError) and isinstance(cause, _Refuse):
-            self.refuse(cause.code)
+            self.refuse(cause.code, cause.detail)
         elif isinstance(error, HttpParserInvalidMethodError) and _looks_like_a_method(
             self._message
         ):
@@ -520,13 +542,11 @@ class Channel(Protocol):
             # head made up for it.
             length, message.upgrade_body = message.upgrade_body, None
             self._parser = HttpRequestParser(self)
-            self._reframing = True
-            try:
-                self._parser.feed_data(
-                    b"PUT / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (length,)
-                )
-            finally:
-                self._reframing = False
+            self._parser.feed_data(
+                b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (length,)
+            )
+            # The made-up head made a message of its own: the body is ours.
+            self._message = message
             if self.timeOut:
                 self._set_deadline(self._clock.seconds() + self.timeOut, self._too_slow)
         if rest:
@@ -535,16 +555,12 @@ class Channel(Protocol):
     # -- llhttp's callbacks ---------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._reframing:
-            return
         self._message = _Message(
             None if self._ended_in_chunk else self._chunk, self._reads
         )
         self._head_overflow = 0
 
     def on_url(self, piece: bytes) -> None:
-        if self._reframing:
-            return
         message = self._message
         assert message is not None
         url = message.url = message.url + piece
@@ -554,44 +570,39 @@ class Channel(Protocol):
                 raise _Refuse(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._reframing:
-            return
         message = self._message
         assert message is not None
-        size = message.head_bytes = message.head_bytes + len(name) + len(value) + 4
-        if message.headers_done:
-            # A trailer field of a chunked body: bounded, and dropped.
-            if size > MAX_HEADER_BYTES:
-                raise _Refuse(431)
-            return
-        count = message.count = message.count + 1
-        if count == 1:
-            # The request line is whole.
-            message.method = self._parser.get_method()
-            message.version = self._parser.get_http_version().encode("ascii")
-        elif count > MAX_HEADER_COUNT or size + len(message.url) > MAX_HEADER_BYTES:
+        raw = message.raw
+        raw.append((name, value))
+        if len(raw) > MAX_HEADER_COUNT:
             raise _Refuse(431)
-        name = _CANONICAL.get(name) or canonical_name(name)
-        values = message.headers.get(name)
-        if values is None:
-            message.headers[name] = [value.rstrip(b" \t")]
-        else:
-            values.append(value.rstrip(b" \t"))
 
     def on_headers_complete(self) -> None:
-        if self._reframing:
-            return
         message = self._message
         assert message is not None
-        message.headers_done = True
         parser = self._parser
         message.method = method = parser.get_method()
         message.version = version = parser.get_http_version().encode("ascii")
+        headers = message.headers
+        size = len(message.url)
+        for name, value in message.raw:
+            size += len(name) + len(value) + 4
+            name = _CANONICAL.get(name) or canonical_name(name)
+            values = headers.get(name)
+            if values is None:
+                headers[name] = [value.rstrip(b" \t")]
+            else:
+                values.append(value.rstrip(b" \t"))
+        message.headers_done = True
+        # Trailer fields of a chunked body go on to be counted, and dropped.
+        message.raw = []
+        message.head_bytes = size
+        if size > MAX_HEADER_BYTES:
+            raise _Refuse(431)
         if version != b"1.1" and version != b"1.0":
             raise _Refuse(505)
         if method == b"CONNECT":
-            raise _Refuse(501)
-        headers = message.headers
+            raise _Refuse(501, "This server is not a proxy for tunnels.")
         hosts = headers.get(b"Host")
         host = hosts[0] if hosts else None
         connection = _tokens(headers[b"Connection"]) if b"Connection" in headers else ()
@@ -614,7 +625,7 @@ class Channel(Protocol):
             raise _Refuse(400)
         if codings:
             if any(coding != b"chunked" for coding in codings):
-                raise _Refuse(501)
+                raise _Refuse(501, "This server does not know that transfer coding.")
             if len(codings) > 1:
                 raise _Refuse(400)
         if length is not None and length > self.site.max_body:
@@ -679,9 +690,13 @@ class Channel(Protocol):
     def on_message_complete(self) -> None:
         message = self._message
         assert message is not None
-        if self._reframing or message.upgrade_body is not None:
+        if message.upgrade_body is not None:
             # Its body is still to come (see _upgraded).
             return
+        if message.raw:
+            trailers = sum(len(name) + len(value) + 4 for name, value in message.raw)
+            if message.head_bytes + trailers > MAX_HEADER_BYTES:
+                raise _Refuse(431)
         self._message = None
         self._ended_in_chunk = True
         if self._no_more:
@@ -693,8 +708,7 @@ class Channel(Protocol):
 
     def _continue(self, message: _Message) -> None:
         message.continue_wanted = False
-        if self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._send([b"HTTP/1.1 100 Continue\r\n\r\n"])
 
     # -- dispatching ----------------------------------------------------------
 
@@ -706,17 +720,27 @@ class Channel(Protocol):
         if self._in_next:
             return
         self._in_next = True
+        self._out = []
         try:
             self._next_request()
         finally:
             self._in_next = False
+            self._flush()
 
     _in_next = False
 
     def _next_request(self) -> None:
-        while not self.requests and not self._closing and not self.refused:
+        while (
+            not self.requests
+            and not self._closing
+            and not self.refused
+            and not self._write_blocked
+        ):
             if self._queue:
                 self._dispatch(self._queue.popleft())
+                if self._queue:
+                    # Pipelined: the transport says when it holds enough.
+                    self._hand_over()
                 continue
             if self._refusal_due is not None:
                 self._send_refusal(*self._refusal_due)
@@ -733,7 +757,7 @@ class Channel(Protocol):
             if not self.persistent:
                 self.loseConnection()
                 return
-            if not self._reading and not self._write_blocked:
+            if not self._reading:
                 self._resume_reading()
             return
 
@@ -801,16 +825,49 @@ class Channel(Protocol):
         if not self.persistent:
             sequence.append(b"Connection: close\r\n")
         sequence.append(_OWN_HEADER_LINES)
-        if self.transport is not None:
-            self.transport.writeSequence(sequence)
+        self._send(sequence)
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        self._send([data])
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
-        if self.transport is not None:
-            self.transport.writeSequence(list(data))
+        self._send(list(data))
+
+    def _send(self, data: list[bytes]) -> None:
+        """
+        Write C{data}; while requests are answered at once, gather what they
+        write and hand it to the transport in one go (L{_next}).
+        """
+        out = self._out
+        if out is None:
+            if self.transport is not None:
+                self.transport.writeSequence(data)
+            return
+        out.extend(data)
+        size = self._out_size = self._out_size + sum(map(len, data))
+        if size > READ_AHEAD:
+            # A large answer: the transport must get to say it holds enough.
+            self._hand_over()
+
+    #: What the answers given at once have written so far, and its size.
+    _out: list[bytes] | None = None
+    _out_size = 0
+
+    def _flush(self) -> None:
+        out, self._out = self._out, None
+        self._out_size = 0
+        if out and self.transport is not None:
+            self.transport.writeSequence(out)
+
+    def _hand_over(self) -> None:
+        """
+        Hand what was gathered so far to the transport, and gather on.
+        """
+        out = self._out
+        if out and self.transport is not None:
+            self._out = []
+            self._out_size = 0
+            self.transport.writeSequence(out)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         if self._producer is not None:
@@ -866,7 +923,8 @@ class Channel(Protocol):
         if self._producer is not None:
             self._producer.resumeProducing()
         if not self.requests and not self.refused:
-            self._resume_reading()
+            # Answer what waits, then read on.
+            self._next()
 
     def stopProducing(self) -> None:
         if self._producer is not None:
@@ -981,7 +1039,7 @@ class Channel(Protocol):
 
     # -- refusing -------------------------------------------------------------
 
-    def refuse(self, code: int) -> None:
+    def refuse(self, code: int, detail: str | None = None) -> None:
         """
         Answer C{code} with the site's error page and close the connection,
         reading and discarding what the client still sends for a short while
@@ -994,6 +1052,10 @@ class Channel(Protocol):
         self._unparsed = []
         self._set_deadline(None, None)
         message = self._message
+        if message is not None and message.raw and not message.version:
+            # The request line is whole: llhttp still holds its parts.
+            message.method = self._parser.get_method()
+            message.version = self._parser.get_http_version().encode("ascii")
         request_line = None if message is None else message.request_line()
         refusal = Refusal(
             client=self.getPeer(),
@@ -1005,11 +1067,11 @@ class Channel(Protocol):
             length=0,
         )
         if self.requests or self._queue:
-            self._refusal_due = (code, refusal)
+            self._refusal_due = (code, detail, refusal)
         else:
-            self._send_refusal(code, refusal)
+            self._send_refusal(code, detail, refusal)
 
-    def _send_refusal(self, code: int, refusal: Refusal) -> None:
+    def _send_refusal(self, code: int, detail: str | None, refusal: Refusal) -> None:
         self._refusal_due = None
         self.refused = True
         self.persistent = False
@@ -1017,7 +1079,7 @@ class Channel(Protocol):
         if transport is None or self._closed:
             return
         self._resume_reading()
-        body = error_page(code)
+        body = error_page(code, detail)
         head = b"HTTP/1.1 %d %s\r\n" % (code, reason(code).encode("ascii"))
         headers = [
             (b"Server", SERVER_NAME),
@@ -1027,7 +1089,7 @@ class Channel(Protocol):
             (b"X-Content-Type-Options", b"nosniff"),
             (b"Connection", b"close"),
         ]
-        transport.writeSequence(
+        self._send(
             [
                 head,
                 *(name + b": " + value + b"\r\n" for name, value in headers),
@@ -1035,6 +1097,7 @@ class Channel(Protocol):
                 body,
             ]
         )
+        self._flush()
         log.info(
             "Refused request from {peer}: {code} {reason}",
             peer=_peer(transport),

@@ -39,6 +39,7 @@ _DETAILS = {
     502: "The upstream server could not be reached.",
     503: "The server is busy; try again shortly.",
     504: "The upstream server did not answer in time.",
+    505: "This server speaks HTTP/1.0 and HTTP/1.1.",
 }
 
 
