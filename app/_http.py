@@ -75,6 +75,7 @@ from zope.interface import implementer
 from app._forms import FormError, form_fields
 from app._pages import HTML_TYPE, error_page, reason
 from app._sessions import Session, SessionStore, SessionSweep, new_uid, request_session
+from app._twisted_internals import sender
 
 SERVER_NAME = b"app"
 
@@ -407,6 +408,7 @@ class Channel(Protocol):
             transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
         self._registered = True
+        self._write = sender(transport)
         self.site.channels.add(self)
         self._idle()
 
@@ -841,13 +843,16 @@ class Channel(Protocol):
         out = self._out
         if out is None:
             if self.transport is not None:
-                self.transport.writeSequence(data)
+                self._write(data[0] if len(data) == 1 else b"".join(data))
             return
         out.extend(data)
         size = self._out_size = self._out_size + sum(map(len, data))
         if size > READ_AHEAD:
             # A large answer: the transport must get to say it holds enough.
             self._hand_over()
+
+    #: Writes to the transport (see app._twisted_internals).
+    _write: Callable[[bytes], None]
 
     #: What the answers given at once have written so far, and its size.
     _out: list[bytes] | None = None
@@ -857,7 +862,7 @@ class Channel(Protocol):
         out, self._out = self._out, None
         self._out_size = 0
         if out and self.transport is not None:
-            self.transport.writeSequence(out)
+            self._write(b"".join(out))
 
     def _hand_over(self) -> None:
         """
@@ -867,7 +872,7 @@ class Channel(Protocol):
         if out and self.transport is not None:
             self._out = []
             self._out_size = 0
-            self.transport.writeSequence(out)
+            self._write(b"".join(out))
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         if self._producer is not None:
