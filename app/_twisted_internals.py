@@ -25,14 +25,15 @@ def sender(transport: Any) -> Callable[[bytes], None]:
     A function that writes to C{transport} as C{transport.write} does,
     sending at once where the transport lets it.
     """
-    if not isinstance(transport, FileDescriptor) or getattr(transport, "TLS", False):
+    if not isinstance(transport, FileDescriptor):
         return transport.write  # type: ignore[no-any-return]
     write = transport.write
     write_some = transport.writeSomeData
 
     def send(data: bytes) -> None:
         if (
-            not transport._tempDataLen
+            not getattr(transport, "TLS", False)  # TLS started on it: encrypt first
+            and not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer)
             and transport.connected
             and not transport.disconnecting

@@ -48,7 +48,7 @@ async def test_a_tcp_transport_has_what_the_sender_reads() -> None:
         assert isinstance(transport, FileDescriptor)
         for name in ("_tempDataLen", "dataBuffer", "offset", "connected"):
             assert hasattr(transport, name), f"FileDescriptor.{name} is gone"
-        for name in ("disconnecting", "_writeDisconnected", "writeSomeData"):
+        for name in ("disconnecting", "_writeDisconnected", "writeSomeData", "TLS"):
             assert hasattr(transport, name), f"FileDescriptor.{name} is gone"
         send = sender(transport)
         send(b"ab")
