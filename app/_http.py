@@ -280,9 +280,11 @@ class _Message:
     __slots__ = (
         "began",
         "body_length",
+        "body_seen",
         "chunks",
         "content",
         "continue_wanted",
+        "framing",
         "head_bytes",
         "headers",
         "headers_done",
@@ -310,6 +312,10 @@ class _Message:
         self.keep_alive = True
         self.content: IO[bytes] | None = None
         self.body_length = 0
+        #: Whether body bytes arrived in the data being parsed, and how many
+        #: bytes arrived since any did.
+        self.body_seen = False
+        self.framing = 0
         self.continue_wanted = False
         #: The body's length where llhttp skips it (see Channel._upgraded).
         self.upgrade_body: int | None = None
@@ -446,7 +452,7 @@ class Channel(Protocol):
 
     def loseConnection(self) -> None:
         self.persistent = False
-        self._closing = True
+        self._closing = self._no_more = True
         transport: Any = self.transport
         if transport is not None:
             self._flush()
@@ -482,27 +488,40 @@ class Channel(Protocol):
         self._next()
 
     def _parse(self, data: bytes) -> None:
-        if self._no_more:
+        while data and not self._no_more:
+            self._chunk = data
+            self._reads += 1
+            self._ended_in_chunk = False
+            try:
+                self._parser.feed_data(data)
+            except HttpParserUpgrade as upgrade:
+                # What follows the head of a request asking to upgrade.
+                data = data[upgrade.args[0] :]
+                self._upgraded()
+                continue
+            except HttpParserError as error:
+                self._parse_failed(error)
+                return
+            message = self._message
+            if message is None:
+                return
+            if not message.headers_done:
+                self._head_incomplete(message, data)
+                return
+            if message.body_seen:
+                message.body_seen = False
+                message.framing = 0
+            else:
+                # llhttp holds an unfinished trailer line where no callback
+                # sees it yet, and skips chunk extensions: bounded too.
+                message.framing += len(data)
+                if message.framing > MAX_HEADER_BYTES:
+                    self.refuse(431)
+                    return
+            if self.timeOut:
+                # A body must keep arriving.
+                self._set_deadline(self._clock.seconds() + self.timeOut, self._too_slow)
             return
-        self._chunk = data
-        self._reads += 1
-        self._ended_in_chunk = False
-        try:
-            self._parser.feed_data(data)
-        except HttpParserUpgrade as upgrade:
-            self._upgraded(data[upgrade.args[0] :])
-            return
-        except HttpParserError as error:
-            self._parse_failed(error)
-            return
-        message = self._message
-        if message is None:
-            return
-        if not message.headers_done:
-            self._head_incomplete(message, data)
-        elif self.timeOut:
-            # A body must keep arriving.
-            self._set_deadline(self._clock.seconds() + self.timeOut, self._too_slow)
 
     def _head_incomplete(self, message: _Message, data: bytes) -> None:
         """
@@ -533,7 +552,7 @@ class Channel(Protocol):
         else:
             self.refuse(400)
 
-    def _upgraded(self, rest: bytes) -> None:
+    def _upgraded(self) -> None:
         """
         llhttp stopped after the head of a request that asks to switch
         protocols, which this server never does: parse on as HTTP/1.1.
@@ -551,8 +570,6 @@ class Channel(Protocol):
             self._message = message
             if self.timeOut:
                 self._set_deadline(self._clock.seconds() + self.timeOut, self._too_slow)
-        if rest:
-            self._parse(rest)
 
     # -- llhttp's callbacks ---------------------------------------------------
 
@@ -688,6 +705,7 @@ class Channel(Protocol):
         if length > self.site.max_body:
             raise _Refuse(413)
         message.content.write(piece)
+        message.body_seen = True
 
     def on_message_complete(self) -> None:
         message = self._message

@@ -663,3 +663,23 @@ def test_a_request_is_made_as_twisted_web_makes_one() -> None:
     assert set(vars(theirs)) - set(vars(ours)) == {"received_cookies"}
     assert ours.received_cookies == theirs.received_cookies == {}
     assert ours.args == {}
+
+
+def test_a_trailer_line_that_never_ends_is_431_however_it_arrives() -> None:
+    channel, transport, _clock = connected()
+    channel.dataReceived(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"1\r\nx\r\n0\r\nT: "
+    )
+    for _ in range(40):
+        if transport.disconnecting:
+            break
+        channel.dataReceived(b"t" * 1000)
+    assert statuses(transport.value()) == [431]
+
+
+def test_many_requests_asking_to_upgrade_in_one_read_are_each_answered() -> None:
+    upgrade = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: ws\r\n\r\n"
+    data, transport = send(upgrade * 2000)
+    assert statuses(data) == [200] * 2000
+    assert not transport.disconnecting
