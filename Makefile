@@ -35,6 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(CHECKED) tests bench
 	$(BIN)/ruff format --check $(CHECKED) tests bench
 	$(BIN)/mypy $(CHECKED)
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format $(CHECKED) tests bench

@@ -1,14 +1,27 @@
 """
 A production-grade web server built with Klein and Twisted that serves every
 chapter of "Twisted Web in 60 seconds".
+
+The layers, each importing only those below it:
+
+    app.cli          the command line: options, logging, workers, passwd
+    app.site         one Config into one Site (build_site)
+    routes           one Klein module per area of the site
+    app.mounts, auth static files, CGI, WSGI, the proxy; the guard
+    app.http         the channel, Request, Site, router, pages, access log
+    app.sessions     the session store
+    app.config       the frozen Config, the single source of defaults
+    app.compat       where Twisted's private parts are touched
+
+This package offers the names of its lower layers, which import nothing
+above them; the site is assembled by L{app.site.build_site}, and the
+command line parsed by L{app.cli.options.config_from_args}.
 """
 
-from typing import Any
-
-from app._config import Config, ConfigError, config_from_args
-from app._http import Site
-from app._pages import ErrorResource, error_page, render_error
-from app._router import Router, new_app
+from app.config import Config, ConfigError
+from app.http.pages import ErrorResource, error_page, render_error
+from app.http.router import Router, new_app
+from app.http.site import Site
 
 __all__ = [
     "Config",
@@ -16,20 +29,7 @@ __all__ = [
     "ErrorResource",
     "Router",
     "Site",
-    "build_site",
-    "config_from_args",
     "error_page",
     "new_app",
     "render_error",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # The site is assembled from the modules under routes/, which import
-    # app's own modules: importing the assembly lazily keeps
-    # "import routes.content" (or any area first) free of an import cycle.
-    if name == "build_site":
-        from app._site import build_site
-
-        return build_site
-    raise AttributeError(f"module 'app' has no attribute {name!r}")

@@ -6,7 +6,7 @@ import sys
 
 from twisted.internet import reactor
 
-from app._cli import main
+from app.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], reactor))

@@ -31,10 +31,11 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from app._cli import listening_url
-from app._config import Config, config_from_args
-from app._http import Site
-from app._site import build_site
+from app.cli.main import listening_url
+from app.cli.options import config_from_args
+from app.config import Config
+from app.http.site import Site
+from app.site import build_site
 
 __all__ = ["LiveServer", "stub_treq"]
 

@@ -3,19 +3,24 @@ Password files, credential checkers and the realm guarding /private/.
 """
 
 from auth._basic import BasicCredentialFactory
-from auth._checkers import BcryptChecker, DigestChecker, VerifiedCache
+from auth._checkers import (
+    BCRYPT_MAX_PASSWORD,
+    BcryptChecker,
+    DigestChecker,
+    VerifiedCache,
+)
 from auth._digest import DigestCredentialFactory, DigestCredentials, NonceCounts
 from auth._errors import HashPoolBusy, NoSuchRealm, PasswordFileError, StaleNonce
 from auth._guard import Guard
-from auth._htdigest import DigestUser, parse_htdigest
+from auth._htdigest import DigestUser, digest_owner, ha1, parse_htdigest, sha256_tag
 from auth._htpasswd import parse_htpasswd
 from auth._interfaces import IChallenger, IDigestCredentials, IImmediateChecker
-from auth._names import is_plain_name
-from auth._passwd import passwd_main
+from auth._names import is_plain_name, is_plain_realm
 from auth._pool import HashPool
 from auth._realm import HomeRealm
 
 __all__ = [
+    "BCRYPT_MAX_PASSWORD",
     "BasicCredentialFactory",
     "BcryptChecker",
     "DigestChecker",
@@ -34,8 +39,11 @@ __all__ = [
     "PasswordFileError",
     "StaleNonce",
     "VerifiedCache",
+    "digest_owner",
+    "ha1",
     "is_plain_name",
+    "is_plain_realm",
     "parse_htdigest",
     "parse_htpasswd",
-    "passwd_main",
+    "sha256_tag",
 ]

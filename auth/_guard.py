@@ -35,8 +35,8 @@ from twisted.web.guard import HTTPAuthSessionWrapper
 from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 
-from app._http import request_uri
-from app._pages import render_error
+from app.http.pages import render_error
+from app.http.request import request_uri
 from auth._errors import HashPoolBusy, StaleNonce
 from auth._interfaces import IChallenger, IImmediateChecker
 

@@ -1,5 +1,6 @@
 """
-What a user name may be: a plain name, safe as a directory under C{--homes}.
+What a user name may be (a plain name, safe as a directory under
+C{--homes}), and what a realm may be.
 """
 
 from __future__ import annotations
@@ -20,3 +21,10 @@ def is_plain_name(name: str) -> bool:
     C{.} or C{..}), no C{/}, C{\\}, C{:}, NUL, space or control character.
     """
     return len(name) <= MAX_NAME_LENGTH and _PLAIN_NAME.fullmatch(name) is not None
+
+
+def is_plain_realm(realm: str) -> bool:
+    """
+    Whether C{realm} can stand quoted in a challenge as it is.
+    """
+    return bool(realm) and realm.isprintable() and not any(c in realm for c in '"\\')

@@ -13,8 +13,7 @@ from twisted.cred.portal import IRealm
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
-from app._pages import ErrorResource
-from app._static import StaticDirectory
+from app.http.pages import ErrorResource
 from auth._names import is_plain_name
 
 _NOT_FOUND = ErrorResource(404)
@@ -27,16 +26,16 @@ def _logout() -> None:
 @implementer(IRealm)
 class HomeRealm:
     """
-    The avatar of USER serves C{HOMES/USER/public_html} as static files
-    (the rules of C{/static/}); with no C{HOMES}, or no such directory, it
-    is a 404 page.  A C{public_html} that leads out of C{HOMES/USER} (a
-    symbolic link to elsewhere) counts as missing.
+    The avatar of USER is C{serve(HOMES/USER/public_html)} (the route
+    module passes the static files of C{/static/}); with no C{HOMES}, or no
+    such directory, it is a 404 page.  A C{public_html} that leads out of
+    C{HOMES/USER} (a symbolic link to elsewhere) counts as missing.
     """
 
     def __init__(
         self,
         homes: Path | None,
-        serve: Callable[[Path], IResource] = StaticDirectory,
+        serve: Callable[[Path], IResource] | None = None,
     ) -> None:
         self._homes = homes
         self._serve = serve
@@ -60,7 +59,7 @@ class HomeRealm:
         return IResource, self._avatar(name), _logout
 
     def _avatar(self, name: str) -> IResource:
-        if self._homes is None:
+        if self._homes is None or self._serve is None:
             return _NOT_FOUND
         home = self._homes / name
         public = home / "public_html"

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from twisted.internet.task import Clock
 
-from app._config import config_from_args
-from app._http import Site
-from app._site import build_site
+from app.cli.options import config_from_args
+from app.http.site import Site
+from app.site import build_site
 from routes.sessions import ICounter
 
 

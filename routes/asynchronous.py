@@ -21,8 +21,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import BadRequest, InternalServerError
 
-from app._access_log import escape_field
-from app._router import new_app
+from app.http.access_log import escape_field
+from app.http.router import new_app
 
 #: The longest delay a client may ask for, in seconds.
 MAX_DELAY = 30.0

@@ -14,8 +14,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import BadRequest, NotFound
 
-from app._pages import page
-from app._router import new_app
+from app.http.pages import page
+from app.http.router import new_app
 
 #: Every demo page, as (path, what it shows); the index links to each.
 DEMO_PAGES: tuple[tuple[str, str], ...] = (

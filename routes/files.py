@@ -10,9 +10,9 @@ from pathlib import Path
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from app._config import Config
-from app._router import new_app
-from app._static import StaticDirectory
+from app.config import Config
+from app.http.router import new_app
+from app.mounts.static.resource import StaticDirectory
 
 
 class FileRoutes:

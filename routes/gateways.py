@@ -12,10 +12,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from app._cgi import cgi_directory
-from app._config import Config, load_object
-from app._router import new_app
-from app._wsgi import ThreadPoolService, WSGIResource, WSGIThreadPool
+from app.config import Config, load_object
+from app.http.router import new_app
+from app.mounts.cgi.script import cgi_directory
+from app.mounts.wsgi import ThreadPoolService, WSGIResource, WSGIThreadPool
 
 
 class CGIRoutes:

@@ -6,7 +6,7 @@ HTTP Basic (C{--htpasswd}) and/or Digest (C{--htdigest}) authentication.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application.service import IServiceCollection
 from twisted.cred.portal import Portal
@@ -14,11 +14,22 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from app._config import Config
-from app._router import new_app
-
-if TYPE_CHECKING:
-    from auth import Guard
+from app.config import Config
+from app.http.router import new_app
+from app.mounts.static.resource import StaticDirectory
+from auth import (
+    BasicCredentialFactory,
+    BcryptChecker,
+    DigestChecker,
+    DigestCredentialFactory,
+    Guard,
+    HashPool,
+    HomeRealm,
+    IChallenger,
+    VerifiedCache,
+    parse_htdigest,
+    parse_htpasswd,
+)
 
 
 def build_guard(
@@ -30,22 +41,6 @@ def build_guard(
     """
     if config.htpasswd is None and config.htdigest is None:
         return None
-    # Imported here: auth serves homes with app's pages and static files, and
-    # app builds its site from this module.
-    from auth import (
-        BasicCredentialFactory,
-        BcryptChecker,
-        DigestChecker,
-        DigestCredentialFactory,
-        Guard,
-        HashPool,
-        HomeRealm,
-        IChallenger,
-        VerifiedCache,
-        parse_htdigest,
-        parse_htpasswd,
-    )
-
     factories: list[IChallenger] = []
     checkers: list[Any] = []
     if config.htdigest is not None:
@@ -62,7 +57,7 @@ def build_guard(
         cache = VerifiedCache(clock)
         checkers.append(BcryptChecker(parse_htpasswd(config.htpasswd), pool, cache))
         factories.append(BasicCredentialFactory(config.realm))
-    portal = Portal(HomeRealm(config.homes), checkers)
+    portal = Portal(HomeRealm(config.homes, StaticDirectory), checkers)
     return Guard(portal, factories)
 
 

@@ -12,8 +12,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from app._proxy import ProxyService, ReverseProxy, Upstream
-from app._router import new_app
+from app.http.router import new_app
+from app.mounts.proxy.exchange import ProxyService, ReverseProxy, Upstream
 
 
 class ProxyRoutes:

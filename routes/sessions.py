@@ -13,9 +13,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Session
 from zope.interface import Attribute, Interface, implementer
 
-from app._pages import page
-from app._router import new_app
-from app._sessions import forget_session
+from app.http.pages import page
+from app.http.router import new_app
+from app.sessions.store import forget_session
 
 log = Logger()
 

@@ -19,10 +19,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogEvent, LogLevel, eventAsText, formatEvent
 
-from app._config import config_from_args
-from app._logging import text_observer
-from app._pages import error_page
-from app._site import build_site
+from app.cli.log import text_observer
+from app.cli.options import config_from_args
+from app.http.pages import error_page
+from app.site import build_site
 from app.testing import LiveServer, stub_treq
 from routes.asynchronous import AsynchronousRoutes, DelayedFailure
 from tests.conftest import failures, stop_on_clock

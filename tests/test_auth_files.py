@@ -13,10 +13,10 @@ import bcrypt
 import pytest
 from twisted.internet import reactor
 
-from app._cli import main
+from app.cli.main import main
+from app.cli.passwd import digest_lines
 from auth import NoSuchRealm, PasswordFileError, parse_htdigest, parse_htpasswd
 from auth._htdigest import ha1, sha256_tag
-from auth._passwd import digest_lines
 
 DATA = Path(__file__).resolve().parent / "data" / "auth"
 HTPASSWD = DATA / "users.htpasswd"

@@ -24,7 +24,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from app._pages import ErrorResource
+from app.http.pages import ErrorResource
 from auth import (
     BasicCredentialFactory,
     BcryptChecker,

@@ -25,8 +25,9 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 
+from app.cli.passwd import passwd_main
 from app.testing import LiveServer
-from auth import Guard, passwd_main
+from auth import Guard
 from tests.conftest import failures
 from tests.rawhttp import exchange, parse_response
 from tests.test_auth_digest import challenge_fields, digest_authorization
@@ -709,7 +710,7 @@ async def test_sites_given_one_key_accept_each_others_nonces(
 def test_bad_digest_key_variable_is_a_bad_option_value(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from app._cli import main
+    from app.cli.main import main
 
     monkeypatch.setenv("APP_DIGEST_KEY", "not hex")
     stderr = io.StringIO()

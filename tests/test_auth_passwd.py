@@ -15,7 +15,8 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from auth import parse_htdigest, parse_htpasswd, passwd_main
+from app.cli.passwd import passwd_main
+from auth import parse_htdigest, parse_htpasswd
 from auth._htdigest import ha1
 
 ROOT = Path(__file__).resolve().parent.parent

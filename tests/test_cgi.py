@@ -22,7 +22,13 @@ from twisted.logger import LogEvent, formatEvent
 from twisted.web.client import ResponseFailed
 from twisted.web.test.requesthelper import DummyRequest
 
-from app._cgi import MAX_STDERR_BYTES, BadHead, CGIProcess, parse_head, split_head
+from app.mounts.cgi.script import (
+    MAX_STDERR_BYTES,
+    BadHead,
+    CGIProcess,
+    parse_head,
+    split_head,
+)
 from app.testing import LiveServer
 from tests.rawhttp import connect, exchange, parse_response
 
@@ -716,7 +722,7 @@ def test_any_output_is_parsed_or_refused(output: bytes) -> None:
 
 @given(st.binary(max_size=200), st.integers(min_value=1, max_value=50))
 def test_output_in_pieces_splits_as_in_one(output: bytes, size: int) -> None:
-    from app._cgi import resume_offset
+    from app.mounts.cgi.script import resume_offset
 
     buffer, scan, found = b"", 0, None
     for start in range(0, len(output), size):

@@ -22,7 +22,10 @@ from twisted.web import server
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from app._http import MAX_HEADER_COUNT, READ_AHEAD, Channel, Request, Site
+from app.http.channel import Channel
+from app.http.limits import MAX_HEADER_COUNT, READ_AHEAD
+from app.http.request import Request
+from app.http.site import Site
 
 IDLE = 30.0
 

@@ -34,8 +34,8 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 
-from app._config import config_from_args
-from app._forms import form_fields
+from app.cli.options import config_from_args
+from app.http.forms import form_fields
 from app.testing import LiveServer
 from tests.conftest import failures, stop_on_clock
 from tests.rawhttp import RawClient, exchange, parse_response
@@ -329,7 +329,7 @@ def form_parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         parsed.append(content_type)
         return form_fields(content_type, body)
 
-    monkeypatch.setattr("app._http.form_fields", counting)
+    monkeypatch.setattr("app.http.request.form_fields", counting)
     return parsed
 
 

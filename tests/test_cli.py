@@ -20,7 +20,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from app._cli import main
+from app.cli.main import main
 from tests.rawhttp import exchange, parse_response
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,7 +213,7 @@ def test_a_bad_option_in_a_real_process_exits_2_without_traceback(
 def test_the_server_collects_young_objects_less_often() -> None:
     import gc
 
-    from app._cli import GC_THRESHOLDS, tune_garbage_collector
+    from app.cli.main import GC_THRESHOLDS, tune_garbage_collector
 
     before = gc.get_threshold()
     try:

@@ -15,7 +15,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.web.http import parse_qs
 
-from app._forms import (
+from app.http.forms import (
     _MAX_HEAD_BLANKS,
     _MAX_HEADER_LINES,
     _MAX_PARAMETERS,

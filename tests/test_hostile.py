@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
 
-from app._cli import parse_endpoints
-from app._config import ConfigError, config_from_args
+from app.cli.main import parse_endpoints
+from app.cli.options import config_from_args
+from app.config import ConfigError
 from app.testing import LiveServer
 from tests.conftest import failures
 from tests.rawhttp import exchange, parse_response

@@ -9,9 +9,9 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
-from app._config import Config
-from app._http import MAX_HEADER_COUNT, MAX_REQUEST_LINE
-from app._site import build_site
+from app.config import Config
+from app.http.limits import MAX_HEADER_COUNT, MAX_REQUEST_LINE
+from app.site import build_site
 from app.testing import LiveServer, stub_treq
 from tests.rawhttp import connect, exchange, parse_response
 

@@ -32,7 +32,10 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
-from app._access_log import (
+from app.cli.log import json_observer, make_observer, text_observer
+from app.cli.options import config_from_args
+from app.config import ConfigError
+from app.http.access_log import (
     AccessLog,
     access_log_of,
     combined_line,
@@ -40,10 +43,8 @@ from app._access_log import (
     log_time,
     reopen_on_sighup,
 )
-from app._config import ConfigError, config_from_args
-from app._http import MAX_HEADER_COUNT, MAX_REQUEST_LINE
-from app._logging import json_observer, make_observer, text_observer
-from app._pages import error_page
+from app.http.limits import MAX_HEADER_COUNT, MAX_REQUEST_LINE
+from app.http.pages import error_page
 from app.testing import LiveServer
 from tests.conftest import stop_on_clock
 from tests.rawhttp import connect, exchange
@@ -391,7 +392,7 @@ async def test_dash_logs_to_standard_output(
 
 
 def test_without_the_option_there_is_no_access_log() -> None:
-    from app._site import build_site
+    from app.site import build_site
 
     site = build_site(config_from_args([]), reactor, Clock())
     assert site.access_log is None
@@ -425,7 +426,7 @@ def test_a_failed_reopen_keeps_the_old_file(
 
 
 def _refusal() -> object:
-    from app._http import Refusal
+    from app.http.channel import Refusal
 
     return Refusal(
         client=IPv4Address("TCP", "127.0.0.1", 1),
@@ -544,7 +545,7 @@ def test_json_server_log_lines(servers: list[_Server]) -> None:
     assert set(listening) == {"time", "level", "namespace", "text"}
     assert ISO_UTC.fullmatch(listening["time"])
     assert listening["level"] == "info"
-    assert listening["namespace"] == "app._cli"
+    assert listening["namespace"] == "app.cli.main"
     assert re.fullmatch(r"listening on http://127\.0\.0\.1:\d+/", listening["text"])
     port = server.port()
     assert _get(port, "/delayed/fail?seconds=0") == 500

@@ -23,8 +23,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
-from app._config import ConfigError, config_from_args
-from app._proxy import UPSTREAM_TIMEOUT, ReverseProxy, Upstream
+from app.cli.options import config_from_args
+from app.config import ConfigError
+from app.mounts.proxy.exchange import UPSTREAM_TIMEOUT, ReverseProxy, Upstream
 from app.testing import LiveServer
 from tests.conftest import failures
 from tests.rawhttp import RawClient, connect, exchange, parse_response

@@ -160,8 +160,8 @@ async def test_no_demo_keeps_health_and_module_index() -> None:
 
 
 def test_exact_routes_match_what_werkzeug_matches() -> None:
-    from app._config import config_from_args
-    from app._site import build_site
+    from app.cli.options import config_from_args
+    from app.site import build_site
 
     site = build_site(
         config_from_args(["--routes", "tests.example_routes", "--proxy", "http://h/"]),
@@ -186,14 +186,14 @@ def test_exact_routes_match_what_werkzeug_matches() -> None:
 
 
 def _router(args: list[str]):  # type: ignore[no-untyped-def]
-    from app._config import config_from_args
-    from app._site import build_site
+    from app.cli.options import config_from_args
+    from app.site import build_site
 
     return build_site(config_from_args(args), reactor=None).resource
 
 
 def test_fast_routes_are_what_matching_finds() -> None:
-    from app._router import _Found
+    from app.http.router import _Found
 
     router = _router(["--routes", "tests.example_routes", "--proxy", "http://h/"])
     assert (b"/health", b"GET") in router._fast
@@ -244,7 +244,7 @@ def test_remembered_matches_are_what_matching_finds(method: str, path: str) -> N
 
 
 def test_remembered_matches_are_bounded() -> None:
-    from app._router import MATCH_CACHE
+    from app.http.router import MATCH_CACHE
 
     router = _router([])
     for number in range(MATCH_CACHE + 10):
@@ -260,7 +260,7 @@ async def test_a_custom_converter_is_asked_for_every_request() -> None:
     from treq.testing import StubTreq
     from werkzeug.routing import BaseConverter
 
-    from app._router import Router
+    from app.http.router import Router
 
     asked: list[str] = []
 
@@ -299,7 +299,7 @@ async def test_branch_routes_see_the_segments_klein_gives_them(path: str) -> Non
     from klein.interfaces import IKleinRequest
     from treq.testing import StubTreq
 
-    from app._router import Router
+    from app.http.router import Router
 
     app = Klein()
 

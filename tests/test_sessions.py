@@ -30,17 +30,18 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from app._config import config_from_args
-from app._http import Request, Site
-from app._pages import page
-from app._sessions import (
+from app.cli.options import config_from_args
+from app.http.pages import page
+from app.http.request import Request
+from app.http.site import Site
+from app.sessions.store import (
     COOKIE_NAME,
     MAX_SWEEP_DELAY,
     SECURE_COOKIE_NAME,
     Session,
     cookie_uids,
 )
-from app._site import build_site
+from app.site import build_site
 from app.testing import LiveServer
 from routes.sessions import Counter, ICounter, register_counter, session_page
 from tests.rawhttp import exchange, parse_response

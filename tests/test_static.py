@@ -22,10 +22,11 @@ from twisted.internet.task import deferLater
 from twisted.web import http
 from twisted.web.resource import Resource
 
-from app._config import DEMO_STATIC, ConfigError, config_from_args
-from app._http import Site
-from app._mimetypes import TYPES, content_type, is_text
-from app._static import MAX_RANGES, StaticDirectory, byte_ranges
+from app.cli.options import config_from_args
+from app.config import DEMO_STATIC, ConfigError
+from app.http.site import Site
+from app.mounts.static.resource import MAX_RANGES, StaticDirectory, byte_ranges
+from app.mounts.static.types import TYPES, content_type, is_text
 from app.testing import LiveServer
 from tests.conftest import failures
 from tests.rawhttp import connect, exchange, parse_response

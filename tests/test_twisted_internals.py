@@ -1,5 +1,5 @@
 """
-What app._twisted_internals relies on in Twisted, checked against a real
+What app.compat.twisted relies on in Twisted, checked against a real
 connection so that a Twisted release that moves it fails here, by name.
 """
 
@@ -13,7 +13,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 
-from app._twisted_internals import sender
+from app.compat.twisted import sender
 
 
 class Collect(Protocol):

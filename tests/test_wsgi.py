@@ -24,9 +24,10 @@ from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogEvent
 from twisted.web.client import ResponseFailed
 
-from app._config import Config, config_from_args
-from app._site import build_site
-from app._wsgi import WSGIThreadPool
+from app.cli.options import config_from_args
+from app.config import Config
+from app.mounts.wsgi import WSGIThreadPool
+from app.site import build_site
 from app.testing import LiveServer
 from tests.conftest import failures
 from tests.rawhttp import RawClient, connect, exchange, parse_response
@@ -439,7 +440,7 @@ DRIVER = """
 import threading
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
-from app._config import Config
+from app.config import Config
 from app.testing import LiveServer
 
 servers = []

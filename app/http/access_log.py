@@ -26,7 +26,8 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
-from app._http import Refusal, Site
+from app.http.channel import Refusal
+from app.http.site import Site
 
 _MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
 

@@ -51,8 +51,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from app._http import SERVER_NAME
-from app._pages import ErrorResource, render_error
+from app.http.limits import SERVER_NAME
+from app.http.pages import ErrorResource, render_error
 
 #: The longest header block a script may print.
 MAX_HEAD_BYTES = 64 * 1024

@@ -44,7 +44,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from app._config import DIGEST_KEY_VARIABLE
+from app.config import DIGEST_KEY_VARIABLE
 
 WORKER_OPTION = "--worker-sockets"
 #: The environment variable naming the descriptor a worker says "ready" on.

@@ -10,10 +10,10 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
-from app._access_log import install_access_log
-from app._config import Config
-from app._http import Site
-from app._router import Router
+from app.config import Config
+from app.http.access_log import install_access_log
+from app.http.router import Router
+from app.http.site import Site
 from routes.asynchronous import AsynchronousRoutes
 from routes.content import ContentRoutes, HealthRoutes
 from routes.files import FileRoutes

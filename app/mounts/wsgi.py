@@ -48,9 +48,9 @@ from twisted.web import wsgi
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from app._cgi import request_variables
-from app._http import request_uri
-from app._pages import HTML_TYPE, error_page
+from app.http.pages import HTML_TYPE, error_page
+from app.http.request import request_uri
+from app.mounts.cgi.script import request_variables
 
 #: Request headers not passed as C{HTTP_*}: the body's are C{CONTENT_*};
 #: C{Proxy} is httpoxy.

@@ -9,97 +9,37 @@ the option and exit status 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import re
 import shutil
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from klein import Klein
 
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
-DEMO_STATIC = DEMO_DIR / "static"
-DEMO_CGI = DEMO_DIR / "cgi-bin"
-DEMO_WSGI = "app.demo_wsgi:application"
-#: Environment variable with the HMAC key (hex) of Digest nonces, which every
-#: worker of one server must share; unset, each site makes a random one.
-DIGEST_KEY_VARIABLE = "APP_DIGEST_KEY"
-
-#: Top-level path segments owned by the server itself; --mount may not take them.
-RESERVED_PREFIXES = frozenset(
-    {
-        "",
-        "health",
-        "static",
-        "wsgi",
-        "cgi-bin",
-        "private",
-        "proxy",
-        "session",
-        "counter",
-        "clock",
-        "calendar",
-        "pay",
-        "form",
-        "echo",
-        "delayed",
-    }
+from app.config import (
+    DEMO_CGI,
+    DEMO_STATIC,
+    DEMO_WSGI,
+    DIGEST_KEY_VARIABLE,
+    RESERVED_PREFIXES,
+    Config,
+    ConfigError,
+    import_module,
+    load_object,
+)
+from auth import (
+    NoSuchRealm,
+    PasswordFileError,
+    is_plain_realm,
+    parse_htdigest,
+    parse_htpasswd,
 )
 
+#: A plain path segment: what a --mount prefix is made of.
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
-
-
-class ConfigError(Exception):
-    """
-    A bad option value: C{option} names the option, C{message} says why.
-    """
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(f"{option}: {message}")
-        self.option = option
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Config:
-    """
-    Everything the server needs to know, built once from the command line.
-
-    Paths are absolute.  C{None} means "not served" for the optional mounts.
-    """
-
-    listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
-    static_dir: Path | None = DEMO_STATIC
-    mounts: tuple[tuple[str, Path], ...] = ()
-    cgi_dir: Path | None = DEMO_CGI
-    cgi_interpreters: tuple[tuple[str, str], ...] = ((".py", sys.executable),)
-    cgi_timeout: float = 60.0
-    wsgi: str | None = DEMO_WSGI
-    wsgi_app: Callable[..., Any] | None = field(default=None, compare=False)
-    wsgi_threads: int = 10
-    proxy: str | None = None
-    htpasswd: Path | None = None
-    htdigest: Path | None = None
-    realm: str = "app"
-    homes: Path | None = None
-    #: HMAC key of Digest nonces; workers of one server must share it
-    #: (None: a random key made when the site is built).
-    digest_key: bytes | None = field(default=None, compare=False, repr=False)
-    session_timeout: float = 900.0
-    max_sessions: int = 100_000
-    max_body: int = 1_048_576
-    idle_timeout: float = 60.0
-    access_log: str | None = None
-    log_format: str = "text"
-    routes: tuple[str, ...] = ()
-    route_apps: tuple[Klein, ...] = field(default=(), compare=False)
-    workers: int = 1
-    demo: bool = True
-    display_tracebacks: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -110,13 +50,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse prints the whole usage block first; one line is clearer.
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def is_plain_realm(realm: str) -> bool:
-    """
-    Whether C{realm} can stand quoted in a challenge as it is.
-    """
-    return bool(realm) and realm.isprintable() and not any(c in realm for c in '"\\')
 
 
 def _positive_float(text: str) -> float:
@@ -304,31 +237,8 @@ def _interpreter(text: str) -> tuple[str, str]:
     return extension, found
 
 
-def load_object(option: str, spec: str) -> Any:
-    """
-    Import C{MODULE:NAME} and return the object, or raise L{ConfigError}.
-    """
-    module_name, sep, name = spec.partition(":")
-    if not sep or not module_name or not name.isidentifier():
-        raise ConfigError(option, f"expected MODULE:CALLABLE, got {spec!r}")
-    module = _import(option, module_name)
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise ConfigError(option, f"module {module_name!r} has no {name!r}") from None
-
-
-def _import(option: str, module_name: str) -> Any:
-    try:
-        return importlib.import_module(module_name)
-    except Exception as error:  # any import-time failure is a bad option value
-        raise ConfigError(
-            option, f"cannot import {module_name!r}: {type(error).__name__}: {error}"
-        ) from None
-
-
 def _route_app(module_name: str) -> Klein:
-    module = _import("--routes", module_name)
+    module = import_module("--routes", module_name)
     app = getattr(module, "app", None)
     if not isinstance(app, Klein):
         raise ConfigError("--routes", f"module {module_name!r} has no Klein `app`")
@@ -336,8 +246,6 @@ def _route_app(module_name: str) -> Klein:
 
 
 def _proxy(text: str) -> str:
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -392,9 +300,6 @@ def _digest_key() -> bytes | None:
 def _check_password_files(
     args: argparse.Namespace, htpasswd: Path | None, htdigest: Path | None, realm: str
 ) -> None:
-    # Imported here: auth's realm serves homes with app's static files.
-    from auth import NoSuchRealm, PasswordFileError, parse_htdigest, parse_htpasswd
-
     try:
         if htpasswd is not None:
             parse_htpasswd(htpasswd)

@@ -47,8 +47,8 @@ from werkzeug.routing import (
     Rule,
 )
 
-from app._http import request_uri
-from app._pages import HTML_TYPE, PATH_SAFE, answer, error_page, redirect
+from app.http.pages import HTML_TYPE, PATH_SAFE, answer, error_page, redirect
+from app.http.request import request_uri
 
 log = Logger()
 

@@ -59,7 +59,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from app._pages import render_error
+from app.http.pages import render_error
 
 __all__ = ["UPSTREAM_TIMEOUT", "ReverseProxy", "Upstream"]
 

@@ -21,10 +21,14 @@ from typing import IO, NoReturn
 
 import bcrypt
 
-from app._config import is_plain_realm
-from auth._checkers import BCRYPT_MAX_PASSWORD
-from auth._htdigest import digest_owner, ha1, sha256_tag
-from auth._names import is_plain_name
+from auth import (
+    BCRYPT_MAX_PASSWORD,
+    digest_owner,
+    ha1,
+    is_plain_name,
+    is_plain_realm,
+    sha256_tag,
+)
 
 PROG = "python -m app passwd"
 #: bcrypt cost of new Basic passwords.

@@ -29,7 +29,7 @@ channel hands the bytes to llhttp (through C{httptools}) and adds:
     between requests is closed; a response the client stops reading is cut
     off after the idle timeout.
   - Form bodies are parsed when a handler first reads C{request.args}, by a
-    linear parser (L{app._forms}), never before routing.
+    linear parser (L{app.http.forms}), never before routing.
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from time import time
-from typing import IO, Any
-from urllib.parse import unquote_to_bytes
+from typing import IO, TYPE_CHECKING, Any
 
 from httptools import (
     HttpParserCallbackError,
@@ -51,200 +50,39 @@ from httptools import (
     HttpParserUpgrade,
     HttpRequestParser,
 )
-from twisted.application.service import MultiService
 from twisted.internet._producer_helpers import _PullToPush
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
-    IListeningPort,
     IPushProducer,
-    IReactorTime,
     ISSLTransport,
     ITCPTransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import http
 from twisted.web.http_headers import Headers
-from twisted.web.resource import IResource
-from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 from zope.interface import implementer
 
-from app._forms import FormError, form_fields
-from app._pages import HTML_TYPE, error_page, reason
-from app._sessions import Session, SessionStore, SessionSweep, new_uid, request_session
-from app._twisted_internals import sender
+from app.compat.twisted import sender
+from app.http.limits import (
+    DRAIN_BYTES,
+    DRAIN_SECONDS,
+    MAX_HEADER_BYTES,
+    MAX_HEADER_COUNT,
+    MAX_REQUEST_LINE,
+    MEMORY_BODY,
+    READ_AHEAD,
+    SERVER_NAME,
+)
+from app.http.pages import HTML_TYPE, error_page, reason
 
-SERVER_NAME = b"app"
-
-#: Longest request line accepted (Apache's LimitRequestLine).
-MAX_REQUEST_LINE = 8190
-#: Largest header block accepted, request line included.
-MAX_HEADER_BYTES = 16384
-#: Most header lines accepted (Apache's LimitRequestFields).
-MAX_HEADER_COUNT = 100
-#: How long, and how many bytes, a refused request's body is read and dropped.
-DRAIN_SECONDS = 2.0
-DRAIN_BYTES = 16 * 1024 * 1024
-#: Bytes read but not parsed while a response is produced, before the
-#: connection is no longer read.
-READ_AHEAD = 64 * 1024
-#: A body of known length up to this size is kept in memory.
-MEMORY_BODY = 100_000
-#: What C{OPTIONS *} answers the server takes.
-ALLOWED_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+if TYPE_CHECKING:
+    from app.http.request import Request
+    from app.http.site import Site
 
 log = Logger()
-
-
-class Request(server.Request):
-    """
-    twisted.web's request, made by L{Channel}: form bodies are parsed when
-    C{args} is first read, cookies when C{received_cookies} is.
-    """
-
-    channel: Channel  # type: ignore[assignment]
-    site: Site
-    defaultContentType = HTML_TYPE
-    #: The user name that HTTP authentication accepted, for the access log.
-    remote_user: str | None = None
-    _cookies: dict[bytes, bytes]
-    _cookies_parsed = False
-    _args: dict[bytes, list[bytes]]
-    #: The Content-Type of a form body not parsed yet.
-    _form_type: bytes | None = None
-
-    def __init__(self, channel: Channel, *args: Any, **kwargs: Any) -> None:
-        # What twisted.web's http.Request and server.Request constructors
-        # set, in one step: one is made for every request.  (A test compares
-        # the two, should a Twisted release set more.)
-        self.notifications: list[Deferred[None]] = []
-        self.channel = channel
-        self.client = channel.getPeer()
-        self.host = channel.getHost()
-        self.requestHeaders = Headers()
-        self._cookies = {}
-        self._cookies_parsed = False
-        self.responseHeaders = Headers()
-        self.cookies: list[bytes] = []
-        self.transport = channel.transport
-        self.queued = False
-        self._parsePOSTFormSubmission = False
-        self._adapterCache: dict[str, Any] = {}
-        self._args = {}
-
-    # twisted.web parses the Cookie headers of every request as its head
-    # arrives; here they are parsed when received_cookies is first read.
-
-    @property
-    def received_cookies(self) -> dict[bytes, bytes]:
-        if not self._cookies_parsed:
-            self._cookies_parsed = True
-            server.Request.parseCookies(self)
-        return self._cookies
-
-    @received_cookies.setter
-    def received_cookies(self, cookies: dict[bytes, bytes]) -> None:
-        self._cookies = cookies
-        self._cookies_parsed = True
-
-    def parseCookies(self) -> None:
-        pass
-
-    # twisted.web parses a form body into args before the request is even
-    # routed, with the email package's parser; here it is parsed, by a
-    # linear parser, when a handler first asks for args.
-
-    @property
-    def args(self) -> dict[bytes, list[bytes]]:
-        form_type = self._form_type
-        if form_type is not None:
-            self._form_type = None
-            content = self.content
-            assert content is not None
-            try:
-                fields = form_fields(form_type, content)
-            except FormError as error:
-                self._args = {}
-                if error.code == 413:
-                    raise RequestEntityTooLarge(str(error)) from None
-                raise BadRequest(str(error)) from None
-            # As in twisted.web, a field replaces a query argument of its name.
-            self._args.update(fields)
-        return self._args
-
-    @args.setter
-    def args(self, value: dict[bytes, list[bytes]]) -> None:
-        self._form_type = None
-        self._args = value
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        # As twisted.web's, less the form parsing (see args).
-        self.method, self.uri, self.clientproto = command, path, version
-        path, question, query = path.partition(b"?")
-        self.path = path
-        self._args = http.parse_qs(query, 1) if question else {}
-        if command == b"POST":
-            content_type = self.requestHeaders.getRawHeaders(b"content-type")
-            if content_type and _FORM_TYPE.match(content_type[0]):
-                self._form_type = content_type[0]
-        self.process()
-
-    def process(self) -> None:
-        # twisted.web's, less the Server and Date headers it sets here only
-        # for them to be replaced: the channel writes the server's own
-        # (Channel.writeHeaders).  The root resource is the router, never an
-        # encoding resource, so there is no encoder to look for either.
-        site = self.site = self.channel.site
-        path = self.path
-        if path == b"*":
-            # OPTIONS * (the channel refuses any other method with *).
-            self.setHeader(b"allow", ALLOWED_METHODS)
-            self.setHeader(b"content-length", b"0")
-            self.write(b"")
-            self.finish()
-            return
-        segments = path[1:].split(b"/")
-        self.prepath = []
-        self.postpath = (
-            [unquote_to_bytes(segment) for segment in segments]
-            if b"%" in path
-            else segments
-        )
-        try:
-            self.render(site.getResourceFor(self))
-        except BaseException:
-            self.processingFailed(Failure())
-
-    def processingFailed(self, reason: Failure) -> Failure:
-        # A malformed form body found by a resource that is not a route.
-        error = reason.value
-        if isinstance(error, HTTPException) and error.code is not None:
-            if not self.startedWriting:
-                body = error_page(error.code)
-                self.setResponseCode(error.code)
-                self.setHeader(b"content-type", HTML_TYPE)
-                self.setHeader(b"content-length", b"%d" % (len(body),))
-                self.write(body)
-                self.finish()
-                return reason
-        return super().processingFailed(reason)  # type: ignore[no-any-return]
-
-    def getSession(
-        self, sessionInterface: Any = None, forceNotSecure: bool = False
-    ) -> Any:
-        # twisted.web's touches a session found by its cookie only on the
-        # second lookup within a request, and its cookie lacks HttpOnly and
-        # SameSite: see app._sessions.
-        return request_session(self, sessionInterface, forceNotSecure)
-
-
-#: Media types whose bodies become form fields.
-_FORM_TYPE = re.compile(
-    rb"\s*(application/x-www-form-urlencoded|multipart/form-data)\s*(;|$)", re.I
-)
 
 
 @dataclass(frozen=True)
@@ -869,7 +707,7 @@ class Channel(Protocol):
             # A large answer: the transport must get to say it holds enough.
             self._hand_over()
 
-    #: Writes to the transport (see app._twisted_internals).
+    #: Writes to the transport (see app.compat.twisted).
     _write: Callable[[bytes], None]
 
     #: What the answers given at once have written so far, and its size.
@@ -1217,125 +1055,7 @@ class _HTTPDate:
 http_date = _HTTPDate()
 
 
-def request_uri(request: server.Request) -> str:
-    """
-    The request target as sent, for log messages.
-    """
-    return bytes(request.uri).decode("latin-1")
-
-
 def _peer(transport: Any) -> str:
     peer = transport.getPeer()
     host = getattr(peer, "host", None)
     return f"{host}:{peer.port}" if host is not None else str(peer)
-
-
-class Site(server.Site):
-    """
-    The server's Site: twisted.web's, with the channel above, an optional
-    access log, the services its mounts run, and a graceful stop.
-    """
-
-    requestFactory = Request
-    displayTracebacks = False
-    # No "Starting factory <…Site object at 0x…>" lines: the server logs its
-    # own "listening on" line instead.
-    noisy = False
-
-    def __init__(
-        self,
-        resource: IResource,
-        *,
-        reactor: IReactorTime,
-        max_body: int,
-        idle_timeout: float,
-        display_tracebacks: bool = False,
-        session_timeout: float = 900.0,
-        max_sessions: int = 100_000,
-    ) -> None:
-        super().__init__(resource, timeout=idle_timeout, reactor=reactor)
-        self.max_body = max_body
-        self.displayTracebacks = display_tracebacks
-        self.channels: set[Channel] = set()
-        self.stopping = False
-        #: Started by whoever starts the server, stopped after the last request.
-        self.service = MultiService()
-        #: The live sessions, least recently used first.
-        self.sessions: SessionStore = SessionStore(  # type: ignore[assignment]
-            reactor, session_timeout, max_sessions
-        )
-        SessionSweep(self.sessions).setServiceParent(self.service)
-        #: Called with every finished request (the access log), when set.
-        self.access_log: Callable[[server.Request], None] | None = None
-        #: Called with every request the channel refuses itself, when set.
-        self.refusal_log: Callable[[Refusal], None] | None = None
-        self._all_closed: list[Deferred[None]] = []
-
-    sessionFactory = Session
-
-    def _mkuid(self) -> bytes:
-        return new_uid()
-
-    def makeSession(self) -> Session:
-        # As twisted.web's, without the timer per session: the store sweeps.
-        uid = self._mkuid()
-        session = self.sessions[uid] = self.sessionFactory(self, uid)
-        return session
-
-    def getSession(self, uid: bytes) -> Session:
-        return self.sessions[uid]
-
-    def buildProtocol(self, addr: Any) -> Channel:  # type: ignore[override]
-        return Channel(self)
-
-    def startFactory(self) -> None:
-        # HTTPFactory starts a once-a-second timer for its own log and opens
-        # twisted's legacy log as the access log; we keep neither.
-        pass
-
-    def stopFactory(self) -> None:
-        pass
-
-    def log(self, request: server.Request) -> None:  # type: ignore[override]
-        if self.access_log is not None:
-            self.access_log(request)
-
-    def log_refusal(self, refusal: Refusal) -> None:
-        if self.refusal_log is not None:
-            self.refusal_log(refusal)
-
-    def channel_closed(self, channel: Channel) -> None:
-        self.channels.discard(channel)
-        if not self.channels:
-            waiting, self._all_closed = self._all_closed, []
-            for waiter in waiting:
-                waiter.callback(None)
-
-    def shutdown(
-        self, ports: Iterable[IListeningPort], grace: float = 10.0
-    ) -> Deferred[None]:
-        """
-        Stop listening, close idle connections, let requests in flight finish
-        with C{Connection: close} for up to C{grace} seconds, abort what is
-        left, then stop the site's services.
-        """
-        self.stopping = True
-
-        async def stop() -> None:
-            await gatherResults([maybeDeferred(port.stopListening) for port in ports])
-            for channel in list(self.channels):
-                channel.shutdown()
-            if self.channels:
-                closed: Deferred[None] = Deferred()
-                self._all_closed.append(closed)
-                closed.addTimeout(grace, self.reactor)
-                try:
-                    await closed
-                except Exception:
-                    for channel in list(self.channels):
-                        if channel.transport is not None:
-                            channel.transport.abortConnection()  # type: ignore[attr-defined]
-            if self.service.running:
-                await maybeDeferred(self.service.stopService)
-
-        return Deferred.fromCoroutine(stop())

@@ -27,15 +27,45 @@ import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web import server
+from twisted.web.http_headers import Headers
 
-if TYPE_CHECKING:
-    from app._http import Request, Site
+
+class Site(Protocol):
+    """
+    What the store asks of the site it serves (L{app.http.site.Site}).
+    """
+
+    @property
+    def sessions(self) -> SessionStore: ...
+
+    def makeSession(self) -> Session: ...
+
+
+class Request(Protocol):
+    """
+    What the store asks of a request (L{app.http.request.Request}).
+    """
+
+    @property
+    def site(self) -> Site: ...
+
+    @property
+    def requestHeaders(self) -> Headers: ...
+
+    @property
+    def cookies(self) -> list[bytes]: ...
+
+    _secureSession: Any
+    _insecureSession: Any
+
+    def isSecure(self) -> bool: ...
+
 
 log = Logger()
 
@@ -330,11 +360,10 @@ def _found_session(
 
 
 def _keep(request: Request, secure: bool, session: Session | None) -> None:
-    # twisted.web declares both attributes as None at class level.
     if secure:
-        request._secureSession = session  # type: ignore[assignment]
+        request._secureSession = session
     else:
-        request._insecureSession = session  # type: ignore[assignment]
+        request._insecureSession = session
 
 
 def existing_session(

@@ -15,12 +15,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
-from app._access_log import access_log_of, reopen_on_sighup
-from app._config import Config, ConfigError, config_from_args
-from app._http import Site
-from app._logging import start_logging
-from app._site import build_site
-from app._workers import (
+from app.cli.log import start_logging
+from app.cli.options import config_from_args
+from app.cli.passwd import passwd_main
+from app.cli.workers import (
     InheritedSocket,
     Supervisor,
     adopt,
@@ -30,6 +28,10 @@ from app._workers import (
     watch_parent,
     worker_arguments,
 )
+from app.config import Config, ConfigError
+from app.http.access_log import access_log_of, reopen_on_sighup
+from app.http.site import Site
+from app.site import build_site
 
 PROG = "python -m app"
 #: Young-generation thresholds of the cyclic garbage collector (CPython's
@@ -85,8 +87,6 @@ def main(
     Run C{python -m app ARGV} on C{reactor}; return the exit status.
     """
     if list(argv[:1]) == ["passwd"]:
-        from auth import passwd_main
-
         return passwd_main(argv[1:], stderr=stderr)
     argv, inherited = split_worker_option(argv)
     try:

@@ -50,8 +50,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from app._mimetypes import content_type
-from app._pages import answer, redirect, render_error
+from app.http.pages import answer, redirect, render_error
+from app.mounts.static.types import content_type
 
 __all__ = ["CHUNK_SIZE", "MAX_RANGES", "StaticDirectory", "byte_ranges"]
 

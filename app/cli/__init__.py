@@ -1,0 +1,4 @@
+"""
+The command line: options into a L{app.config.Config}, logging, workers, and
+the C{passwd} command.
+"""

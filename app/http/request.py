@@ -1,0 +1,182 @@
+"""
+The request the channel makes for each request it parses: twisted.web's
+C{server.Request}, made in one step, with form bodies parsed when C{args} is
+first read (never before routing, never by the email package's quadratic
+parser) and cookies when C{received_cookies} is.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.http_headers import Headers
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
+
+from app.http.forms import FormError, form_fields
+from app.http.limits import ALLOWED_METHODS
+from app.http.pages import HTML_TYPE, error_page
+from app.sessions import request_session
+
+if TYPE_CHECKING:
+    from app.http.channel import Channel
+    from app.http.site import Site
+
+
+class Request(server.Request):
+    """
+    twisted.web's request, made by L{Channel}: form bodies are parsed when
+    C{args} is first read, cookies when C{received_cookies} is.
+    """
+
+    channel: Channel  # type: ignore[assignment]
+    site: Site
+    defaultContentType = HTML_TYPE
+    #: The user name that HTTP authentication accepted, for the access log.
+    remote_user: str | None = None
+    _cookies: dict[bytes, bytes]
+    _cookies_parsed = False
+    _args: dict[bytes, list[bytes]]
+    #: The Content-Type of a form body not parsed yet.
+    _form_type: bytes | None = None
+
+    def __init__(self, channel: Channel, *args: Any, **kwargs: Any) -> None:
+        # What twisted.web's http.Request and server.Request constructors
+        # set, in one step: one is made for every request.  (A test compares
+        # the two, should a Twisted release set more.)
+        self.notifications: list[Deferred[None]] = []
+        self.channel = channel
+        self.client = channel.getPeer()
+        self.host = channel.getHost()
+        self.requestHeaders = Headers()
+        self._cookies = {}
+        self._cookies_parsed = False
+        self.responseHeaders = Headers()
+        self.cookies: list[bytes] = []
+        self.transport = channel.transport
+        self.queued = False
+        self._parsePOSTFormSubmission = False
+        self._adapterCache: dict[str, Any] = {}
+        self._args = {}
+
+    # twisted.web parses the Cookie headers of every request as its head
+    # arrives; here they are parsed when received_cookies is first read.
+
+    @property
+    def received_cookies(self) -> dict[bytes, bytes]:
+        if not self._cookies_parsed:
+            self._cookies_parsed = True
+            server.Request.parseCookies(self)
+        return self._cookies
+
+    @received_cookies.setter
+    def received_cookies(self, cookies: dict[bytes, bytes]) -> None:
+        self._cookies = cookies
+        self._cookies_parsed = True
+
+    def parseCookies(self) -> None:
+        pass
+
+    # twisted.web parses a form body into args before the request is even
+    # routed, with the email package's parser; here it is parsed, by a
+    # linear parser, when a handler first asks for args.
+
+    @property
+    def args(self) -> dict[bytes, list[bytes]]:
+        form_type = self._form_type
+        if form_type is not None:
+            self._form_type = None
+            content = self.content
+            assert content is not None
+            try:
+                fields = form_fields(form_type, content)
+            except FormError as error:
+                self._args = {}
+                if error.code == 413:
+                    raise RequestEntityTooLarge(str(error)) from None
+                raise BadRequest(str(error)) from None
+            # As in twisted.web, a field replaces a query argument of its name.
+            self._args.update(fields)
+        return self._args
+
+    @args.setter
+    def args(self, value: dict[bytes, list[bytes]]) -> None:
+        self._form_type = None
+        self._args = value
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # As twisted.web's, less the form parsing (see args).
+        self.method, self.uri, self.clientproto = command, path, version
+        path, question, query = path.partition(b"?")
+        self.path = path
+        self._args = http.parse_qs(query, 1) if question else {}
+        if command == b"POST":
+            content_type = self.requestHeaders.getRawHeaders(b"content-type")
+            if content_type and _FORM_TYPE.match(content_type[0]):
+                self._form_type = content_type[0]
+        self.process()
+
+    def process(self) -> None:
+        # twisted.web's, less the Server and Date headers it sets here only
+        # for them to be replaced: the channel writes the server's own
+        # (Channel.writeHeaders).  The root resource is the router, never an
+        # encoding resource, so there is no encoder to look for either.
+        site = self.site = self.channel.site
+        path = self.path
+        if path == b"*":
+            # OPTIONS * (the channel refuses any other method with *).
+            self.setHeader(b"allow", ALLOWED_METHODS)
+            self.setHeader(b"content-length", b"0")
+            self.write(b"")
+            self.finish()
+            return
+        segments = path[1:].split(b"/")
+        self.prepath = []
+        self.postpath = (
+            [unquote_to_bytes(segment) for segment in segments]
+            if b"%" in path
+            else segments
+        )
+        try:
+            self.render(site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
+
+    def processingFailed(self, reason: Failure) -> Failure:
+        # A malformed form body found by a resource that is not a route.
+        error = reason.value
+        if isinstance(error, HTTPException) and error.code is not None:
+            if not self.startedWriting:
+                body = error_page(error.code)
+                self.setResponseCode(error.code)
+                self.setHeader(b"content-type", HTML_TYPE)
+                self.setHeader(b"content-length", b"%d" % (len(body),))
+                self.write(body)
+                self.finish()
+                return reason
+        return super().processingFailed(reason)  # type: ignore[no-any-return]
+
+    def getSession(
+        self, sessionInterface: Any = None, forceNotSecure: bool = False
+    ) -> Any:
+        # twisted.web's touches a session found by its cookie only on the
+        # second lookup within a request, and its cookie lacks HttpOnly and
+        # SameSite: see app.sessions.store.
+        return request_session(self, sessionInterface, forceNotSecure)
+
+
+#: Media types whose bodies become form fields.
+_FORM_TYPE = re.compile(
+    rb"\s*(application/x-www-form-urlencoded|multipart/form-data)\s*(;|$)", re.I
+)
+
+
+def request_uri(request: server.Request) -> str:
+    """
+    The request target as sent, for log messages.
+    """
+    return bytes(request.uri).decode("latin-1")

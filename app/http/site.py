@@ -1,0 +1,131 @@
+"""
+The server's Site: twisted.web's, with the server's own channel, an
+optional access log, the services its mounts run, the session store, and a
+graceful stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.web import server
+from twisted.web.resource import IResource
+
+from app.http.channel import Channel, Refusal
+from app.http.request import Request
+from app.sessions import Session, SessionStore, SessionSweep, new_uid
+
+
+class Site(server.Site):
+    """
+    The server's Site: twisted.web's, with the channel above, an optional
+    access log, the services its mounts run, and a graceful stop.
+    """
+
+    requestFactory = Request
+    displayTracebacks = False
+    # No "Starting factory <…Site object at 0x…>" lines: the server logs its
+    # own "listening on" line instead.
+    noisy = False
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        reactor: IReactorTime,
+        max_body: int,
+        idle_timeout: float,
+        display_tracebacks: bool = False,
+        session_timeout: float = 900.0,
+        max_sessions: int = 100_000,
+    ) -> None:
+        super().__init__(resource, timeout=idle_timeout, reactor=reactor)
+        self.max_body = max_body
+        self.displayTracebacks = display_tracebacks
+        self.channels: set[Channel] = set()
+        self.stopping = False
+        #: Started by whoever starts the server, stopped after the last request.
+        self.service = MultiService()
+        #: The live sessions, least recently used first.
+        self.sessions: SessionStore = SessionStore(  # type: ignore[assignment]
+            reactor, session_timeout, max_sessions
+        )
+        SessionSweep(self.sessions).setServiceParent(self.service)
+        #: Called with every finished request (the access log), when set.
+        self.access_log: Callable[[server.Request], None] | None = None
+        #: Called with every request the channel refuses itself, when set.
+        self.refusal_log: Callable[[Refusal], None] | None = None
+        self._all_closed: list[Deferred[None]] = []
+
+    sessionFactory = Session
+
+    def _mkuid(self) -> bytes:
+        return new_uid()
+
+    def makeSession(self) -> Session:
+        # As twisted.web's, without the timer per session: the store sweeps.
+        uid = self._mkuid()
+        session = self.sessions[uid] = self.sessionFactory(self, uid)
+        return session
+
+    def getSession(self, uid: bytes) -> Session:
+        return self.sessions[uid]
+
+    def buildProtocol(self, addr: Any) -> Channel:  # type: ignore[override]
+        return Channel(self)
+
+    def startFactory(self) -> None:
+        # HTTPFactory starts a once-a-second timer for its own log and opens
+        # twisted's legacy log as the access log; we keep neither.
+        pass
+
+    def stopFactory(self) -> None:
+        pass
+
+    def log(self, request: server.Request) -> None:  # type: ignore[override]
+        if self.access_log is not None:
+            self.access_log(request)
+
+    def log_refusal(self, refusal: Refusal) -> None:
+        if self.refusal_log is not None:
+            self.refusal_log(refusal)
+
+    def channel_closed(self, channel: Channel) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiting, self._all_closed = self._all_closed, []
+            for waiter in waiting:
+                waiter.callback(None)
+
+    def shutdown(
+        self, ports: Iterable[IListeningPort], grace: float = 10.0
+    ) -> Deferred[None]:
+        """
+        Stop listening, close idle connections, let requests in flight finish
+        with C{Connection: close} for up to C{grace} seconds, abort what is
+        left, then stop the site's services.
+        """
+        self.stopping = True
+
+        async def stop() -> None:
+            await gatherResults([maybeDeferred(port.stopListening) for port in ports])
+            for channel in list(self.channels):
+                channel.shutdown()
+            if self.channels:
+                closed: Deferred[None] = Deferred()
+                self._all_closed.append(closed)
+                closed.addTimeout(grace, self.reactor)
+                try:
+                    await closed
+                except Exception:
+                    for channel in list(self.channels):
+                        if channel.transport is not None:
+                            channel.transport.abortConnection()  # type: ignore[attr-defined]
+            if self.service.running:
+                await maybeDeferred(self.service.stopService)
+
+        return Deferred.fromCoroutine(stop())

@@ -1,0 +1,3 @@
+"""
+CGI scripts (see L{app.mounts.cgi.script}).
+"""

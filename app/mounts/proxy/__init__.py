@@ -1,0 +1,3 @@
+"""
+The reverse proxy (see L{app.mounts.proxy.exchange}).
+"""

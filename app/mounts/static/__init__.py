@@ -1,0 +1,3 @@
+"""
+Static files, served safely (see L{app.mounts.static.resource}).
+"""

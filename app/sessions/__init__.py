@@ -1,0 +1,26 @@
+"""
+The session store: twisted.web's C{Session} with the server's cookie, a
+bounded, least-recently-used store swept by one timer.
+"""
+
+from app.sessions.store import (
+    COOKIE_NAME,
+    SECURE_COOKIE_NAME,
+    Session,
+    SessionStore,
+    SessionSweep,
+    forget_session,
+    new_uid,
+    request_session,
+)
+
+__all__ = [
+    "COOKIE_NAME",
+    "SECURE_COOKIE_NAME",
+    "Session",
+    "SessionStore",
+    "SessionSweep",
+    "forget_session",
+    "new_uid",
+    "request_session",
+]
