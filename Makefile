@@ -34,7 +34,7 @@ test-tools:
 lint: $(STAMP)
 	$(BIN)/ruff check $(CHECKED) tests bench
 	$(BIN)/ruff format --check $(CHECKED) tests bench
-	$(BIN)/mypy $(CHECKED)
+	$(BIN)/mypy $(CHECKED) tests
 	$(BIN)/lint-imports
 
 format: $(STAMP)

@@ -23,27 +23,6 @@ DEMO_WSGI = "app.demo_wsgi:application"
 #: worker of one server must share; unset, each site makes a random one.
 DIGEST_KEY_VARIABLE = "APP_DIGEST_KEY"
 
-#: Top-level path segments owned by the server itself; --mount may not take them.
-RESERVED_PREFIXES = frozenset(
-    {
-        "",
-        "health",
-        "static",
-        "wsgi",
-        "cgi-bin",
-        "private",
-        "proxy",
-        "session",
-        "counter",
-        "clock",
-        "calendar",
-        "pay",
-        "form",
-        "echo",
-        "delayed",
-    }
-)
-
 
 class ConfigError(Exception):
     """

@@ -22,6 +22,31 @@ from routes.private import PrivateRoutes, build_guard
 from routes.proxy import ProxyRoutes
 from routes.sessions import SessionRoutes
 
+#: The route modules whose routes are fixed (their Klein app is a class
+#: attribute); FileRoutes's are made from the configuration.
+_FIXED_ROUTES = (
+    HealthRoutes,
+    ContentRoutes,
+    AsynchronousRoutes,
+    SessionRoutes,
+    CGIRoutes,
+    WSGIRoutes,
+    PrivateRoutes,
+    ProxyRoutes,
+)
+
+
+def reserved_prefixes() -> frozenset[str]:
+    """
+    The first path segments that the server's own routes take (the index's
+    empty one included): a C{--mount} may take none of them.
+    """
+    prefixes = {"", FileRoutes.STATIC}
+    for routes in _FIXED_ROUTES:
+        for rule in routes.app.url_map.iter_rules():
+            prefixes.add(rule.rule.lstrip("/").split("/", 1)[0])
+    return frozenset(prefixes)
+
 
 def build_site(config: Config, reactor: Any, clock: IReactorTime | None = None) -> Site:
     """

@@ -33,6 +33,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from app.cli.main import listening_url
 from app.cli.options import config_from_args
+from app.compat.treq import serve_through
 from app.config import Config
 from app.http.site import Site
 from app.site import build_site
@@ -149,5 +150,5 @@ def stub_treq(site: Site) -> StubTreq:
     client = StubTreq(site.resource)
     # StubTreq wraps the resource in a plain twisted Site; serve it through
     # ours instead so that its channel, limits and headers apply.
-    client._agent._serverFactory = site
+    serve_through(client, site)
     return client

@@ -35,6 +35,7 @@ from twisted.web.guard import HTTPAuthSessionWrapper
 from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 
+from app.compat.twisted import connection_gone
 from app.http.pages import render_error
 from app.http.request import request_uri
 from auth._errors import HashPoolBusy, StaleNonce
@@ -70,10 +71,13 @@ class Guard(HTTPAuthSessionWrapper):
     """
 
     isLeaf = True
-    _log = Logger()
+    _logger = Logger()
 
     def __init__(self, portal: Portal, factories: Sequence[IChallenger]) -> None:
         super().__init__(portal, list(factories))
+        # twisted.web's wrapper keeps the portal as a private attribute.  Any:
+        # cred's realm types its avatar as object, where ours is an IResource.
+        self._login_portal: Any = portal
         self._factories = tuple(factories)
         self._by_scheme = {bytes(f.scheme).lower(): f for f in self._factories}
 
@@ -94,7 +98,7 @@ class Guard(HTTPAuthSessionWrapper):
             and remembered.still_good()
         ):
             try:
-                login = self._portal.realm.requestAvatar(
+                login = self._login_portal.realm.requestAvatar(
                     remembered.avatar_id, None, IResource
                 )
             except Exception:
@@ -113,7 +117,7 @@ class Guard(HTTPAuthSessionWrapper):
         except LoginFailed:
             return self._unauthorized(request)
         except Exception:
-            self._log.failure("Decoding {scheme} credentials failed", scheme=scheme)
+            self._logger.failure("Decoding {scheme} credentials failed", scheme=scheme)
             return self._body(request, render_error(request, 500))
 
         checker = self._checker(credentials)
@@ -148,7 +152,7 @@ class Guard(HTTPAuthSessionWrapper):
 
         @raise Exception: what the checker or the realm refuses with at once.
         """
-        portal = self._portal
+        portal = self._login_portal
         if checker is None:
             deferred: Deferred[_Login] = portal.login(credentials, None, IResource)
             return deferred
@@ -164,7 +168,7 @@ class Guard(HTTPAuthSessionWrapper):
         first registered for an interface they provide) if it can answer at
         once; else C{None}, and the portal logs in.
         """
-        for interface, checker in self._portal.checkers.items():
+        for interface, checker in self._login_portal.checkers.items():
             if interface.providedBy(credentials):
                 return checker if IImmediateChecker.providedBy(checker) else None
         return None
@@ -211,7 +215,7 @@ class Guard(HTTPAuthSessionWrapper):
             self._render_avatar(request, credentials, avatar)
         except Exception:
             self._failed(Failure(), request)
-        if request.finished or getattr(request, "_disconnected", False):
+        if request.finished or connection_gone(request):
             # twisted.web's notifyFinish never fires once the request has
             # finished or its connection is gone: log out now.
             logout()
@@ -242,8 +246,10 @@ class Guard(HTTPAuthSessionWrapper):
         request.finish()
 
     def _failed(self, failure: Failure, request: Request) -> None:
-        self._log.failure("Rendering {uri} failed", failure, uri=request_uri(request))
-        if request.finished or getattr(request, "_disconnected", False):
+        self._logger.failure(
+            "Rendering {uri} failed", failure, uri=request_uri(request)
+        )
+        if request.finished or connection_gone(request):
             return
         if request.startedWriting:
             request.loseConnection()

@@ -12,7 +12,7 @@ from twisted.web.resource import IResource
 
 from app.config import Config
 from app.http.router import new_app
-from app.mounts.static.resource import StaticDirectory
+from app.mounts.static import StaticDirectory
 
 
 class FileRoutes:
@@ -21,10 +21,13 @@ class FileRoutes:
     instance, since the mounts are only known from the configuration.
     """
 
+    #: Where C{--static} is served.
+    STATIC = "static"
+
     def __init__(self, config: Config) -> None:
         self.app = new_app()
         if config.static_dir is not None:
-            self._serve("static", config.static_dir)
+            self._serve(self.STATIC, config.static_dir)
         for prefix, directory in config.mounts:
             self._serve(prefix, directory)
 

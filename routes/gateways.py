@@ -14,7 +14,7 @@ from twisted.web.resource import IResource
 
 from app.config import Config, load_object
 from app.http.router import new_app
-from app.mounts.cgi.script import cgi_directory
+from app.mounts.cgi import cgi_directory
 from app.mounts.wsgi import ThreadPoolService, WSGIResource, WSGIThreadPool
 
 

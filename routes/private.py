@@ -16,7 +16,7 @@ from twisted.web.resource import IResource
 
 from app.config import Config
 from app.http.router import new_app
-from app.mounts.static.resource import StaticDirectory
+from app.mounts.static import StaticDirectory
 from auth import (
     BasicCredentialFactory,
     BcryptChecker,

@@ -13,7 +13,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from app.http.router import new_app
-from app.mounts.proxy.exchange import ProxyService, ReverseProxy, Upstream
+from app.mounts.proxy import ProxyService, ReverseProxy, Upstream
 
 
 class ProxyRoutes:

@@ -1,19 +1,29 @@
 """
-Fixtures shared by the whole suite: a live demo server and raw sockets.
+Fixtures shared by the whole suite: a live demo server and raw sockets, and
+the one way a test waits on the reactor for something to happen.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
 import bcrypt
 import pytest
 import pytest_twisted
 from hypothesis import settings
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IListeningPort, ITCPTransport
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from zope.interface import provider
 
 from app.testing import LiveServer
+
+_T = TypeVar("_T")
 
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=200)
 settings.register_profile("dev", deadline=None, max_examples=100)
@@ -38,11 +48,16 @@ def captured_log() -> Iterator[list[LogEvent]]:
     Every event logged during the test, through the global log publisher.
     """
     events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observe)
     try:
         yield events
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observe)
 
 
 def failures(events: list[LogEvent]) -> list[LogEvent]:
@@ -60,8 +75,56 @@ async def stop_on_clock(live: LiveServer) -> None:
     """
     for channel in list(live.site.channels):
         if channel.transport is not None:
-            channel.transport.abortConnection()
+            ITCPTransport(channel.transport).abortConnection()
     await live.stop()
+
+
+async def eventually(
+    condition: Callable[[], _T | None], what: str, timeout: float = 10.0
+) -> _T:
+    """
+    Let the reactor run until C{condition} returns something true, and return
+    that; fail naming C{what} after C{timeout} seconds. For what real I/O,
+    threads or processes do: a test's own timers it advances on its clock.
+    """
+    deadline = reactor.seconds() + timeout
+    while not (value := condition()):
+        if reactor.seconds() >= deadline:
+            raise AssertionError(f"still waiting for {what} after {timeout} s")
+        await deferLater(reactor, 0.01, lambda: None)
+    return value
+
+
+def listen(factory: ServerFactory[Any]) -> IListeningPort:
+    """
+    C{factory} listening on 127.0.0.1, on a port the system chooses.
+    """
+    return reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+
+def reads(protocol: Protocol) -> bytearray:
+    """
+    The bytes C{protocol} is handed from now on, as it is handed them: what
+    the server side of a connection has read, to wait for.
+    """
+    read = bytearray()
+    received = protocol.dataReceived
+
+    def record(data: bytes) -> None:
+        read.extend(data)
+        received(data)
+
+    protocol.dataReceived = record  # type: ignore[method-assign]
+    return read
+
+
+def port_number(port: IListeningPort) -> int:
+    """
+    The TCP port C{port} listens on.
+    """
+    address = port.getHost()
+    assert isinstance(address, IPv4Address)
+    return address.port
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -41,7 +42,18 @@ class RawClient(Protocol):
 
     def half_close(self) -> None:
         assert self.transport is not None
-        self.transport.loseWriteConnection()
+        ITCPTransport(self.transport).loseWriteConnection()
+
+    def pause_reading(self) -> None:
+        """
+        Read nothing more, so that the server's writes back up.
+        """
+        assert self.transport is not None
+        IPushProducer(self.transport).pauseProducing()
+
+    def resume_reading(self) -> None:
+        assert self.transport is not None
+        IPushProducer(self.transport).resumeProducing()
 
     def close(self) -> None:
         assert self.transport is not None
@@ -50,7 +62,9 @@ class RawClient(Protocol):
 
 async def connect(reactor: Any, port: int) -> RawClient:
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    return await connectProtocol(endpoint, RawClient())
+    client = RawClient()
+    await connectProtocol(endpoint, client)
+    return client
 
 
 async def exchange(

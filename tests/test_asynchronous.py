@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import inspect
 import io
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ import pytest_twisted
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, eventAsText, formatEvent
 
 from app.cli.log import text_observer
@@ -25,7 +24,7 @@ from app.http.pages import error_page
 from app.site import build_site
 from app.testing import LiveServer, stub_treq
 from routes.asynchronous import AsynchronousRoutes, DelayedFailure
-from tests.conftest import failures, stop_on_clock
+from tests.conftest import eventually, failures, stop_on_clock
 from tests.rawhttp import connect
 
 BASE = "http://example.invalid"
@@ -60,7 +59,8 @@ def _get_later(client: StubTreq, path: str) -> tuple[Deferred[Any], list[bool]]:
         arrived.append(True)
         return result
 
-    pending = client.get(BASE + path).addBoth(note)
+    # StubTreq sets its methods at run time.
+    pending = client.get(BASE + path).addBoth(note)  # type: ignore[attr-defined]
     client.flush()
     return pending, arrived
 
@@ -97,7 +97,7 @@ async def test_delayed_answers_after_exactly_the_requested_seconds(
     assert response.headers.getRawHeaders(b"content-type") == [
         b"text/plain; charset=utf-8"
     ]
-    assert await client.content(response) == b"Sorry to keep you waiting."
+    assert await response.content() == b"Sorry to keep you waiting."
 
 
 @pytest_twisted.ensureDeferred
@@ -147,7 +147,7 @@ async def test_delayed_refuses_other_delays_with_the_400_page(
     assert arrived, "a bad delay is answered at once"
     response = await pending
     assert response.code == 400
-    assert await client.content(response) == error_page(400)
+    assert await response.content() == error_page(400)
     assert _timers_before(clock, 31) == []
 
 
@@ -169,7 +169,7 @@ async def test_delayed_fail_is_a_500_after_the_delay_logged_once(
     _advance(client, clock, EPSILON)
     response = await pending
     assert response.code == 500
-    assert await client.content(response) == error_page(500)
+    assert await response.content() == error_page(500)
     logged = failures(captured_log)
     assert len(logged) == 1
     assert formatEvent(logged[0]) == "Rendering delayed response failed"
@@ -184,18 +184,6 @@ def test_both_handler_styles_stand_in_the_code() -> None:
     assert "addErrback" in inspect.getsource(AsynchronousRoutes.delayed_fail)
 
 
-async def _until(condition: Callable[[], object], what: str) -> None:
-    """
-    Let the real reactor move bytes until C{condition} holds; timers are on
-    the test's clock, so this only waits for I/O.
-    """
-    for _ in range(500):
-        if condition():
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.parametrize("path", ["/delayed?seconds=5", "/delayed/fail?seconds=5"])
 @pytest_twisted.ensureDeferred
 async def test_a_client_that_goes_away_cancels_its_delayed_response(
@@ -204,12 +192,12 @@ async def test_a_client_that_goes_away_cancels_its_delayed_response(
     clock = Clock()
     live = await LiveServer.start([], clock=clock)
     try:
-        raw = await connect(reactor, live.port.getHost().port)
+        raw = await connect(reactor, live.port_number)
         raw.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        await _until(lambda: _timers_before(clock, 5), "the delay to start")
+        await eventually(lambda: _timers_before(clock, 5), "the delay to start")
         raw.close()
         await raw.closed
-        await _until(lambda: not live.site.channels, "the server to see the close")
+        await eventually(lambda: not live.site.channels, "the server to see the close")
         # The delay's timer went with the connection (so did its idle timers).
         assert clock.getDelayedCalls() == []
         before = len(captured_log)
@@ -243,7 +231,7 @@ async def test_a_client_that_stays_gets_its_answer_over_a_socket() -> None:
     live = await LiveServer.start([], clock=clock)
     try:
         pending = Deferred.fromCoroutine(_get(live, "/delayed?seconds=5"))
-        await _until(lambda: _timers_before(clock, 5), "the delay to start")
+        await eventually(lambda: _timers_before(clock, 5), "the delay to start")
         clock.advance(5)
         response = await pending
     finally:

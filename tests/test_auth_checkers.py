@@ -16,6 +16,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
@@ -37,7 +38,7 @@ LONG_PASSWORD = b"x" * 72 + b"TAIL-IGNORED"
 
 @pytest.fixture
 def pool() -> Iterator[HashPool]:
-    hashing = HashPool(reactor)
+    hashing = HashPool(IReactorFromThreads(reactor))
     hashing.startService()
     yield hashing
     hashing.stopService()
@@ -182,7 +183,9 @@ def _stopped_checker(
     A checker whose pool is not running: whatever needs bcrypt raises
     L{HashPoolBusy} instead of being accepted.
     """
-    return BcryptChecker(USERS if users is None else users, HashPool(reactor), cache)
+    return BcryptChecker(
+        USERS if users is None else users, HashPool(IReactorFromThreads(reactor)), cache
+    )
 
 
 def test_checkers_provide_immediate_interface() -> None:
@@ -246,7 +249,7 @@ def test_request_avatar_id_of_a_full_pool_fails_as_check_raises() -> None:
 # -- the pool -------------------------------------------------------------------
 
 
-def _blocking_job(pool: HashPool, release: threading.Event) -> Deferred[object]:
+def _blocking_job(pool: HashPool, release: threading.Event) -> Deferred[bool]:
     """
     Occupy one of C{pool}'s threads until C{release} is set.
     """
@@ -263,7 +266,7 @@ def _blocking_job(pool: HashPool, release: threading.Event) -> Deferred[object]:
 
 def test_pool_refuses_past_its_queue() -> None:
     release = threading.Event()
-    hashing = HashPool(reactor, threads=1, queue_size=2)
+    hashing = HashPool(IReactorFromThreads(reactor), threads=1, queue_size=2)
     hashing.startService()
     try:
         _blocking_job(hashing, release)
@@ -278,12 +281,12 @@ def test_pool_refuses_past_its_queue() -> None:
 
 def test_pool_not_running_is_busy() -> None:
     with pytest.raises(HashPoolBusy):
-        HashPool(reactor).run(lambda: None)
+        HashPool(IReactorFromThreads(reactor)).run(lambda: None)
 
 
 def test_pool_stop_fails_waiting_jobs_without_joining() -> None:
     release = threading.Event()
-    hashing = HashPool(reactor, threads=1, queue_size=5)
+    hashing = HashPool(IReactorFromThreads(reactor), threads=1, queue_size=5)
     hashing.startService()
     busy = _blocking_job(hashing, release)
     waiting: Deferred[object] = hashing.run(lambda: "never")

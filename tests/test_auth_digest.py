@@ -8,12 +8,16 @@ from __future__ import annotations
 import hashlib
 import re
 import tracemalloc
+from typing import cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.cred.error import LoginFailed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
@@ -80,11 +84,12 @@ def digest_authorization(
     )
 
 
-def _request(uri: bytes = b"/private/", method: bytes = b"GET") -> DummyRequest:
+def _request(uri: bytes = b"/private/", method: bytes = b"GET") -> IRequest:
     request = DummyRequest(uri.lstrip(b"/").split(b"/"))
     request.uri = uri
     request.method = method
-    return request
+    # Twisted's DummyRequest stands in for an IRequest without declaring it.
+    return cast(IRequest, request)
 
 
 def _factory(
@@ -103,9 +108,19 @@ USERS = {
 }
 
 
-def _login(factory: DigestCredentialFactory, header: str, request: DummyRequest):
+def _login(
+    factory: DigestCredentialFactory, header: str, request: IRequest
+) -> Deferred[bytes | tuple[()]]:
     credentials = factory.decode(header.partition(" ")[2].encode("latin-1"), request)
     return DigestChecker(USERS).requestAvatarId(credentials)
+
+
+def _refusal(login: Deferred[bytes | tuple[()]]) -> Failure:
+    """
+    The failure a login has already been refused with.
+    """
+    assert isinstance(login.result, Failure)
+    return login.result
 
 
 # -- the factory ----------------------------------------------------------------
@@ -152,18 +167,18 @@ def test_wrong_password_is_refused() -> None:
     factory = _factory()
     (challenge,) = factory.challenges(_request(), False)
     header = digest_authorization(challenge, "GET", "/private/", "alice", "nope")
-    failure = _login(factory, header, _request())
-    assert failure.result.check(LoginFailed)
-    failure.result.trap(LoginFailed)
+    failure = _refusal(_login(factory, header, _request()))
+    assert failure.check(LoginFailed)
+    failure.trap(LoginFailed)
 
 
 def test_unknown_user_is_refused() -> None:
     factory = _factory()
     (challenge,) = factory.challenges(_request(), False)
     header = digest_authorization(challenge, "GET", "/private/", "mallory", "x")
-    result = _login(factory, header, _request())
-    assert result.result.check(LoginFailed)
-    result.result.trap(LoginFailed)
+    result = _refusal(_login(factory, header, _request()))
+    assert result.check(LoginFailed)
+    result.trap(LoginFailed)
 
 
 def test_sha256_for_user_without_sha256_line_is_refused() -> None:
@@ -172,9 +187,9 @@ def test_sha256_for_user_without_sha256_line_is_refused() -> None:
     (challenge,) = factory.challenges(_request(), False)
     header = digest_authorization(challenge, "GET", "/private/", "bob", "builder")
     credentials = factory.decode(header[7:].encode(), _request())
-    result = DigestChecker(users).requestAvatarId(credentials)
-    assert result.result.check(LoginFailed)
-    result.result.trap(LoginFailed)
+    result = _refusal(DigestChecker(users).requestAvatarId(credentials))
+    assert result.check(LoginFailed)
+    result.trap(LoginFailed)
 
 
 def test_replayed_nonce_count_is_refused() -> None:
@@ -182,9 +197,9 @@ def test_replayed_nonce_count_is_refused() -> None:
     (challenge,) = factory.challenges(_request(), False)
     header = digest_authorization(challenge, "GET", "/private/", "alice", "wonderland")
     assert _login(factory, header, _request()).result == b"alice"
-    replay = _login(factory, header, _request())
-    assert replay.result.check(LoginFailed) and not replay.result.check(StaleNonce)
-    replay.result.trap(LoginFailed)
+    replay = _refusal(_login(factory, header, _request()))
+    assert replay.check(LoginFailed) and not replay.check(StaleNonce)
+    replay.trap(LoginFailed)
 
 
 def test_counts_may_arrive_out_of_order() -> None:
@@ -203,9 +218,9 @@ def test_expired_nonce_with_right_password_is_stale() -> None:
     (challenge,) = factory.challenges(_request(), False)
     clock.advance(301)
     header = digest_authorization(challenge, "GET", "/private/", "alice", "wonderland")
-    result = _login(factory, header, _request())
-    assert result.result.check(StaleNonce)
-    result.result.trap(StaleNonce)
+    result = _refusal(_login(factory, header, _request()))
+    assert result.check(StaleNonce)
+    result.trap(StaleNonce)
 
 
 def test_nonce_is_good_for_300_seconds() -> None:
@@ -223,9 +238,9 @@ def test_expired_nonce_with_wrong_password_is_not_stale() -> None:
     (challenge,) = factory.challenges(_request(), False)
     clock.advance(301)
     header = digest_authorization(challenge, "GET", "/private/", "alice", "wrong")
-    result = _login(factory, header, _request())
-    assert result.result.check(LoginFailed) and not result.result.check(StaleNonce)
-    result.result.trap(LoginFailed)
+    result = _refusal(_login(factory, header, _request()))
+    assert result.check(LoginFailed) and not result.check(StaleNonce)
+    result.trap(LoginFailed)
 
 
 def test_a_nonce_used_before_still_expires() -> None:
@@ -241,9 +256,9 @@ def test_a_nonce_used_before_still_expires() -> None:
     header = digest_authorization(
         challenge, "GET", "/private/", "alice", "wonderland", nc=3
     )
-    result = _login(factory, header, _request())
-    assert result.result.check(StaleNonce)
-    result.result.trap(StaleNonce)
+    result = _refusal(_login(factory, header, _request()))
+    assert result.check(StaleNonce)
+    result.trap(StaleNonce)
 
 
 def test_a_nonce_used_before_is_refused_once_altered() -> None:
@@ -322,9 +337,9 @@ def test_digest_for_another_method_is_refused() -> None:
     factory = _factory()
     (challenge,) = factory.challenges(_request(), False)
     header = digest_authorization(challenge, "POST", "/private/", "alice", "wonderland")
-    result = _login(factory, header, _request(method=b"GET"))
-    assert result.result.check(LoginFailed)
-    result.result.trap(LoginFailed)
+    result = _refusal(_login(factory, header, _request(method=b"GET")))
+    assert result.check(LoginFailed)
+    result.trap(LoginFailed)
 
 
 # -- what is remembered of the counts --------------------------------------------

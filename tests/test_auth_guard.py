@@ -6,8 +6,9 @@ header, the answer is a 401 with challenges (or a login attempt).
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -17,6 +18,7 @@ from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import LoginFailed
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
@@ -25,6 +27,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from app.http.pages import ErrorResource
+from app.http.request import Request
 from auth import (
     BasicCredentialFactory,
     BcryptChecker,
@@ -53,12 +56,17 @@ def _guard() -> Guard:
     return Guard(portal, factories)
 
 
+def _as_request(fake: DummyRequest) -> Request:
+    # Twisted's DummyRequest stands in for a request without declaring it.
+    return cast(Request, fake)
+
+
 def _render(guard: Guard, authorization: bytes | None) -> DummyRequest:
     request = DummyRequest([b""])
     request.uri = b"/private/"
     if authorization is not None:
         request.requestHeaders.setRawHeaders(b"authorization", [authorization])
-    body = guard.render(request)
+    body = guard.render(_as_request(request))
     if body is not NOT_DONE_YET:
         request.write(body)
         request.finish()
@@ -71,7 +79,7 @@ def test_basic_factory_provides_challenger() -> None:
 
 def test_basic_decodes_user_and_password() -> None:
     credentials = BasicCredentialFactory("app").decode(
-        base64.b64encode(b"alice:won:der"), DummyRequest([b""])
+        base64.b64encode(b"alice:won:der"), _as_request(DummyRequest([b""]))
     )
     assert (credentials.username, credentials.password) == (b"alice", b"won:der")
 
@@ -91,7 +99,7 @@ def test_basic_decodes_user_and_password() -> None:
 )
 def test_basic_refuses_malformed_responses(response: bytes) -> None:
     with pytest.raises(LoginFailed):
-        BasicCredentialFactory("app").decode(response, DummyRequest([b""]))
+        BasicCredentialFactory("app").decode(response, _as_request(DummyRequest([b""])))
 
 
 def test_guard_right_basic_credentials_reach_the_realm() -> None:
@@ -105,6 +113,7 @@ def test_guard_without_header_is_401_with_every_challenge() -> None:
     request = _render(_guard(), None)
     assert request.responseCode == 401
     challenges = request.responseHeaders.getRawHeaders(b"www-authenticate")
+    assert challenges is not None
     assert [c.split(b" ")[0] for c in challenges] == [b"Digest", b"Basic"]
 
 
@@ -147,11 +156,13 @@ def _cached_guard(clock: Clock) -> Guard:
     """
     cache = VerifiedCache(clock)
     cache.remember("alice", USERS["alice"], b"wonderland")
-    checker = BcryptChecker(USERS, HashPool(reactor), cache)
+    checker = BcryptChecker(USERS, HashPool(IReactorFromThreads(reactor)), cache)
     return Guard(Portal(HomeRealm(None), [checker]), [BasicCredentialFactory("app")])
 
 
-def _written(request: DummyRequest) -> tuple[int, list[Any], bytes]:
+def _written(
+    request: DummyRequest,
+) -> tuple[int | None, list[tuple[bytes, Sequence[bytes]]], bytes]:
     headers = sorted(request.responseHeaders.getAllRawHeaders())
     return request.responseCode, headers, b"".join(request.written)
 
@@ -161,7 +172,7 @@ def test_cached_basic_credentials_are_answered_synchronously() -> None:
     request.requestHeaders.setRawHeaders(
         b"authorization", [b"Basic " + base64.b64encode(b"alice:wonderland")]
     )
-    assert _cached_guard(Clock()).render(request) is NOT_DONE_YET
+    assert _cached_guard(Clock()).render(_as_request(request)) is NOT_DONE_YET
     # Finished before render returned: no Deferred was waited for.
     assert request.finished
     assert request.responseCode == 404  # the avatar: no homes
@@ -249,7 +260,7 @@ def test_login_answered_at_once_logs_out_once_finished(avatar: IResource) -> Non
     request.requestHeaders.setRawHeaders(
         b"authorization", [b"Basic " + base64.b64encode(b"alice:x")]
     )
-    assert guard.render(request) is NOT_DONE_YET
+    assert guard.render(_as_request(request)) is NOT_DONE_YET
     assert realm.logouts == (1 if request.finished else 0)
     if not request.finished:
         request.finish()

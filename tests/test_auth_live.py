@@ -22,14 +22,15 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 
 from app.cli.passwd import passwd_main
 from app.testing import LiveServer
 from auth import Guard
-from tests.conftest import failures
-from tests.rawhttp import exchange, parse_response
+from tests.conftest import eventually, failures
+from tests.rawhttp import RawClient, exchange, parse_response
 from tests.test_auth_digest import challenge_fields, digest_authorization
 
 DATA = Path(__file__).resolve().parent / "data" / "auth"
@@ -525,7 +526,7 @@ async def test_alice_cannot_read_bobs_home(guarded: LiveServer) -> None:
     ],
 )
 async def test_traversal_out_of_a_home_is_404(guarded: LiveServer, path: bytes) -> None:
-    port = guarded.port.getHost().port
+    port = guarded.port_number
     request = (
         b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Authorization: " + basic("alice", "wonderland") + b"\r\n"
@@ -597,7 +598,7 @@ HOSTILE = [
 async def test_hostile_authorization_is_401(
     guarded: LiveServer, captured_log: list[LogEvent], value: bytes
 ) -> None:
-    port = guarded.port.getHost().port
+    port = guarded.port_number
     request = (
         b"GET /private/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Authorization: " + value + b"\r\nConnection: close\r\n\r\n"
@@ -613,7 +614,7 @@ async def test_hostile_authorization_is_401(
 async def test_control_characters_in_authorization_are_refused_not_500(
     guarded: LiveServer, captured_log: list[LogEvent]
 ) -> None:
-    port = guarded.port.getHost().port
+    port = guarded.port_number
     request = (
         b"GET /private/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Authorization: Basic \x00\x01\x02\r\nConnection: close\r\n\r\n"
@@ -625,7 +626,7 @@ async def test_control_characters_in_authorization_are_refused_not_500(
 
 @pytest_twisted.ensureDeferred
 async def test_two_authorization_headers_are_401(guarded: LiveServer) -> None:
-    port = guarded.port.getHost().port
+    port = guarded.port_number
     good = basic("alice", "wonderland")
     request = (
         b"GET /private/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -653,7 +654,7 @@ async def test_full_hashing_pool_is_503_with_retry_after(
         with lock:
             entered[0] += 1
             if entered[0] == 2:
-                reactor.callFromThread(both_busy.callback, None)
+                IReactorFromThreads(reactor).callFromThread(both_busy.callback, None)
         release.wait(10)
         return real(password, hashed)
 
@@ -737,7 +738,9 @@ async def test_demo_users_log_in_to_their_homes() -> None:
         await server.stop()
 
 
-async def _keep_alive_get(client: Any, path: bytes, authorization: bytes) -> bytes:
+async def _keep_alive_get(
+    client: RawClient, path: bytes, authorization: bytes
+) -> bytes:
     """
     Send one GET on an open raw connection and return its whole response
     (its Date left out) once it has arrived.
@@ -747,20 +750,16 @@ async def _keep_alive_get(client: Any, path: bytes, authorization: bytes) -> byt
         b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: %s\r\n\r\n"
         % (path, authorization)
     )
-    for _ in range(1000):
+
+    def whole_response() -> bytes | None:
         data = bytes(client.received[start:])
         head, _, body = data.partition(b"\r\n\r\n")
         length = re.search(rb"\r\nContent-Length: (\d+)", head)
         if length is not None and len(body) >= int(length.group(1)):
             return _DATE.sub(b"", data)
-        await Deferred.fromCoroutine(_tick())
-    raise AssertionError("no whole response arrived")
+        return None
 
-
-async def _tick() -> None:
-    from twisted.internet.task import deferLater
-
-    await deferLater(reactor, 0.005, lambda: None)
+    return await eventually(whole_response, "a whole response")
 
 
 @pytest_twisted.ensureDeferred

@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import bcrypt
@@ -30,7 +31,9 @@ def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-def passwd(*argv: str, stdin: bytes, env: dict[str, str] | None = None):
+def passwd(
+    *argv: str, stdin: bytes, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "app", "passwd", *argv],
         input=stdin,
@@ -46,7 +49,7 @@ class _Terminal(io.StringIO):
         return True
 
 
-def _prompts(*answers: str):
+def _prompts(*answers: str) -> Callable[[str], str]:
     replies = iter(answers)
     return lambda prompt: next(replies)
 

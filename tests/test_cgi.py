@@ -10,19 +10,20 @@ import os
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent
 from twisted.web.client import ResponseFailed
+from twisted.web.iweb import IRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from app.mounts.cgi.script import (
+from app.mounts.cgi import (
     MAX_STDERR_BYTES,
     BadHead,
     CGIProcess,
@@ -30,6 +31,7 @@ from app.mounts.cgi.script import (
     split_head,
 )
 from app.testing import LiveServer
+from tests.conftest import eventually
 from tests.rawhttp import connect, exchange, parse_response
 
 #: What a script may find in its environment (RFC 3875 section 4.1, + PATH).
@@ -180,19 +182,6 @@ def _texts(events: list[LogEvent]) -> list[str]:
     return [formatEvent(event) for event in events]
 
 
-async def _wait_for(condition: Any, what: str, seconds: float = 10.0) -> Any:
-    """
-    Poll C{condition} until it returns something true: for real processes
-    to start or end, never for timers.
-    """
-    for _ in range(int(seconds / 0.02)):
-        value = condition()
-        if value:
-            return value
-        await deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _pid_from(path: Path) -> int | None:
     try:
         return int(path.read_text())
@@ -297,7 +286,7 @@ async def test_header_with_underscore_cannot_pose_as_dashed_one(
 ) -> None:
     data = await exchange(
         reactor,
-        cgi.port.getHost().port,
+        cgi.port_number,
         b"GET /cgi-bin/env.py HTTP/1.1\r\nHost: x\r\nX_Forwarded_For: 6.6.6.6\r\n"
         b"Connection: close\r\n\r\n",
     )
@@ -321,7 +310,7 @@ async def test_only_cgi_variables_and_path_reach_the_script(
     assert env["GATEWAY_INTERFACE"] == "CGI/1.1"
     assert env["SERVER_SOFTWARE"] == "app"
     assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
-    assert env["SERVER_PORT"] == str(cgi.port.getHost().port)
+    assert env["SERVER_PORT"] == str(cgi.port_number)
     assert env["REMOTE_ADDR"] == "127.0.0.1"
 
 
@@ -359,7 +348,7 @@ async def test_missing_script_is_404(cgi: LiveServer) -> None:
 async def test_path_that_is_not_a_script_is_404(cgi: LiveServer, target: bytes) -> None:
     data = await exchange(
         reactor,
-        cgi.port.getHost().port,
+        cgi.port_number,
         b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     status, headers, body = parse_response(data)
@@ -519,15 +508,18 @@ async def test_script_without_headers_in_time_is_killed_with_504(
     try:
         answers: list[Any] = []
         live.get("/cgi-bin/sleep.py").addBoth(answers.append)
-        pid = await _wait_for(lambda: _pid_from(cgi_dir / "sleep.pid"), "the script")
+        pid = await eventually(lambda: _pid_from(cgi_dir / "sleep.pid"), "the script")
         clock.advance(4.9)
-        await deferLater(reactor, 0.05, lambda: None)  # let an answer arrive
+        # Only the clock or the script could answer, and either would have
+        # started the response before advance() returned.
+        (request,) = [r for channel in live.site.channels for r in channel.requests]
+        assert not request.startedWriting and not request.finished
         assert answers == [] and not _dead(pid)
         clock.advance(0.1)
-        response = await _wait_for(lambda: answers and answers[0], "the answer")
+        response = await eventually(lambda: answers and answers[0], "the answer")
         assert response.code == 504
         assert "504 Gateway Timeout" in await response.text()
-        await _wait_for(lambda: _dead(pid), "the script to die")
+        await eventually(lambda: _dead(pid), "the script to die")
     finally:
         await live.stop()
     logged = [text for text in _texts(captured_log) if "sleep.py" in text]
@@ -543,12 +535,12 @@ async def test_script_stalling_after_its_headers_is_killed_and_cut_off(
     try:
         response = await live.get("/cgi-bin/stall.py")
         assert response.code == 200
-        pid = await _wait_for(lambda: _pid_from(cgi_dir / "stall.pid"), "the script")
+        pid = await eventually(lambda: _pid_from(cgi_dir / "stall.pid"), "the script")
         body = response.content()
         clock.advance(5)
         with pytest.raises(ResponseFailed):
             await body
-        await _wait_for(lambda: _dead(pid), "the script to die")
+        await eventually(lambda: _dead(pid), "the script to die")
     finally:
         await live.stop()
 
@@ -580,7 +572,8 @@ def test_a_client_that_does_not_read_is_not_the_scripts_silence() -> None:
     request = DummyRequest([b""])
     cut_off: list[bool] = []
     request.loseConnection = lambda: cut_off.append(True)  # type: ignore[attr-defined]
-    process = CGIProcess(request, "slow-reader.py", 5, clock)
+    # Twisted's DummyRequest stands in for an IRequest without declaring it.
+    process = CGIProcess(cast(IRequest, request), "slow-reader.py", 5, clock)
     pipes = _ScriptPipes()
     process.transport = pipes  # type: ignore[assignment]
     process.outReceived(b"Content-Type: text/plain\r\n\r\nfirst")
@@ -598,12 +591,12 @@ def test_a_client_that_does_not_read_is_not_the_scripts_silence() -> None:
 async def test_client_going_away_kills_the_script(
     cgi: LiveServer, cgi_dir: Path
 ) -> None:
-    client = await connect(reactor, cgi.port.getHost().port)
+    client = await connect(reactor, cgi.port_number)
     client.send(b"GET /cgi-bin/sleep.py HTTP/1.1\r\nHost: x\r\n\r\n")
-    pid = await _wait_for(lambda: _pid_from(cgi_dir / "sleep.pid"), "the script")
+    pid = await eventually(lambda: _pid_from(cgi_dir / "sleep.pid"), "the script")
     client.close()
     await client.closed
-    await _wait_for(lambda: _dead(pid), "the script to die")
+    await eventually(lambda: _dead(pid), "the script to die")
 
 
 @pytest_twisted.ensureDeferred
@@ -611,16 +604,16 @@ async def test_shutdown_past_its_grace_kills_the_script(cgi_dir: Path) -> None:
     clock = Clock()
     live = await LiveServer.start(_args(cgi_dir), clock=clock)
     live.get("/cgi-bin/sleep.py").addErrback(lambda failure: None)
-    pid = await _wait_for(lambda: _pid_from(cgi_dir / "sleep.pid"), "the script")
+    pid = await eventually(lambda: _pid_from(cgi_dir / "sleep.pid"), "the script")
     stopped: list[None] = []
     live.site.shutdown([live.port], grace=10.0).addCallback(stopped.append)
     # Once the port has stopped listening, the grace period starts.
-    await _wait_for(
+    await eventually(
         lambda: any(c.getTime() == 10.0 for c in clock.getDelayedCalls()), "grace"
     )
     clock.advance(10)
-    await _wait_for(lambda: stopped, "the shutdown")
-    await _wait_for(lambda: _dead(pid), "the script to die")
+    await eventually(lambda: stopped, "the shutdown")
+    await eventually(lambda: _dead(pid), "the script to die")
 
 
 # -- the demo scripts -----------------------------------------------------------
@@ -722,7 +715,7 @@ def test_any_output_is_parsed_or_refused(output: bytes) -> None:
 
 @given(st.binary(max_size=200), st.integers(min_value=1, max_value=50))
 def test_output_in_pieces_splits_as_in_one(output: bytes, size: int) -> None:
-    from app.mounts.cgi.script import resume_offset
+    from app.mounts.cgi import resume_offset
 
     buffer, scan, found = b"", 0, None
     for start in range(0, len(output), size):

@@ -148,7 +148,9 @@ class Client(RawClient):
 
 async def open_client(live: LiveServer) -> Client:
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", live.port_number)
-    return await connectProtocol(endpoint, Client())
+    client = Client()
+    await connectProtocol(endpoint, client)
+    return client
 
 
 async def exchange_to_close(live: LiveServer, data: bytes) -> bytes:

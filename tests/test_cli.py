@@ -119,6 +119,7 @@ def _listening_url(process: subprocess.Popen[str]) -> str:
         found = LISTENING.search(line)
         if found:
             return found.group(1)
+    assert process.stderr is not None
     raise AssertionError(f"no listening line; stderr: {process.stderr.read()}")
 
 

@@ -12,6 +12,7 @@ import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.logger import LogEvent
 
 from app.cli.main import parse_endpoints
 from app.cli.options import config_from_args
@@ -61,7 +62,7 @@ async def test_http_1_0_without_host(server: LiveServer) -> None:
 @pytest.mark.parametrize("method", [b"GET", b"HEAD"])
 @pytest_twisted.ensureDeferred
 async def test_odd_targets_never_fail(
-    server: LiveServer, captured_log: list, target: bytes, method: bytes
+    server: LiveServer, captured_log: list[LogEvent], target: bytes, method: bytes
 ) -> None:
     data = await exchange(
         reactor,
@@ -78,7 +79,7 @@ async def test_odd_targets_never_fail(
 
 @pytest_twisted.ensureDeferred
 async def test_binary_header_values_never_fail(
-    server: LiveServer, captured_log: list
+    server: LiveServer, captured_log: list[LogEvent]
 ) -> None:
     data = await exchange(
         reactor,
@@ -131,7 +132,9 @@ def test_any_listen_value_is_an_endpoint_or_a_config_error(value: str) -> None:
     max_examples=150,
 )
 @given(content=st.binary(max_size=400))
-def test_password_files_parse_or_name_a_line(tmp_path_factory, content: bytes) -> None:
+def test_password_files_parse_or_name_a_line(
+    tmp_path_factory: pytest.TempPathFactory, content: bytes
+) -> None:
     from auth import parse_htdigest, parse_htpasswd
     from auth._errors import PasswordFileError
 
@@ -158,7 +161,7 @@ def test_password_files_parse_or_name_a_line(tmp_path_factory, content: bytes) -
     )
 )
 def test_htdigest_lines_of_the_right_shape_parse_or_name_a_line(
-    tmp_path_factory, lines: list[tuple[str, str, str]]
+    tmp_path_factory: pytest.TempPathFactory, lines: list[tuple[str, str, str]]
 ) -> None:
     from auth import parse_htdigest
     from auth._errors import PasswordFileError
@@ -176,7 +179,7 @@ def test_htdigest_lines_of_the_right_shape_parse_or_name_a_line(
 
 @pytest_twisted.ensureDeferred
 async def test_a_client_leaving_mid_upload_is_no_error(
-    server: LiveServer, captured_log: list
+    server: LiveServer, captured_log: list[LogEvent]
 ) -> None:
     from tests.rawhttp import connect
 

@@ -4,15 +4,22 @@ Protocol limits of the HTTP layer, with exact bytes over a raw socket.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import Clock
+from twisted.logger import LogEvent
 
 from app.config import Config
 from app.http.limits import MAX_HEADER_COUNT, MAX_REQUEST_LINE
+from app.http.site import Site
 from app.site import build_site
 from app.testing import LiveServer, stub_treq
+from tests.conftest import eventually, listen, port_number, reads
 from tests.rawhttp import connect, exchange, parse_response
 
 
@@ -171,9 +178,9 @@ async def test_malformed_requests_are_a_400_page(
 async def test_a_request_head_that_trickles_in_is_cut_off() -> None:
     clock = Clock()
     site = build_site(Config(demo=False, idle_timeout=5), reactor, clock)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    port = listen(site)
     try:
-        client = await connect(reactor, port.getHost().port)
+        client = await connect(reactor, port_number(port))
         client.send(b"GET /health HTTP/1.1\r\n")
         for _ in range(9):
             # A byte a second keeps twisted's own idle timer from ever firing.
@@ -183,7 +190,7 @@ async def test_a_request_head_that_trickles_in_is_cut_off() -> None:
         data = await client.closed
         assert parse_response(data)[0] == 408
     finally:
-        await port.stopListening()
+        await maybeDeferred(port.stopListening)
 
 
 async def _settle() -> None:
@@ -196,10 +203,11 @@ async def _settle() -> None:
 async def test_stub_treq_serves_the_same_site() -> None:
     site = build_site(Config(demo=True), reactor, Clock())
     client = stub_treq(site)
-    response = await client.get("http://example.invalid/pay")
+    # StubTreq sets its methods at run time.
+    response = await client.get("http://example.invalid/pay")  # type: ignore[attr-defined]
     assert response.code == 402
     assert response.headers.getRawHeaders(b"server") == [b"app"]
-    assert "Please pay." in await client.text_content(response)
+    assert "Please pay." in await response.text()
 
 
 @pytest.mark.parametrize(
@@ -230,33 +238,31 @@ async def test_a_client_that_never_reads_its_response_is_closed() -> None:
     clock = Clock()
     config = Config(max_body=64 * 1024 * 1024, idle_timeout=30)
     site = build_site(config, reactor, clock)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    port = listen(site)
     try:
-        client = await connect(reactor, port.getHost().port)
-        client.transport.pauseProducing()  # never read
+        client = await connect(reactor, port_number(port))
+        client.pause_reading()  # never read
         body = b"r" * (32 * 1024 * 1024)
         client.send(
             b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
             + body
         )
-        for _ in range(500):
-            if any(channel.waiting_for == "reader" for channel in site.channels):
-                break
-            await _settle()
-        else:
-            raise AssertionError("the server never filled its send buffer")
+        await eventually(
+            lambda: any(channel.waiting_for == "reader" for channel in site.channels),
+            "the server to fill its send buffer",
+        )
         clock.advance(29)
         assert site.channels
         clock.advance(1)
-        client.transport.resumeProducing()
+        client.resume_reading()
         await client.closed
         assert not site.channels
     finally:
-        await port.stopListening()
+        await maybeDeferred(port.stopListening)
 
 
 @pytest_twisted.ensureDeferred
-async def test_nosniff_is_set_over_what_a_mount_sends(tmp_path) -> None:
+async def test_nosniff_is_set_over_what_a_mount_sends(tmp_path: Path) -> None:
     script = tmp_path / "sniff.py"
     script.write_text(
         "print('Content-Type: text/html')\n"
@@ -278,7 +284,7 @@ async def test_nosniff_is_set_over_what_a_mount_sends(tmp_path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_head_to_an_error_resource_logs_no_warning(
-    captured_log: list, tmp_path
+    captured_log: list[LogEvent], tmp_path: Path
 ) -> None:
     live = await LiveServer.start(["--no-demo", "--cgi-dir", str(tmp_path)])
     try:
@@ -287,94 +293,105 @@ async def test_head_to_an_error_resource_logs_no_warning(
     finally:
         await live.stop()
     assert response.code == 404
-    assert int(response.headers.getRawHeaders(b"content-length")[0]) > 0
+    (length,) = response.headers.getRawHeaders(b"content-length")
+    assert int(length) > 0
     from twisted.logger import formatEvent
 
     assert not [e for e in captured_log if "HEAD request" in formatEvent(e)]
 
 
-async def _wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(500):
-        if condition():
-            return
-        await _settle()
-    raise AssertionError(f"never happened: {what}")
-
-
-async def _clock_site(idle_timeout: float, demo: bool = False):  # type: ignore[no-untyped-def]
+async def _clock_site(
+    idle_timeout: float, demo: bool = False
+) -> tuple[Clock, Site, IListeningPort]:
     clock = Clock()
     site = build_site(Config(demo=demo, idle_timeout=idle_timeout), reactor, clock)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    return clock, site, port
+    return clock, site, listen(site)
+
+
+def _idle_and_open(site: Site) -> bool:
+    """
+    Whether the one connection to C{site} still waits for a next request:
+    its idle timeout closes it from the clock, within C{Clock.advance}.
+    """
+    (channel,) = site.channels
+    return channel.persistent and channel.waiting_for == "request"
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_request_line_that_trickles_in_is_cut_off() -> None:
-    clock, _site, port = await _clock_site(idle_timeout=5)
+    clock, site, port = await _clock_site(idle_timeout=5)
     try:
-        client = await connect(reactor, port.getHost().port)
-        for byte in b"GET /health HTT":
+        client = await connect(reactor, port_number(port))
+        (channel,) = await eventually(lambda: list(site.channels), "the connection")
+        read = reads(channel)
+        for sent, byte in enumerate(b"GET /health HTT", start=1):
             # Never a whole line: the head deadline starts with its first byte.
             client.send(bytes([byte]))
-            await _settle()
+
+            def arrived(sent: int = sent) -> bool:
+                return len(read) == sent
+
+            await eventually(arrived, "the server to read the byte")
             clock.advance(1)
-            if client.closed.called:
+            if channel.refused:
                 break
         data = await client.closed
         assert parse_response(data)[0] == 408
-        assert clock.seconds() == 6
+        # Refused the moment the deadline set by the first byte passed.
+        assert clock.seconds() == 5
     finally:
-        await port.stopListening()
+        await maybeDeferred(port.stopListening)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_keep_alive_connection_closes_after_the_idle_timeout() -> None:
     clock, site, port = await _clock_site(idle_timeout=5)
     try:
-        client = await connect(reactor, port.getHost().port)
+        client = await connect(reactor, port_number(port))
         for _ in range(3):
             # Each request pushes the idle deadline back.
             count = client.received.count(b"HTTP/1.1 200")
             client.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            await _wait_for(
-                lambda count=count: client.received.count(b"HTTP/1.1 200") > count,
-                "a response",
-            )
+
+            def answered(count: int = count) -> bool:
+                return client.received.count(b"HTTP/1.1 200") > count
+
+            await eventually(answered, "a response")
             clock.advance(4)
         clock.advance(0.9)
-        await _settle()
+        assert _idle_and_open(site)
         assert not client.closed.called
         clock.advance(0.1)
         data = await client.closed
         assert data.count(b"HTTP/1.1 200") == 3
-        await _wait_for(lambda: not site.channels, "the server's side to close")
+        await eventually(lambda: not site.channels, "the server's side to close")
         assert clock.getDelayedCalls() == []
     finally:
-        await port.stopListening()
+        await maybeDeferred(port.stopListening)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_request_slower_than_the_idle_timeout_is_answered() -> None:
     clock, site, port = await _clock_site(idle_timeout=5, demo=True)
     try:
-        client = await connect(reactor, port.getHost().port)
+        client = await connect(reactor, port_number(port))
         client.send(b"GET /delayed?seconds=8 HTTP/1.1\r\nHost: x\r\n\r\n")
-        await _wait_for(
+        await eventually(
             lambda: any(channel.requests for channel in site.channels),
             "the request to start",
         )
         for _ in range(8):
             clock.advance(1)
             await _settle()
-        await _wait_for(lambda: b"HTTP/1.1 200" in client.received, "the response")
+        await eventually(lambda: b"HTTP/1.1 200" in client.received, "the response")
         # Idle from now on: closed one idle timeout after the response.
         clock.advance(4.9)
-        await _settle()
+        assert _idle_and_open(site)
         assert not client.closed.called
         clock.advance(0.1)
         await client.closed
     finally:
-        await port.stopListening()
+        await maybeDeferred(port.stopListening)
 
 
 @pytest_twisted.ensureDeferred

@@ -16,7 +16,7 @@ import select
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,11 +26,12 @@ from hypothesis import strategies as st
 from klein import Klein
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.task import Clock, deferLater
-from twisted.logger import LogEvent, Logger, LogLevel
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
+from zope.interface import provider
 
 from app.cli.log import json_observer, make_observer, text_observer
 from app.cli.options import config_from_args
@@ -43,10 +44,11 @@ from app.http.access_log import (
     log_time,
     reopen_on_sighup,
 )
+from app.http.channel import Refusal
 from app.http.limits import MAX_HEADER_COUNT, MAX_REQUEST_LINE
 from app.http.pages import error_page
 from app.testing import LiveServer
-from tests.conftest import stop_on_clock
+from tests.conftest import eventually, reads, stop_on_clock
 from tests.rawhttp import connect, exchange
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,8 +126,10 @@ def test_no_field_can_forge_a_line(agent: bytes, target: bytes, user: str) -> No
     assert fields[0] == "192.0.2.1"
     assert _unescape(fields[3]) == b"GET " + target + b" HTTP/1.1"
     # Headers turns CR and LF into spaces; the log shows what it holds.
-    assert _unescape(fields[6]) == headers.getRawHeaders(b"referer")[0]
-    assert _unescape(fields[7]) == headers.getRawHeaders(b"user-agent")[0]
+    (referer,) = headers.getRawHeaders(b"referer", ())
+    (user_agent,) = headers.getRawHeaders(b"user-agent", ())
+    assert _unescape(fields[6]) == referer
+    assert _unescape(fields[7]) == user_agent
     if user:
         assert _unescape(fields[1]) == user.encode("utf-8", "surrogateescape")
 
@@ -167,7 +171,7 @@ def clock() -> Clock:
 
 
 @pytest_twisted.async_yield_fixture
-async def logged(log_path: Path, clock: Clock) -> Iterator[LiveServer]:
+async def logged(log_path: Path, clock: Clock) -> AsyncIterator[LiveServer]:
     live = await LiveServer.start(["--access-log", str(log_path)], clock=clock)
     try:
         yield live
@@ -324,12 +328,19 @@ async def test_a_request_head_too_slow_is_logged_as_408(
     client = await connect(reactor, logged.port_number)
     # llhttp hands a header line over when the next one starts.
     client.send(b"GET /health HTTP/1.1\r\nUser-Agent: slow\r\nX-A: b\r\n")
-    await _until_head_started(logged)
+    await eventually(
+        lambda: any(channel.waiting_for == "rest" for channel in logged.site.channels),
+        "the request head",
+    )
+    (channel,) = logged.site.channels
+    read = reads(channel)
     clock.advance(30)
     # A byte does not push back the deadline of the whole head.
     client.send(b"X")
-    await deferLater(reactor, 0.05, lambda: None)
+    await eventually(lambda: read.endswith(b"X"), "the server to read the byte")
     clock.advance(29.9)
+    # The refusal would be sent from the clock, within advance().
+    assert channel.waiting_for == "rest" and not channel.refused
     assert not client.closed.called
     clock.advance(0.1)
     await client.closed
@@ -341,16 +352,6 @@ async def test_a_request_head_too_slow_is_logged_as_408(
         "-",
         "slow",
     )
-
-
-async def _until_head_started(live: LiveServer) -> None:
-    from twisted.internet.task import deferLater
-
-    for _ in range(500):
-        if any(channel.waiting_for == "rest" for channel in live.site.channels):
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("the request head never arrived")
 
 
 _whoami = Klein()
@@ -425,9 +426,7 @@ def test_a_failed_reopen_keeps_the_old_file(
     assert not (directory / "access.log").exists()
 
 
-def _refusal() -> object:
-    from app.http.channel import Refusal
-
+def _refusal() -> Refusal:
     return Refusal(
         client=IPv4Address("TCP", "127.0.0.1", 1),
         request_line=None,
@@ -572,6 +571,7 @@ def test_text_and_json_read_the_same() -> None:
     text, json_lines = io.StringIO(), io.StringIO()
     event: dict[str, object] = {}
 
+    @provider(ILogObserver)
     def both(logged: LogEvent) -> None:
         event.update(logged)
 

@@ -21,11 +21,13 @@ from hypothesis import strategies as st
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet import ssl as tls
+from twisted.internet.interfaces import IReactorSSL
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent
 from twisted.web import server
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -44,6 +46,7 @@ from app.sessions.store import (
 from app.site import build_site
 from app.testing import LiveServer
 from routes.sessions import Counter, ICounter, register_counter, session_page
+from tests.conftest import port_number
 from tests.rawhttp import exchange, parse_response
 
 TIMEOUT = 60.0
@@ -140,7 +143,7 @@ def test_session_page_escapes_a_uid_that_is_not_plain(
     clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     site = build_site(config_from_args([]), reactor, clock)
-    monkeypatch.setattr(site, "_mkuid", lambda: b"<odd&uid>")
+    monkeypatch.setattr(site, "make_uid", lambda: b"<odd&uid>")
     channel = site.buildProtocol(None)
     transport = StringTransport()
     channel.makeConnection(transport)
@@ -280,7 +283,7 @@ async def test_a_forged_or_garbage_cookie_gets_a_fresh_session(
 ) -> None:
     raw = await exchange(
         reactor,
-        server.port.getHost().port,
+        server.port_number,
         b"GET /session HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         b"Cookie: " + cookie + b"\r\n\r\n",
     )
@@ -300,7 +303,7 @@ async def test_the_live_one_among_several_same_name_cookies_is_used(
     uid = (await _uid(server.client, server)).encode()
     raw = await exchange(
         reactor,
-        server.port.getHost().port,
+        server.port_number,
         b"GET /counter HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         b"Cookie: app_session=junk; app_session=" + b"1" * 64 + b"\r\n"
         b"Cookie: app_session=" + uid + b"\r\n\r\n",
@@ -342,7 +345,8 @@ def _self_signed(directory: Path) -> tls.PrivateCertificate:
         serialization.NoEncryption(),
     )
     (directory / "server.pem").write_bytes(pem)
-    return tls.PrivateCertificate.loadPEM(pem)
+    loaded: tls.PrivateCertificate = tls.PrivateCertificate.loadPEM(pem)
+    return loaded
 
 
 @implementer(IPolicyForHTTPS)
@@ -362,13 +366,15 @@ class _TrustOnly:
 async def test_cookie_is_secure_over_tls(tmp_path: Path) -> None:
     certificate = _self_signed(tmp_path)
     site = build_site(config_from_args([]), reactor)
-    port = reactor.listenSSL(0, site, certificate.options(), interface="127.0.0.1")
+    port = IReactorSSL(reactor).listenSSL(
+        0, site, certificate.options(), interface="127.0.0.1"
+    )
     pool = HTTPConnectionPool(reactor, persistent=False)
     client = HTTPClient(
         Agent(reactor, contextFactory=_TrustOnly(certificate), pool=pool)
     )
     try:
-        url = f"https://127.0.0.1:{port.getHost().port}"
+        url = f"https://127.0.0.1:{port_number(port)}"
         response = await client.get(url + "/counter")
         assert "Visit #1 for you!" in await response.text()
         [cookie] = _cookies(response)
@@ -382,10 +388,12 @@ async def test_cookie_is_secure_over_tls(tmp_path: Path) -> None:
             b"Secure",
         ]
         # The TLS cookie is the one that names the session over TLS.
-        again = await client.get(url + "/counter", headers={b"cookie": [name_value]})
+        again = await client.get(
+            url + "/counter", headers=Headers({b"cookie": [name_value]})
+        )
         assert "Visit #2 for you!" in await again.text()
         plain = await client.get(
-            url + "/counter", headers={b"cookie": [COOKIE_NAME + b"=" + value]}
+            url + "/counter", headers=Headers({b"cookie": [COOKIE_NAME + b"=" + value]})
         )
         assert "Visit #1 for you!" in await plain.text()
     finally:

@@ -18,17 +18,23 @@ import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.task import deferLater
+from twisted.internet.defer import maybeDeferred
 from twisted.web import http
 from twisted.web.resource import Resource
 
 from app.cli.options import config_from_args
 from app.config import DEMO_STATIC, ConfigError
 from app.http.site import Site
-from app.mounts.static.resource import MAX_RANGES, StaticDirectory, byte_ranges
-from app.mounts.static.types import TYPES, content_type, is_text
+from app.mounts.static import (
+    MAX_RANGES,
+    TYPES,
+    StaticDirectory,
+    byte_ranges,
+    content_type,
+    is_text,
+)
 from app.testing import LiveServer
-from tests.conftest import failures
+from tests.conftest import eventually, failures, listen, port_number
 from tests.rawhttp import connect, exchange, parse_response
 
 TEN = b"0123456789"
@@ -818,21 +824,17 @@ async def test_a_client_leaving_mid_file_is_not_an_error(
     (tree / "large.bin").write_bytes(os.urandom(16 << 20))
     client = await connect(files.reactor, files.port_number)
     # Read nothing, so that the transfer is surely still going on below.
-    client.transport.pauseProducing()
+    client.pause_reading()
     client.send(b"GET /static/large.bin HTTP/1.1\r\nHost: x\r\n\r\n")
-    for _ in range(500):
-        if _open_files_named("large.bin"):
-            break
-        await _tick(files)
+    await eventually(lambda: _open_files_named("large.bin"), "the file to be opened")
     assert len(_open_files_named("large.bin")) == 1
     client.close()
     await client.closed
     after = await files.get("/static/ten.txt")
     assert await after.content() == TEN
-    for _ in range(100):
-        if not _open_files_named("large.bin"):
-            break
-        await _tick(files)
+    await eventually(
+        lambda: not _open_files_named("large.bin"), "the file to be closed"
+    )
     assert _open_files_named("large.bin") == []
     assert failures(captured_log) == []
 
@@ -852,10 +854,6 @@ def _open_files_named(name: str) -> list[str]:
     return found
 
 
-async def _tick(live: LiveServer) -> None:
-    await deferLater(live.reactor, 0.01, lambda: None)
-
-
 # -- as a resource of its own ---------------------------------------------------------
 
 
@@ -870,9 +868,9 @@ async def test_static_directory_serves_as_a_child_resource(tree: Path) -> None:
     root = Resource()
     root.putChild(b"home", StaticDirectory(tree))
     site = Site(root, reactor=reactor, max_body=1024, idle_timeout=10)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    port = listen(site)
     try:
-        number = port.getHost().port
+        number = port_number(port)
         answers = {}
         for target in (
             b"/home/ten.txt",
@@ -887,7 +885,7 @@ async def test_static_directory_serves_as_a_child_resource(tree: Path) -> None:
             )
             answers[target] = parse_response(data)
     finally:
-        await port.stopListening()
+        await maybeDeferred(port.stopListening)
     assert answers[b"/home/ten.txt"][0::2] == (200, TEN)
     assert answers[b"/home/sub/"][0::2] == (200, b"<p>sub index</p>")
     assert answers[b"/home/sub?a=b"][0] == 301
@@ -911,19 +909,19 @@ async def test_a_request_whose_client_left_before_rendering_is_dropped(
     root = Resource()
     root.putChild(b"later", DeferredResource(later))
     site = Site(root, reactor=reactor, max_body=1024, idle_timeout=10)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    port = listen(site)
     try:
-        client = await connect(reactor, port.getHost().port)
+        client = await connect(reactor, port_number(port))
         client.send(b"GET /later/ten.txt HTTP/1.1\r\nHost: x\r\n\r\n")
-        while not site.channels or not any(c.requests for c in site.channels):
-            await deferLater(reactor, 0.01, lambda: None)
+        await eventually(
+            lambda: any(c.requests for c in site.channels), "the request to start"
+        )
         client.close()
         await client.closed
-        while site.channels:
-            await deferLater(reactor, 0.01, lambda: None)
+        await eventually(lambda: not site.channels, "the server to see the close")
         later.callback(StaticDirectory(tree))
     finally:
-        await port.stopListening()
+        await maybeDeferred(port.stopListening)
     assert failures(captured_log) == []
     assert _open_files_named("ten.txt") == []
 
@@ -1126,15 +1124,15 @@ async def test_the_root_is_open_only_while_its_directory_is_served(
     root = Resource()
     root.putChild(b"home", StaticDirectory(served))
     site = Site(root, reactor=reactor, max_body=1024, idle_timeout=10)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    port = listen(site)
     try:
         data = await exchange(
             reactor,
-            port.getHost().port,
+            port_number(port),
             b"GET /home/a.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         )
     finally:
-        await port.stopListening()
+        await maybeDeferred(port.stopListening)
     assert parse_response(data)[0::2] == (200, b"a")
     assert len(_open_files_named(served.name)) == 1
     root.delEntity(b"home")

@@ -7,25 +7,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest_twisted
 import treq
 
+from tests.conftest import eventually
 from tests.test_cli import _listening_url, _start, spawn  # noqa: F401 - fixture
 
 
 def _children(pid: int) -> set[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return {int(child) for child in path.read_text().split()}
-
-
-def _wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 @pytest_twisted.ensureDeferred
@@ -43,7 +36,9 @@ async def test_workers_share_one_port_and_are_restarted(
         "tests.example_routes",
     )
     url = _listening_url(process)
-    _wait_for(lambda: len(_children(process.pid)) == 2)
+    await eventually(
+        lambda: len(_children(process.pid)) == 2, "two workers", timeout=15
+    )
     workers = _children(process.pid)
 
     async def served_by() -> int:
@@ -61,7 +56,11 @@ async def test_workers_share_one_port_and_are_restarted(
 
     victim = sorted(workers)[0]
     os.kill(victim, signal.SIGKILL)
-    _wait_for(lambda: len(_children(process.pid) - {victim}) == 2)
+    await eventually(
+        lambda: len(_children(process.pid) - {victim}) == 2,
+        "a worker in place of the one killed",
+        timeout=15,
+    )
     replacement = _children(process.pid) - workers
     assert len(replacement) == 1
     assert (await treq.get(url + "health", persistent=False)).code == 200
@@ -87,15 +86,20 @@ def _children_alive(pids: set[int]) -> set[int]:
     return alive
 
 
-def test_workers_stop_when_the_parent_is_killed(
+@pytest_twisted.ensureDeferred
+async def test_workers_stop_when_the_parent_is_killed(
     spawn: list[subprocess.Popen[str]],  # noqa: F811
 ) -> None:
     process = _start(
         spawn, "--listen", "tcp:0:interface=127.0.0.1", "--workers", "2", "--no-demo"
     )
     _listening_url(process)
-    _wait_for(lambda: len(_children(process.pid)) == 2)
+    await eventually(
+        lambda: len(_children(process.pid)) == 2, "two workers", timeout=15
+    )
     workers = _children(process.pid)
     process.kill()
     process.wait(timeout=10)
-    _wait_for(lambda: not _children_alive(workers))
+    await eventually(
+        lambda: not _children_alive(workers), "the workers to stop", timeout=15
+    )

@@ -20,7 +20,8 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.interfaces import IReactorFromThreads, IReactorUNIX
+from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 from twisted.web.client import ResponseFailed
 
@@ -29,7 +30,7 @@ from app.config import Config
 from app.mounts.wsgi import WSGIThreadPool
 from app.site import build_site
 from app.testing import LiveServer
-from tests.conftest import failures
+from tests.conftest import eventually, failures
 from tests.rawhttp import RawClient, connect, exchange, parse_response
 
 StartResponse = Callable[..., Any]
@@ -197,7 +198,7 @@ async def test_post_body_is_the_input(echo: LiveServer) -> None:
 async def test_chunked_body_has_its_length(echo: LiveServer) -> None:
     data = await exchange(
         reactor,
-        echo.port.getHost().port,
+        echo.port_number,
         b"POST /wsgi/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
         b"Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
     )
@@ -212,7 +213,7 @@ async def test_chunked_body_has_its_length(echo: LiveServer) -> None:
 async def test_request_headers_reach_the_application(echo: LiveServer) -> None:
     data = await exchange(
         reactor,
-        echo.port.getHost().port,
+        echo.port_number,
         b"GET /wsgi/ HTTP/1.1\r\nHost: example.org:8000\r\nAuthorization: Basic x\r\n"
         b"Proxy: http://evil:1/\r\nX_Forwarded_For: 6.6.6.6\r\nCookie: a=1\r\n"
         b"Cookie: b=2\r\nConnection: close\r\n\r\n",
@@ -223,7 +224,7 @@ async def test_request_headers_reach_the_application(echo: LiveServer) -> None:
     assert environ["HTTP_AUTHORIZATION"] == "Basic x"
     assert environ["HTTP_COOKIE"] == "a=1; b=2"
     assert environ["SERVER_NAME"] == "example.org"
-    assert environ["SERVER_PORT"] == str(echo.port.getHost().port)
+    assert environ["SERVER_PORT"] == str(echo.port_number)
     assert "HTTP_PROXY" not in environ
     assert "HTTP_X_FORWARDED_FOR" not in environ
 
@@ -252,7 +253,8 @@ async def test_application_named_by_module_and_callable() -> None:
 async def test_served_over_a_unix_socket(tmp_path: Path) -> None:
     site = build_site(_config(echo_app), reactor)
     path = str(tmp_path / "s.sock")
-    port = reactor.listenUNIX(path, site)
+    # Twisted annotates a bare Factory, which no factory of a protocol matches.
+    port = IReactorUNIX(reactor).listenUNIX(path, site)  # type: ignore[arg-type]
     site.service.startService()
     try:
         client = await connectProtocol(UNIXClientEndpoint(reactor, path), RawClient())
@@ -363,7 +365,7 @@ async def test_body_not_matching_content_length_closes_the_connection(
     try:
         data = await exchange(
             reactor,
-            live.port.getHost().port,
+            live.port_number,
             b"GET /wsgi/ HTTP/1.1\r\nHost: x\r\n\r\n"
             b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
         )
@@ -395,7 +397,7 @@ async def test_hanging_application_does_not_hold_the_shutdown() -> None:
     entered: Deferred[None] = Deferred()
 
     def hang(environ: dict[str, Any], start_response: StartResponse) -> Any:
-        reactor.callFromThread(entered.callback, None)
+        IReactorFromThreads(reactor).callFromThread(entered.callback, None)
         release.wait(30)
         start_response("200 OK", [])
         return [b"too late"]
@@ -409,13 +411,14 @@ async def test_hanging_application_does_not_hold_the_shutdown() -> None:
         stopped: list[None] = []
         live.site.shutdown([live.port], grace=10.0).addCallback(stopped.append)
         # Once the port has stopped listening, the grace period starts.
-        await _wait_for(
-            lambda: any(c.getTime() == 10.0 for c in clock.getDelayedCalls())
+        await eventually(
+            lambda: any(c.getTime() == 10.0 for c in clock.getDelayedCalls()),
+            "the grace period to start",
         )
         clock.advance(9.9)
         assert stopped == []
         clock.advance(0.1)  # the grace is over: the request is cut off
-        await _wait_for(lambda: stopped and outcome)
+        await eventually(lambda: stopped and outcome, "the shutdown")
         assert isinstance(outcome[0].value, ResponseFailed)
         pools = [s.pool for s in live.site.service if hasattr(s, "pool")]
         assert [pool.started for pool in pools] == [False]
@@ -483,14 +486,6 @@ def test_hanging_application_does_not_delay_the_exit() -> None:
     assert elapsed < 10
 
 
-async def _wait_for(condition: Callable[[], Any], seconds: float = 10.0) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if condition():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("timed out")
-
-
 # -- a client that does not read ---------------------------------------------
 
 FIREHOSE_PIECE = b"x" * (64 * 1024)
@@ -524,22 +519,21 @@ async def test_a_client_that_does_not_read_holds_the_application_back() -> None:
     Firehose.written, Firehose.finished, Firehose.closed = 0, False, False
     live = await LiveServer.start(_config(Firehose))
     try:
-        client = await connect(reactor, live.port.getHost().port)
-        assert client.transport is not None
-        client.transport.pauseProducing()  # type: ignore[attr-defined]
+        client = await connect(reactor, live.port_number)
+        client.pause_reading()
         client.send(b"GET /wsgi/ HTTP/1.1\r\nHost: x\r\n\r\n")
-        await _wait_for(lambda: Firehose.written > 0)
-        # Until the application has finished or stays where it is.
-        while not Firehose.finished:
-            written = Firehose.written
-            await deferLater(reactor, 0.2, lambda: None)
-            if Firehose.written == written:
-                break
+        await eventually(lambda: Firehose.written > 0, "the application to write")
+        # A full send buffer pauses the channel, and the channel its producer:
+        # from then on the application is held where it is.
+        await eventually(
+            lambda: any(c.waiting_for == "reader" for c in live.site.channels),
+            "the server to fill its send buffer",
+        )
         assert not Firehose.finished
         assert Firehose.written < FIREHOSE_TOTAL // 2
         client.close()
         await client.closed
         # The client left: the application's thread is let go.
-        await _wait_for(lambda: Firehose.closed)
+        await eventually(lambda: Firehose.closed, "the application to be closed")
     finally:
         await live.stop()

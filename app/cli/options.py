@@ -24,12 +24,12 @@ from app.config import (
     DEMO_STATIC,
     DEMO_WSGI,
     DIGEST_KEY_VARIABLE,
-    RESERVED_PREFIXES,
     Config,
     ConfigError,
     import_module,
     load_object,
 )
+from app.site import reserved_prefixes
 from auth import (
     NoSuchRealm,
     PasswordFileError,
@@ -37,6 +37,9 @@ from auth import (
     parse_htdigest,
     parse_htpasswd,
 )
+
+#: Every option's default is the Config's.
+_DEFAULT = Config()
 
 #: A plain path segment: what a --mount prefix is made of.
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="ENDPOINT",
         help="Twisted server endpoint string; repeatable "
-        "(default: tcp:8080:interface=127.0.0.1)",
+        f"(default: {_DEFAULT.listen[0]})",
     )
     add("--static", metavar="DIR", help="directory served at /static/")
     add(
@@ -120,57 +123,64 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--cgi-timeout",
         type=_typed(_positive_float, "a positive number of seconds"),
-        default=60.0,
+        default=_DEFAULT.cgi_timeout,
         metavar="SECONDS",
-        help="kill a CGI script that has not answered by then (default: 60)",
+        help="kill a CGI script that has not answered by then "
+        f"(default: {_DEFAULT.cgi_timeout:g})",
     )
     add("--wsgi", metavar="MODULE:CALLABLE", help="WSGI application at /wsgi/")
     add(
         "--wsgi-threads",
         type=_typed(_positive_int, "a positive whole number"),
-        default=10,
+        default=_DEFAULT.wsgi_threads,
         metavar="N",
-        help="threads in the WSGI pool (default: 10)",
+        help=f"threads in the WSGI pool (default: {_DEFAULT.wsgi_threads})",
     )
     add("--proxy", metavar="URL", help="upstream HTTP server mounted at /proxy/")
     add("--htpasswd", metavar="FILE", help="bcrypt users for HTTP Basic")
     add("--htdigest", metavar="FILE", help="users for HTTP Digest")
-    add("--realm", default="app", metavar="NAME", help="auth realm (default: app)")
+    add(
+        "--realm",
+        default=_DEFAULT.realm,
+        metavar="NAME",
+        help=f"auth realm (default: {_DEFAULT.realm})",
+    )
     add("--homes", metavar="DIR", help="/private/ serves DIR/USER/public_html")
     add(
         "--session-timeout",
         type=_typed(_positive_float, "a positive number of seconds"),
-        default=900.0,
+        default=_DEFAULT.session_timeout,
         metavar="SECONDS",
-        help="idle time after which a session expires (default: 900)",
+        help="idle time after which a session expires "
+        f"(default: {_DEFAULT.session_timeout:g})",
     )
     add(
         "--max-sessions",
         type=_typed(_positive_int, "a positive whole number"),
-        default=100_000,
+        default=_DEFAULT.max_sessions,
         metavar="N",
-        help="sessions held at once (default: 100000)",
+        help=f"sessions held at once (default: {_DEFAULT.max_sessions})",
     )
     add(
         "--max-body",
         type=_typed(_non_negative_int, "a whole number of bytes"),
-        default=1_048_576,
+        default=_DEFAULT.max_body,
         metavar="BYTES",
-        help="largest request body accepted (default: 1048576)",
+        help=f"largest request body accepted (default: {_DEFAULT.max_body})",
     )
     add(
         "--idle-timeout",
         type=_typed(_positive_float, "a positive number of seconds"),
-        default=60.0,
+        default=_DEFAULT.idle_timeout,
         metavar="SECONDS",
-        help="close connections idle this long (default: 60)",
+        help=f"close connections idle this long (default: {_DEFAULT.idle_timeout:g})",
     )
     add("--access-log", metavar="PATH", help="Combined Log Format file; - is stdout")
     add(
         "--log-format",
         choices=["text", "json"],
-        default="text",
-        help="format of the server log on stdout (default: text)",
+        default=_DEFAULT.log_format,
+        help=f"format of the server log on stdout (default: {_DEFAULT.log_format})",
     )
     add(
         "--routes",
@@ -182,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--workers",
         type=_typed(_positive_int, "a positive whole number"),
-        default=1,
+        default=_DEFAULT.workers,
         metavar="N",
-        help="worker processes (default: 1)",
+        help=f"worker processes (default: {_DEFAULT.workers})",
     )
     add(
         "--no-demo",
@@ -222,7 +232,7 @@ def _mount(text: str) -> tuple[str, Path]:
     segments = prefix.split("/")
     if not all(_PLAIN_SEGMENT.fullmatch(s) for s in segments):
         raise ConfigError("--mount", f"{prefix!r} is not a plain path prefix")
-    if segments[0] in RESERVED_PREFIXES:
+    if segments[0] in reserved_prefixes():
         raise ConfigError("--mount", f"/{segments[0]}/ is served by the server itself")
     return prefix, _directory("--mount", directory)
 

@@ -21,6 +21,7 @@ from typing import IO, NoReturn
 
 import bcrypt
 
+from app.config import Config
 from auth import (
     BCRYPT_MAX_PASSWORD,
     digest_owner,
@@ -59,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
         help="write an htdigest file (for --htdigest) instead of htpasswd",
     )
     parser.add_argument(
-        "--realm", default="app", metavar="NAME", help="Digest realm (default: app)"
+        "--realm",
+        default=Config.realm,
+        metavar="NAME",
+        help=f"Digest realm (default: {Config.realm})",
     )
     parser.add_argument("file", metavar="FILE")
     parser.add_argument("user", metavar="USER")

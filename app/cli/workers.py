@@ -44,6 +44,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from app.compat.twisted import endpoint_address, endpoint_tls_context
 from app.config import DIGEST_KEY_VARIABLE
 
 WORKER_OPTION = "--worker-sockets"
@@ -115,7 +116,7 @@ def adopt(
     # The endpoint parsed from the same string knows the TLS settings; its
     # context factory is private to twisted's endpoint but is the only way to
     # reuse exactly what "ssl:..." configured.
-    context = getattr(endpoint, "_sslContextFactory", None)
+    context = endpoint_tls_context(endpoint)
     if context is not None:
         factory = TLSMemoryBIOFactory(context, False, site)
     if inherited.fd >= 0:
@@ -150,9 +151,7 @@ def _reusable_address(
         return None
     if not isinstance(endpoint, (TCP4ServerEndpoint, SSL4ServerEndpoint)):
         return None
-    interface: str = getattr(endpoint, "_interface", "")
-    number: int = getattr(endpoint, "_port", 0)
-    backlog: int = getattr(endpoint, "_backlog", 50)
+    interface, number, backlog = endpoint_address(endpoint)
     v6 = isinstance(endpoint, TCP6ServerEndpoint) or ":" in interface
     family = socket.AF_INET6 if v6 else socket.AF_INET
     return interface or ("::" if v6 else "0.0.0.0"), number, backlog, int(family)

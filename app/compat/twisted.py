@@ -10,6 +10,21 @@ a Twisted release changes one of them.
     answering.  As asyncio's transports do, the sender tries the socket at
     once when nothing is queued, and queues only what the socket does not
     take.
+  - The channel and request of app.http, which skip twisted.web's own
+    constructors and parsers for speed, set and read what those would:
+    L{pull_to_push}, L{headers_of}, L{set_request_internals},
+    L{kept_session} and L{keep_session}, L{session_clock},
+    L{connection_gone}.
+  - The WSGI mount replaces parts of twisted.web.wsgi's response, whose
+    class is private: L{WSGIResponse}, L{wsgi_input}, L{wsgi_errors},
+    L{send_wsgi_headers}.
+  - Worker processes rebind what an endpoint string configured, which
+    twisted's endpoints keep private: L{endpoint_tls_context},
+    L{endpoint_address}.
+  - The reverse proxy sends its target exactly as given, and reads the
+    upstream's C{Connection} header, which Agent keeps to itself:
+    L{request_with_target}, L{build_connections_with},
+    L{HTTPClientProtocol}, L{response_parser}.
 """
 
 from __future__ import annotations
@@ -17,7 +32,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet._producer_helpers import _PullToPush
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IAddress, IPullProducer, IReactorTime
+from twisted.internet.ssl import ContextFactory
+from twisted.web import http, server
+from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
+from twisted.web.client import URI, Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.wsgi import _ErrorStream, _InputStream, _WSGIResponse
 
 
 def sender(transport: Any) -> Callable[[bytes], None]:
@@ -49,3 +75,198 @@ def sender(transport: Any) -> Callable[[bytes], None]:
         write(data)
 
     return send
+
+
+def pull_to_push(producer: IPullProducer, consumer: Any) -> _PullToPush:
+    """
+    C{producer} made a streaming one for C{consumer}, as twisted.web's
+    channel adapts a pull producer (C{twisted.internet._producer_helpers}).
+    Call C{startStreaming()} on it, and C{stopStreaming()} when it is
+    unregistered.
+    """
+    return _PullToPush(producer, consumer)
+
+
+def headers_of(raw: dict[bytes, list[bytes]]) -> Headers:
+    """
+    A L{Headers} holding C{raw} itself, whose names must already be spelled
+    as L{Headers} spells them and whose values hold no line break (llhttp
+    has checked them): C{Headers(raw)} would canonicalise and clean each
+    name and value again.  Sets C{Headers._rawHeaders}.
+    """
+    headers = Headers()
+    headers._rawHeaders = raw
+    return headers
+
+
+def set_request_internals(request: http.Request) -> None:
+    """
+    Set on C{request} the private attributes that twisted.web's
+    C{http.Request} and C{Componentized} constructors set and its methods
+    read, for a request made without calling them: no form parsing by
+    twisted (C{_parsePOSTFormSubmission}), an empty adapter cache
+    (C{_adapterCache}, which C{getComponent} and sessions use).
+    """
+    request._parsePOSTFormSubmission = False
+    request._adapterCache = {}  # type: ignore[attr-defined]
+
+
+def kept_session(request: object, secure: bool) -> Any:
+    """
+    The session that C{request} keeps from an earlier lookup, where
+    twisted.web's C{server.Request.getSession} keeps it
+    (C{_secureSession} or C{_insecureSession}), or C{None}.
+    """
+    if secure:
+        return getattr(request, "_secureSession", None)
+    return getattr(request, "_insecureSession", None)
+
+
+def keep_session(request: object, secure: bool, session: object) -> None:
+    """
+    Keep C{session} on C{request} where twisted.web's
+    C{server.Request.getSession} keeps it, for the next lookup.
+    """
+    if secure:
+        request._secureSession = session  # type: ignore[attr-defined]
+    else:
+        request._insecureSession = session  # type: ignore[attr-defined]
+
+
+def session_clock(session: server.Session) -> IReactorTime:
+    """
+    The clock that twisted.web's C{server.Session} was made with (its
+    C{_reactor}: the site's, unless another was passed).
+    """
+    clock: IReactorTime = session._reactor
+    return clock
+
+
+def connection_gone(request: http.Request) -> bool:
+    """
+    Whether the connection of C{request} was lost before it finished
+    (twisted.web's C{http.Request._disconnected}); its C{notifyFinish}
+    never fires then.
+    """
+    return bool(getattr(request, "_disconnected", False))
+
+
+#: twisted.web.wsgi's response to one request, which its WSGIResource makes
+#: and which a WSGI mount subclasses to change how a response is sent.
+WSGIResponse = _WSGIResponse
+
+
+def wsgi_input(content: Any) -> _InputStream:
+    """
+    The C{wsgi.input} of a request whose body is the file C{content}, as
+    twisted.web.wsgi makes it (C{_InputStream}).
+    """
+    return _InputStream(content)
+
+
+def wsgi_errors() -> _ErrorStream:
+    """
+    The C{wsgi.errors} of a request, which logs what is written to it, as
+    twisted.web.wsgi makes it (C{_ErrorStream}).
+    """
+    return _ErrorStream()
+
+
+def send_wsgi_headers(response: _WSGIResponse) -> None:
+    """
+    Set the status and headers that the application gave C{response}'s
+    C{startResponse} on its request, without writing them
+    (C{_WSGIResponse._sendResponseHeaders}).  In the reactor's thread.
+    """
+    response._sendResponseHeaders()
+
+
+def endpoint_tls_context(endpoint: object) -> ContextFactory | None:
+    """
+    The TLS context factory of a server endpoint parsed from an C{ssl:}
+    string (C{SSL4ServerEndpoint._sslContextFactory}), or C{None} for an
+    endpoint without one: the only way to reuse exactly what it configured.
+    """
+    context: ContextFactory | None = getattr(endpoint, "_sslContextFactory", None)
+    return context
+
+
+def endpoint_address(
+    endpoint: TCP4ServerEndpoint | SSL4ServerEndpoint,
+) -> tuple[str, int, int]:
+    """
+    The interface (C{""} for all), port and listen backlog of a TCP or TLS
+    server endpoint, which twisted keeps private (C{_interface}, C{_port},
+    C{_backlog}).
+    """
+    interface: str = getattr(endpoint, "_interface", "")
+    number: int = getattr(endpoint, "_port", 0)
+    backlog: int = getattr(endpoint, "_backlog", 50)
+    return interface, number, backlog
+
+
+# -- the reverse proxy's HTTP client ----------------------------------------------
+
+#: Twisted's HTTP/1.1 client protocol, kept in a private module.
+HTTPClientProtocol = HTTP11ClientProtocol
+
+
+def response_parser(protocol: HTTP11ClientProtocol) -> HTTPClientParser | None:
+    """
+    The parser of the answer that C{protocol} is reading, if any.  Its
+    C{connHeaders} hold what Agent keeps out of C{Response.headers},
+    C{Connection} among them.
+    """
+    return protocol._parser
+
+
+def build_connections_with(
+    pool: HTTPConnectionPool,
+    protocol: Callable[[Callable[[Any], None]], HTTP11ClientProtocol],
+) -> None:
+    """
+    Make C{pool}'s new connections speak the protocol that C{protocol} builds
+    from the pool's quiescent callback.  HTTPConnectionPool builds them with
+    its private factory class, which also logs a "Starting factory" line for
+    every connection; this one is quiet.
+    """
+
+    class QuietFactory(_HTTP11ClientFactory):
+        noisy = False
+
+        def buildProtocol(self, addr: IAddress | None) -> HTTP11ClientProtocol:
+            return protocol(self._quiescentCallback)
+
+    pool._factory = QuietFactory
+
+
+def request_with_target(
+    agent: Agent,
+    method: bytes,
+    origin: URI,
+    target: bytes,
+    headers: Headers,
+    body: IBodyProducer | None,
+) -> Deferred[IResponse]:
+    """
+    What C{agent.request} does once it has parsed its URL, sending C{target}
+    to C{origin} exactly as given: C{Agent.request} rebuilds the target from
+    the URL's parts, which normalises it (an empty query C{?} is dropped).
+    """
+    key = (origin.scheme, origin.host, origin.port)
+    endpoint = agent._getEndpoint(origin)
+    return agent._requestWithEndpoint(
+        key, endpoint, method, origin, headers, body, target
+    )
+
+
+# -- the CGI mount ------------------------------------------------------------
+
+
+def cgi_script_reactor(script: Any) -> Any:
+    """
+    The reactor that twisted.web.twcgi's C{CGIScript} C{script} spawns its
+    processes with (its C{_reactor}): the one it was made with, or the
+    global reactor when it was given none.
+    """
+    return script._reactor

@@ -50,7 +50,6 @@ from httptools import (
     HttpParserUpgrade,
     HttpRequestParser,
 )
-from twisted.internet._producer_helpers import _PullToPush
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -65,7 +64,7 @@ from twisted.web import http
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from app.compat.twisted import sender
+from app.compat.twisted import headers_of, pull_to_push, sender
 from app.http.limits import (
     DRAIN_BYTES,
     DRAIN_SECONDS,
@@ -737,7 +736,7 @@ class Channel(Protocol):
                 f"{self._producer!r} was never unregistered."
             )
         if not streaming:
-            producer = _PullToPush(producer, self)
+            producer = pull_to_push(producer, self)
         self._producer = producer
         self._producer_streaming = streaming
         if not streaming:
@@ -1018,17 +1017,6 @@ def canonical_name(name: bytes) -> bytes:
     if len(_CANONICAL) < _CANONICAL_MAX:
         _CANONICAL[name] = spelled
     return spelled
-
-
-def headers_of(raw: dict[bytes, list[bytes]]) -> Headers:
-    """
-    A L{Headers} holding C{raw}, whose names are spelled canonically and
-    whose values llhttp has checked: none holds a line break.
-    """
-    headers = Headers()
-    # Headers() would canonicalise and clean each name and value again.
-    headers._rawHeaders = raw
-    return headers
 
 
 def _looks_like_a_method(message: _Message | None) -> bool:

@@ -17,6 +17,7 @@ from twisted.web import http, server
 from twisted.web.http_headers import Headers
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
+from app.compat.twisted import set_request_internals
 from app.http.forms import FormError, form_fields
 from app.http.limits import ALLOWED_METHODS
 from app.http.pages import HTML_TYPE, error_page
@@ -59,8 +60,7 @@ class Request(server.Request):
         self.cookies: list[bytes] = []
         self.transport = channel.transport
         self.queued = False
-        self._parsePOSTFormSubmission = False
-        self._adapterCache: dict[str, Any] = {}
+        set_request_internals(self)
         self._args = {}
 
     # twisted.web parses the Cookie headers of every request as its head

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from functools import partial
 from html import escape
 from inspect import iscoroutine
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from klein import Klein
-from klein._dihttp import Response as KleinResponse
+from klein import Response as KleinResponse
 from klein.interfaces import IKleinRequest
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
@@ -47,6 +47,7 @@ from werkzeug.routing import (
     Rule,
 )
 
+from app.compat.klein import apply_response, bound_endpoint
 from app.http.pages import HTML_TYPE, PATH_SAFE, answer, error_page, redirect
 from app.http.request import request_uri
 
@@ -225,10 +226,7 @@ def _direct_call(app: Klein, endpoint: str) -> Callable[..., Any] | None:
     function = getattr(app.endpoints[endpoint], "__wrapped__", None)
     if function is None:
         return None
-    instance = app._instance
-    if instance is not None or getattr(function, "__klein_bound__", False):
-        return partial(function, instance)
-    return cast(Callable[..., Any], function)
+    return bound_endpoint(app, function)
 
 
 def _call_branch(
@@ -447,7 +445,7 @@ class Router(Resource):
 
     def _render_result(self, request: Request, result: Any) -> bytes | int:
         if isinstance(result, KleinResponse):
-            result = result._applyToRequest(request)
+            result = apply_response(result, request)
         if isinstance(result, bytes):
             return result
         if isinstance(result, str):

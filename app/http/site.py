@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.web import server
 from twisted.web.resource import IResource
 
+from app.config import Config
 from app.http.channel import Channel, Refusal
 from app.http.request import Request
 from app.sessions import Session, SessionStore, SessionSweep, new_uid
@@ -40,8 +41,8 @@ class Site(server.Site):
         max_body: int,
         idle_timeout: float,
         display_tracebacks: bool = False,
-        session_timeout: float = 900.0,
-        max_sessions: int = 100_000,
+        session_timeout: float = Config.session_timeout,
+        max_sessions: int = Config.max_sessions,
     ) -> None:
         super().__init__(resource, timeout=idle_timeout, reactor=reactor)
         self.max_body = max_body
@@ -63,12 +64,16 @@ class Site(server.Site):
 
     sessionFactory = Session
 
-    def _mkuid(self) -> bytes:
+    def make_uid(self) -> bytes:
+        """
+        A fresh session uid (twisted.web's Site makes one with its private
+        C{_mkuid}, which only its own makeSession calls).
+        """
         return new_uid()
 
     def makeSession(self) -> Session:
         # As twisted.web's, without the timer per session: the store sweeps.
-        uid = self._mkuid()
+        uid = self.make_uid()
         session = self.sessions[uid] = self.sessionFactory(self, uid)
         return session
 

@@ -48,9 +48,15 @@ from twisted.web import wsgi
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from app.compat.twisted import (
+    WSGIResponse,
+    send_wsgi_headers,
+    wsgi_errors,
+    wsgi_input,
+)
 from app.http.pages import HTML_TYPE, error_page
 from app.http.request import request_uri
-from app.mounts.cgi.script import request_variables
+from app.mounts.gateway import request_variables
 
 #: Request headers not passed as C{HTTP_*}: the body's are C{CONTENT_*};
 #: C{Proxy} is httpoxy.
@@ -148,7 +154,7 @@ def _latin1(text: str) -> bool:
 
 
 @implementer(IPushProducer)
-class _Response(wsgi._WSGIResponse):
+class _Response(WSGIResponse):
     """
     One request through the application (see the module's docstring).
     """
@@ -158,6 +164,8 @@ class _Response(wsgi._WSGIResponse):
     #: Whether start_response was called: twisted reads the status it saves
     #: in the reactor thread, where its absence leaves the request hanging.
     _status_given = False
+    #: Whether the request has finished, or its connection is gone.
+    _request_finished = False
 
     def __init__(
         self,
@@ -175,7 +183,7 @@ class _Response(wsgi._WSGIResponse):
         self.application = application
         self.request = request
         self._settings = settings
-        request.notifyFinish().addBoth(self._finished)
+        request.notifyFinish().addBoth(self._on_finish)
         # The application decides every header; no default Content-Type.
         request.defaultContentType = None
         self.environ = self._environ(request)
@@ -200,9 +208,9 @@ class _Response(wsgi._WSGIResponse):
             {
                 "wsgi.version": (1, 0),
                 "wsgi.url_scheme": "https" if request.isSecure() else "http",
-                "wsgi.input": wsgi._InputStream(request.content),
+                "wsgi.input": wsgi_input(request.content),
                 "wsgi.input_terminated": True,
-                "wsgi.errors": wsgi._ErrorStream(),
+                "wsgi.errors": wsgi_errors(),
                 "wsgi.multithread": True,
                 "wsgi.multiprocess": self._settings.multiprocess,
                 "wsgi.run_once": False,
@@ -236,10 +244,10 @@ class _Response(wsgi._WSGIResponse):
             self._written += len(data)
 
         def write_when_read(started: bool) -> Deferred[None] | None:
-            if self._requestFinished:
+            if self._request_finished:
                 return None  # the client is gone: nothing goes anywhere
             if not started:
-                self._sendResponseHeaders()
+                send_wsgi_headers(self)
                 self.request.registerProducer(self, True)
             self.request.write(data)
             return self._resumed
@@ -256,7 +264,7 @@ class _Response(wsgi._WSGIResponse):
                 for chunk in result:
                     if chunk:
                         self.write(chunk)
-                    if self._requestFinished:
+                    if self._request_finished:
                         break
                 if not self._status_given:
                     raise RuntimeError("the application never called start_response")
@@ -287,8 +295,8 @@ class _Response(wsgi._WSGIResponse):
     def stopProducing(self) -> None:
         self.resumeProducing()
 
-    def _finished(self, result: object) -> None:
-        super()._finished(result)
+    def _on_finish(self, result: object) -> None:
+        self._request_finished = True
         # A write waiting for the client is let go: the client is gone.
         self.resumeProducing()
 
@@ -297,11 +305,11 @@ class _Response(wsgi._WSGIResponse):
             self.request.unregisterProducer()
 
     def _done(self, started: bool) -> None:
-        if self._requestFinished:
+        if self._request_finished:
             return
         self._let_go()
         if not started:
-            self._sendResponseHeaders()
+            send_wsgi_headers(self)
         request = self.request
         short = (
             self._declared is not None
@@ -328,7 +336,7 @@ class _Response(wsgi._WSGIResponse):
         log.failure(
             "WSGI application failed on {uri}", failure, uri=request_uri(request)
         )
-        if self._requestFinished:
+        if self._request_finished:
             return
         self._let_go()
         if started:
@@ -368,12 +376,15 @@ class WSGIResource(wsgi.WSGIResource):
     ) -> None:
         super().__init__(reactor, threadpool, application)
         self._settings = _Settings(display_tracebacks, multiprocess)
+        self._pool_reactor = reactor
+        self._pool = threadpool
+        self._wsgi_application = application
 
     def render(self, request: Request) -> int:
         response = _Response(
-            self._reactor,
-            self._threadpool,
-            self._application,
+            self._pool_reactor,
+            self._pool,
+            self._wsgi_application,
             request,
             self._settings,
         )

@@ -35,6 +35,8 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.http_headers import Headers
 
+from app.compat.twisted import keep_session, kept_session, session_clock
+
 
 class Site(Protocol):
     """
@@ -60,9 +62,6 @@ class Request(Protocol):
 
     @property
     def cookies(self) -> list[bytes]: ...
-
-    _secureSession: Any
-    _insecureSession: Any
 
     def isSecure(self) -> bool: ...
 
@@ -115,7 +114,7 @@ class Session(server.Session):
         the most recently used.  A session already past its deadline expires
         instead (an expired session is never brought back).
         """
-        self.site.sessions.use(self, self._reactor.seconds())
+        self.site.sessions.use(self, session_clock(self).seconds())
 
     def expire(self) -> None:
         """
@@ -343,9 +342,7 @@ def _found_session(
     and that is live at C{now}.  Either way it is kept on the request, where
     twisted.web's own getSession keeps it, for the next lookup.
     """
-    session: Session | None = (
-        request._secureSession if secure else request._insecureSession
-    )
+    session: Session | None = kept_session(request, secure)
     if session is not None and store.holds(session):
         return session
     session = None
@@ -360,10 +357,7 @@ def _found_session(
 
 
 def _keep(request: Request, secure: bool, session: Session | None) -> None:
-    if secure:
-        request._secureSession = session
-    else:
-        request._insecureSession = session
+    keep_session(request, secure, session)
 
 
 def existing_session(

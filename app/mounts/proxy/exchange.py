@@ -1,67 +1,43 @@
 """
-The reverse proxy mounted at C{/proxy/}.
+One request through the reverse proxy, from the upstream request to the end
+of the client's response.
 
-A request below the mount goes to the upstream through a bare Twisted
-L{Agent} over one persistent L{HTTPConnectionPool}, and the upstream's answer
-streams back as it arrives:
+Twisted's L{twisted.web.proxy.ProxyClient} also writes the answer to the
+client as it arrives, but never pauses the upstream for a slow client and
+never gives up on a silent upstream.  Here:
 
-  - The upstream path is its base path joined with the rest of the raw
-    request path by plain concatenation (never C{urljoin}: C{/proxy//x/}
-    asks the upstream for C{BASE/x/}, on the upstream), the query string
-    passed verbatim, percent-encoding untouched.  A path with a C{.} or
-    C{..} segment (percent-encoded or not) is refused, so no request
-    reaches above the base path.
-  - No cookie jar, no redirect following, no content decoding; the body is
-    never held whole: a client that reads slowly pauses the upstream
-    connection.
-  - Hop-by-hop headers are dropped both ways; C{X-Forwarded-For} gets the
-    client appended, C{X-Forwarded-Proto} and C{X-Forwarded-Host} are set.
-  - The upstream's C{Location} and C{Content-Location} under its own origin
-    and base path are rewritten back under the mount.
+  - A client that reads slowly pauses the upstream connection: the exchange
+    is the producer registered on the client's request.
   - An unreachable upstream is 502; an upstream silent for
     L{UPSTREAM_TIMEOUT} seconds is 504, or, once the answer has begun, the
     client's connection is closed.  So is it when the upstream breaks off
     mid-body.  A client that goes away cancels the upstream request.
+
+Where an exchange stands is one L{Stage}; each change of stage is written
+where it happens.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import unquote_to_bytes, urlsplit
+from enum import Enum
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IPushProducer,
-    IReactorTime,
-)
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol
-from twisted.web.client import (
-    URI,
-    Agent,
-    FileBodyProducer,
-    HTTPConnectionPool,
-    ResponseDone,
-    _HTTP11ClientFactory,
-)
+from twisted.web.client import ResponseDone
 from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
-from twisted.web.resource import IResource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from app.http.pages import render_error
+from app.mounts.proxy.client import UpstreamClient, discard
+from app.mounts.proxy.policy import Upstream, reason_phrase, response_headers
 
-__all__ = ["UPSTREAM_TIMEOUT", "ReverseProxy", "Upstream"]
+__all__ = ["UPSTREAM_TIMEOUT", "Exchange", "Stage"]
 
 log = Logger()
 
@@ -69,354 +45,78 @@ log = Logger()
 #: pieces of its body) before the proxy gives up on it.
 UPSTREAM_TIMEOUT = 30.0
 
-#: Idle connections kept open to the upstream.
-POOL_SIZE = 10
 
-#: Hop-by-hop headers (RFC 9110 section 7.6.1 and the legacy ones), dropped
-#: both ways together with those a Connection header names and every Proxy-*.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-
-#: Request headers that the proxy sets itself instead of passing them on.
-_SET_BY_PROXY = frozenset(
-    {
-        b"host",
-        b"content-length",
-        b"expect",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-    }
-)
-
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-#: What a request target may hold on its way upstream: visible ASCII, no '#'.
-_TARGET = re.compile(rb"[!-\"$-~]*")
-_REASON = re.compile(rb"[\t -~]*")
-
-
-@dataclass(frozen=True)
-class Upstream:
+class Stage(Enum):
     """
-    Where the proxy sends requests: an origin and a base path.
+    Where an L{Exchange} stands.
 
-    @ivar url_prefix: C{scheme://netloc} as given, to which paths are added.
-    @ivar base_path: the upstream path that the mount stands for; it ends
-        with C{/}.
-    @ivar origins: lower-cased prefixes (C{scheme://host:port}, and without
-        the port when it is the scheme's default; the same as network-path
-        references) under which a C{Location} points at the upstream.
+      - C{ASKING} -> C{RELAYING} when the upstream's answer begins;
+        C{ASKING} or C{RELAYING} -> C{SILENT} when the upstream has been
+        silent too long.
+      - C{RELAYING} <-> C{HELD} and C{SILENT} <-> C{SILENT_HELD} as the
+        client's connection fills and drains.
+      - Any stage -> C{DONE} when the client has its answer or its
+        connection was closed; any stage -> C{CLIENT_GONE} when the client
+        goes away (or the server stops), which is final.
     """
 
-    url_prefix: bytes
-    base_path: bytes
-    origins: tuple[bytes, ...]
-
-    @classmethod
-    def from_url(cls, url: str) -> Upstream:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
-        default_port = 443 if parts.scheme == "https" else 80
-        port = parts.port or default_port
-        host = parts.netloc.rpartition("@")[2].lower()
-        if parts.port is not None:
-            host = host.rpartition(":")[0]
-        hosts = [f"{host}:{port}"] + ([host] if port == default_port else [])
-        origins = [f"{parts.scheme}://{h}" for h in hosts] + [f"//{h}" for h in hosts]
-        base_path = parts.path if parts.path.endswith("/") else parts.path + "/"
-        return cls(
-            url_prefix=f"{parts.scheme}://{parts.netloc}".encode("ascii"),
-            base_path=base_path.encode("ascii"),
-            origins=tuple(origin.encode("ascii") for origin in origins),
-        )
-
-    def target(self, rest: bytes, query: bytes | None) -> bytes:
-        """
-        The upstream request target for C{rest} (the raw path below the
-        mount) and C{query} (verbatim; C{None} when the request had no C{?}).
-        """
-        target = self.base_path + rest
-        if query is not None:
-            target += b"?" + query
-        return target
-
-    def rewrite_location(self, value: bytes, mount: bytes) -> bytes:
-        """
-        C{value} (a C{Location} or C{Content-Location}) moved under C{mount}
-        (the raw path of the mount, ending in C{/}) when it points at the
-        upstream's base path, by absolute URL or by path; else unchanged.
-        """
-        lowered = value.lower()
-        for origin in self.origins:
-            if lowered.startswith(origin):
-                rest = value[len(origin) :]
-                if rest[:1] in (b"", b"?", b"#"):
-                    rest = b"/" + rest
-                if rest.startswith(b"/"):
-                    return self._under_mount(rest, mount) or value
-        if value.startswith(b"/") and not value.startswith((b"//", b"/\\")):
-            return self._under_mount(value, mount) or value
-        return value
-
-    def _under_mount(self, path: bytes, mount: bytes) -> bytes | None:
-        if path.startswith(self.base_path):
-            return mount + path[len(self.base_path) :]
-        bare = self.base_path[:-1]
-        if (
-            bare
-            and path.startswith(bare)
-            and path[len(bare) : len(bare) + 1]
-            in (
-                b"",
-                b"?",
-                b"#",
-            )
-        ):
-            return mount[:-1] + path[len(bare) :]
-        return None
+    #: The request is upstream; its answer has not begun.
+    ASKING = "asking"
+    #: The answer's body flows to the client, the upstream's silences timed.
+    RELAYING = "relaying"
+    #: The client's connection is full: the upstream is paused, not timed.
+    HELD = "held"
+    #: The upstream was silent too long and is being stopped.
+    SILENT = "silent"
+    #: As C{SILENT}, and the client's connection is full.
+    SILENT_HELD = "silent, held"
+    #: The client has its answer, or its connection was closed.
+    DONE = "done"
+    #: The client went away, or the server is stopping.
+    CLIENT_GONE = "client gone"
 
 
-def _dot_segment(rest: bytes) -> bool:
-    """
-    Whether C{rest} has a C{.} or C{..} segment, as the upstream may see it
-    once it decodes C{%2e} and C{%2f} (or treats C{\\} as C{/}).
-    """
-    decoded = unquote_to_bytes(rest).replace(b"\\", b"/")
-    return any(segment in (b".", b"..") for segment in decoded.split(b"/"))
-
-
-def _named_by_connection(headers: Headers) -> frozenset[bytes]:
-    """
-    The lower-cased names that C{headers}' C{Connection} header lists.
-    """
-    names: set[bytes] = set()
-    for value in headers.getRawHeaders(b"connection", []):
-        names.update(token.strip().lower() for token in value.split(b","))
-    return frozenset(names)
-
-
-def _hop_by_hop(name: bytes, named: frozenset[bytes]) -> bool:
-    lowered = name.lower()
-    return lowered in HOP_BY_HOP or lowered in named or lowered.startswith(b"proxy-")
-
-
-def _client_host(address: IAddress) -> bytes:
-    host = getattr(address, "host", None)
-    return host.encode("ascii", "replace") if isinstance(host, str) else b"unknown"
-
-
-class _ClientProtocol(HTTP11ClientProtocol):
-    """
-    Twisted's HTTP/1.1 client, handing back the upstream's C{Connection}
-    header: Agent files it under the parser's connection headers and leaves
-    it out of C{Response.headers}, so the headers it names (which a proxy
-    must drop) could not be known.
-    """
-
-    def request(self, request: Any) -> Deferred[IResponse]:
-        answer = super().request(request)
-        parser = self._parser
-        if parser is None:
-            return answer
-
-        def restore_connection_header(response: IResponse) -> IResponse:
-            # connHeaders is read now, not earlier: a 1xx answer replaces it.
-            for value in parser.connHeaders.getRawHeaders(b"connection", []):
-                response.headers.addRawHeader(b"connection", value)
-            return response
-
-        return answer.addCallback(restore_connection_header)
-
-
-class _ClientFactory(_HTTP11ClientFactory):
-    # One "Starting factory" log line per upstream connection is noise.
-    noisy = False
-
-    def buildProtocol(self, addr: IAddress | None) -> _ClientProtocol:
-        return _ClientProtocol(self._quiescentCallback)
-
-
-class _UpstreamAgent(Agent):
-    """
-    An Agent that sends the request target exactly as given.
-    """
-
-    def send(
-        self,
-        method: bytes,
-        origin: URI,
-        target: bytes,
-        headers: Headers,
-        body: IBodyProducer | None,
-    ) -> Deferred[IResponse]:
-        # Agent.request parses its URL again and rebuilds the target from the
-        # parts, which normalises it (an empty query "?" is dropped); this is
-        # what it does next, with our target.
-        key = (origin.scheme, origin.host, origin.port)
-        endpoint = self._getEndpoint(origin)
-        return self._requestWithEndpoint(
-            key, endpoint, method, origin, headers, body, target
-        )
-
-
-class _UpstreamPool(HTTPConnectionPool):
-    """
-    A persistent pool whose connections speak L{_ClientProtocol}.
-    """
-
-    # HTTPConnectionPool builds its connections with this factory class.
-    _factory = _ClientFactory
-    maxPersistentPerHost = POOL_SIZE
-
-
-@implementer(IResource)
-class ReverseProxy:
-    """
-    The C{/proxy/} resource: each request is one L{_Exchange} with the
-    upstream.
-
-    @param reactor: makes the outgoing connections and feeds request bodies.
-    @param clock: times the upstream's silences.
-    """
-
-    isLeaf = True
-
-    def __init__(self, upstream: Upstream, reactor: Any, clock: IReactorTime) -> None:
-        self.upstream = upstream
-        self.clock = clock
-        self.pool = _UpstreamPool(reactor, persistent=True)
-        self.agent = _UpstreamAgent(reactor, pool=self.pool)
-        self.origin = URI.fromBytes(upstream.url_prefix + b"/")
-        self.cooperator = Cooperator(
-            scheduler=lambda work: reactor.callLater(0, work), started=True
-        )
-        self.exchanges: set[_Exchange] = set()
-
-    # -- IResource --------------------------------------------------------
-
-    def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
-        return self
-
-    def putChild(self, path: bytes, child: IResource) -> None:
-        raise NotImplementedError("the proxy has no children")
-
-    def render(self, request: IRequest) -> bytes | int:
-        if request.method == b"CONNECT":
-            return render_error(request, 501)
-        segments = bytes(request.path).split(b"/")
-        depth = 1 + len(request.prepath or [])
-        mount = b"/".join(segments[:depth]) + b"/"
-        rest = b"/".join(segments[depth:])
-        uri = bytes(request.uri)
-        query = uri.partition(b"?")[2] if b"?" in uri else None
-        if not _TARGET.fullmatch(rest + (query or b"")):
-            return render_error(request, 400, "The request target is not valid.")
-        if _dot_segment(rest):
-            return render_error(request, 404)
-        assert isinstance(request, Request)
-        exchange = _Exchange(self, request, mount)
-        exchange.start(
-            self.upstream.target(rest, query),
-            self.request_headers(request),
-            self._body(request),
-        )
-        return NOT_DONE_YET
-
-    # -- the upstream request ------------------------------------------
-
-    def request_headers(self, request: IRequest) -> Headers:
-        incoming: Headers = request.requestHeaders
-        named = _named_by_connection(incoming)
-        headers = Headers()
-        for name, values in incoming.getAllRawHeaders():
-            lowered = name.lower()
-            if lowered in _SET_BY_PROXY or _hop_by_hop(lowered, named):
-                continue
-            headers.setRawHeaders(name, values)
-        forwarded = incoming.getRawHeaders(b"x-forwarded-for", [])
-        client = _client_host(request.getClientAddress())
-        headers.setRawHeaders(b"x-forwarded-for", [b", ".join([*forwarded, client])])
-        proto = b"https" if request.isSecure() else b"http"
-        headers.setRawHeaders(b"x-forwarded-proto", [proto])
-        host = request.getHeader(b"host")
-        if host:
-            headers.setRawHeaders(b"x-forwarded-host", [host])
-        return headers
-
-    def _body(self, request: IRequest) -> IBodyProducer | None:
-        incoming: Headers = request.requestHeaders
-        has_body = incoming.hasHeader(b"content-length") or incoming.hasHeader(
-            b"transfer-encoding"
-        )
-        if not has_body or request.content is None:
-            return None
-        # The body is already here, bounded by --max-body.
-        producer: IBodyProducer = FileBodyProducer(
-            request.content, cooperator=self.cooperator
-        )
-        return producer
-
-    # -- the upstream answer --------------------------------------------
-
-    def response_headers(self, response: IResponse, mount: bytes) -> Headers:
-        """
-        The headers of C{response} that the client gets.
-        """
-        named = _named_by_connection(response.headers)
-        headers = Headers()
-        for name, values in response.headers.getAllRawHeaders():
-            lowered = name.lower()
-            if _hop_by_hop(lowered, named) or not _TOKEN.fullmatch(name):
-                continue
-            if lowered in (b"location", b"content-location"):
-                values = [self.upstream.rewrite_location(v, mount) for v in values]
-            values = [value for value in values if b"\x00" not in value]
-            if values:
-                headers.setRawHeaders(name, values)
-        return headers
-
-    # -- stopping ---------------------------------------------------------
-
-    def stop(self) -> Deferred[None]:
-        """
-        Abandon every exchange in flight and close the idle connections.
-        """
-        for exchange in list(self.exchanges):
-            exchange.abandon()
-        self.cooperator.stop()
-        closed: Deferred[None] = self.pool.closeCachedConnections()
-        return closed
+_OVER = frozenset({Stage.DONE, Stage.CLIENT_GONE})
+_SILENT = frozenset({Stage.SILENT, Stage.SILENT_HELD})
+_HELD = {Stage.RELAYING: Stage.HELD, Stage.SILENT: Stage.SILENT_HELD}
+_RELEASED = {held: flowing for flowing, held in _HELD.items()}
 
 
 @implementer(IPushProducer)
-class _Exchange:
+class Exchange:
     """
-    One request through the proxy, from the upstream request to the end of
-    the client's response.  It is also the producer registered on the
+    One request through the proxy.  It is also the producer registered on the
     client's request, so that a client that reads slowly pauses the upstream.
+
+    @param request: the client's request.
+    @param mount: the raw path of the mount, ending in C{/}.
+    @param client: sends the request upstream.
+    @param upstream: where the answer's locations point.
+    @param clock: times the upstream's silences.
+    @param in_flight: the exchanges that are not over, this one among them
+        from L{start} until it is over.
     """
 
-    def __init__(self, proxy: ReverseProxy, request: Request, mount: bytes) -> None:
-        self._proxy = proxy
+    def __init__(
+        self,
+        request: Request,
+        mount: bytes,
+        *,
+        client: UpstreamClient,
+        upstream: Upstream,
+        clock: IReactorTime,
+        in_flight: set[Exchange],
+    ) -> None:
         self._request = request
         self._mount = mount
+        self._client = client
+        self._upstream = upstream
+        self._clock = clock
+        self._in_flight = in_flight
+        self._stage = Stage.ASKING
         self._timer: IDelayedCall | None = None
         self._pending: Deferred[IResponse] | None = None
         self._body: IPushProducer | None = None
-        self._paused = False
-        self._over = False
-        self._client_gone = False
-        self._timed_out = False
 
     def _uri(self) -> str:
         return bytes(self._request.uri).decode("latin-1")
@@ -428,14 +128,13 @@ class _Exchange:
     ) -> None:
         method = bytes(self._request.method)
         try:
-            pending = self._proxy.agent.send(
-                method, self._proxy.origin, target, headers, body
-            )
+            pending = self._client.send(method, target, headers, body)
         except ValueError:
+            self._stage = Stage.DONE
             self._request.write(render_error(self._request, 400))
             self._request.finish()
             return
-        self._proxy.exchanges.add(self)
+        self._in_flight.add(self)
         self._request.notifyFinish().addErrback(self._client_went_away)
         self._pending = pending
         self._watch()
@@ -444,8 +143,8 @@ class _Exchange:
     def _answered(self, response: IResponse) -> None:
         self._pending = None
         self._cancel_timer()
-        if self._over:
-            response.deliverBody(_Discard())
+        if self._stage in _OVER:
+            discard(response)
             return
         request = self._request
         code = response.code
@@ -453,15 +152,14 @@ class _Exchange:
             log.warn(
                 "Upstream answered {uri} with status {code}", uri=self._uri(), code=code
             )
-            response.deliverBody(_Discard())
+            discard(response)
             self._answer_error(502, "The upstream server answered with nonsense.")
             return
-        phrase = response.phrase if _REASON.fullmatch(response.phrase) else b""
-        request.setResponseCode(code, phrase or None)
+        request.setResponseCode(code, reason_phrase(response.phrase) or None)
         # twisted.web gives a response without Content-Type one of its own.
         request.defaultContentType = None
-        for name, values in self._proxy.response_headers(
-            response, self._mount
+        for name, values in response_headers(
+            self._upstream, response.headers, self._mount
         ).getAllRawHeaders():
             request.responseHeaders.setRawHeaders(name, values)
         if (
@@ -470,16 +168,18 @@ class _Exchange:
             and code not in NO_BODY_CODES
         ):
             request.setHeader(b"content-length", b"%d" % (response.length,))
+        if self._stage is Stage.ASKING:
+            self._stage = Stage.RELAYING
         self._watch()
         response.deliverBody(_Relay(self))
 
     def _failed(self, failure: Failure) -> None:
         self._pending = None
         self._cancel_timer()
-        if self._over or self._client_gone:
+        if self._stage in _OVER:
             self._end()
             return
-        if self._timed_out:
+        if self._stage in _SILENT:
             self._answer_error(504)
             return
         log.warn(
@@ -491,7 +191,7 @@ class _Exchange:
 
     def _answer_error(self, code: int, detail: str | None = None) -> None:
         self._end()
-        if self._client_gone:
+        if self._stage is Stage.CLIENT_GONE:
             return
         self._request.write(render_error(self._request, code, detail))
         self._request.finish()
@@ -505,25 +205,24 @@ class _Exchange:
         self._request.registerProducer(self, True)
 
     def body_received(self, data: bytes) -> None:
-        if self._over:
+        if self._stage in _OVER:
             return
         self._watch()
         self._request.write(data)
 
     def body_ended(self, reason: Failure) -> None:
         self._cancel_timer()
-        if self._over:
+        if self._stage in _OVER:
             return
+        fell_silent = self._stage in _SILENT
         self._end()
-        if self._client_gone:
-            return
         request = self._request
         if self._body is not None:
             request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
             request.finish()
             return
-        if self._timed_out:
+        if fell_silent:
             log.warn(
                 "Upstream fell silent answering {uri}; closing the connection",
                 uri=self._uri(),
@@ -539,14 +238,14 @@ class _Exchange:
     # -- IPushProducer, for the client's connection ---------------------
 
     def pauseProducing(self) -> None:
-        self._paused = True
+        self._stage = _HELD.get(self._stage, self._stage)
         self._cancel_timer()
         if self._body is not None:
             self._body.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self._paused = False
-        if self._body is not None and not self._over:
+        self._stage = _RELEASED.get(self._stage, self._stage)
+        if self._body is not None and self._stage not in _OVER:
             self._body.resumeProducing()
             self._watch()
 
@@ -556,54 +255,55 @@ class _Exchange:
     # -- giving up ----------------------------------------------------------
 
     def _client_went_away(self, reason: Failure | None) -> None:
-        if self._client_gone:
+        if self._stage is Stage.CLIENT_GONE:
             return
-        self._client_gone = True
-        if not self._over:
+        upstream_busy = self._stage is not Stage.DONE
+        self._stage = Stage.CLIENT_GONE
+        if upstream_busy:
             log.info(
                 "Proxy request for {uri} cancelled: client went away", uri=self._uri()
             )
-        self._stop_upstream()
+        self._stop_upstream(body_flowing=upstream_busy)
+        self._end()
 
     def abandon(self) -> None:
         """
         Stop the upstream's part now (the server is stopping) and close the
         client's connection if it is still open.
         """
-        if not self._client_gone:
+        if self._stage is not Stage.CLIENT_GONE:
             self._request.loseConnection()
         self._client_went_away(None)
 
     def _silent(self) -> None:
         self._timer = None
-        self._timed_out = True
+        self._stage = Stage.SILENT
         log.warn(
             "Upstream silent for {seconds} s answering {uri}",
             seconds=UPSTREAM_TIMEOUT,
             uri=self._uri(),
         )
-        self._stop_upstream()
+        self._stop_upstream(body_flowing=True)
 
-    def _stop_upstream(self) -> None:
+    def _stop_upstream(self, body_flowing: bool) -> None:
         self._cancel_timer()
         if self._pending is not None:
             self._pending.cancel()
-        elif self._body is not None and not self._over:
+        elif self._body is not None and body_flowing:
             self._body.stopProducing()
-        if self._client_gone:
-            self._end()
 
     def _end(self) -> None:
-        self._over = True
+        if self._stage is not Stage.CLIENT_GONE:
+            self._stage = Stage.DONE
         self._cancel_timer()
-        self._proxy.exchanges.discard(self)
+        self._in_flight.discard(self)
 
     # -- the silence timer ------------------------------------------------
 
     def _watch(self) -> None:
         self._cancel_timer()
-        if not self._paused and not self._over:
-            self._timer = self._proxy.clock.callLater(UPSTREAM_TIMEOUT, self._silent)
+        if self._stage in (Stage.ASKING, Stage.RELAYING, Stage.SILENT):
+            self._timer = self._clock.callLater(UPSTREAM_TIMEOUT, self._silent)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -628,10 +328,10 @@ _DONE = Failure(ResponseDone())
 
 class _Relay(Protocol):
     """
-    Passes an upstream body to its L{_Exchange} as it arrives.
+    Passes an upstream body to its L{Exchange} as it arrives.
     """
 
-    def __init__(self, exchange: _Exchange) -> None:
+    def __init__(self, exchange: Exchange) -> None:
         self._exchange = exchange
 
     def connectionMade(self) -> None:
@@ -643,27 +343,3 @@ class _Relay(Protocol):
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
         self._exchange.body_ended(reason)
-
-
-class _Discard(Protocol):
-    """
-    Drops a body nobody will read, closing its connection.
-    """
-
-    def connectionMade(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-
-class ProxyService(Service):
-    """
-    Closes the proxy's upstream connections when the server stops.
-    """
-
-    def __init__(self, proxy: ReverseProxy) -> None:
-        self._proxy = proxy
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        stopped: Deferred[None] = self._proxy.stop()
-        return stopped

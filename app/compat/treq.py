@@ -1,0 +1,19 @@
+"""
+Where the server reaches into treq's private parts: a L{StubTreq} serves
+through the server's own site.  tests/test_compat.py fails, saying what
+moved, when a treq release changes it.
+"""
+
+from __future__ import annotations
+
+from treq.testing import StubTreq
+from twisted.web.server import Site
+
+
+def serve_through(client: StubTreq, site: Site) -> None:
+    """
+    Make C{client} serve its requests through C{site} instead of the plain
+    twisted.web Site that it wraps its resource in
+    (C{StubTreq._agent._serverFactory}).
+    """
+    client._agent._serverFactory = site

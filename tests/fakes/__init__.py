@@ -1,0 +1,3 @@
+"""
+Fakes that stand in for what the server talks to.
+"""

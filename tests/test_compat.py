@@ -1,0 +1,111 @@
+"""
+What app.compat.klein and app.compat.treq rely on in Klein and treq,
+checked against the real objects so that a release that moves one fails
+here, by name.  (Twisted's are in tests/test_twisted_internals.py.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import klein._app
+from klein import Klein, Response
+from treq.testing import StubTreq
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+from twisted.web.test.requesthelper import DummyRequest
+
+from app.compat.klein import apply_response, bound_endpoint
+from app.compat.treq import serve_through
+
+
+class Shelf:
+    app = Klein()
+
+    @app.route("/")
+    def index(self, request: Any) -> str:
+        return f"index of {self.name}"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+plain = Klein()
+
+
+@plain.route("/")
+def plain_index(request: Any) -> str:
+    return "plain index"
+
+
+def _route_function(app: Klein, endpoint: str) -> Any:
+    function = getattr(app.endpoints[endpoint], "__wrapped__", None)
+    assert function is not None, f"Klein's endpoint {endpoint} no longer wraps"
+    return function
+
+
+def test_a_route_of_an_instance_is_bound_to_it() -> None:
+    shelf = Shelf("books")
+    app = shelf.app
+    assert hasattr(app, "_instance"), "Klein._instance is gone"
+    function = _route_function(app, "index")
+    request = DummyRequest([b""])
+    assert bound_endpoint(app, function)(request) == "index of books"
+    assert hasattr(klein._app, "_call"), "klein._app._call is gone"
+    assert klein._app._call(app._instance, function, request) == "index of books"
+
+
+def test_a_route_of_no_instance_is_called_as_it_is() -> None:
+    function = _route_function(plain, "plain_index")
+    assert bound_endpoint(plain, function) is function
+    assert bound_endpoint(plain, function)(DummyRequest([b""])) == "plain index"
+
+
+def test_a_bindable_route_of_no_instance_is_given_none() -> None:
+    from klein import _decorators
+
+    assert hasattr(_decorators, "bindable"), "klein._decorators.bindable is gone"
+    seen: list[object] = []
+
+    @_decorators.bindable
+    def route(instance: object, request: Any) -> str:
+        seen.append(instance)
+        return "bound"
+
+    assert getattr(route, "__klein_bound__", False), (
+        "bindable no longer marks __klein_bound__"
+    )
+    assert bound_endpoint(plain, route)(DummyRequest([b""])) == "bound"
+    assert seen == [None]
+
+
+def test_a_klein_response_is_applied_to_the_request() -> None:
+    assert hasattr(Response, "_applyToRequest"), "Response._applyToRequest is gone"
+    request = DummyRequest([b""])
+    body = apply_response(
+        # DummyRequest does not declare IRequest, though it has what is used.
+        Response(code=201, headers={"X-Made": "yes"}, body="made"),
+        cast(IRequest, request),
+    )
+    assert body == "made"
+    assert request.responseCode == 201
+    assert request.responseHeaders.getRawHeaders(b"x-made") == [b"yes"]
+
+
+def test_a_stub_client_serves_through_the_site_given() -> None:
+    client = StubTreq(Data(b"stub", "text/plain"))
+    assert hasattr(client, "_agent"), "StubTreq._agent is gone"
+    assert hasattr(client._agent, "_serverFactory"), (
+        "RequestTraversalAgent._serverFactory is gone"
+    )
+    ours = Resource()
+    ours.putChild(b"", Data(b"ours", "text/plain"))
+    serve_through(client, Site(ours))
+    # StubTreq sets its request methods at run time.
+    response = client.get("http://example.invalid/")  # type: ignore[attr-defined]
+    client.flush()
+    body = client.content(response.result)  # type: ignore[attr-defined]
+    client.flush()
+    assert body.result == b"ours"
