@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from twisted.cred.credentials import ICredentials
 from twisted.cred.error import LoginFailed, Unauthorized
@@ -57,7 +58,6 @@ class _Remembered:
     still asked for the avatar, and told of the logout, every time.
     """
 
-    guard: Guard
     header: bytes
     credentials: ICredentials
     avatar_id: Any
@@ -80,6 +80,10 @@ class Guard(HTTPAuthSessionWrapper):
         self._login_portal: Any = portal
         self._factories = tuple(factories)
         self._by_scheme = {bytes(f.scheme).lower(): f for f in self._factories}
+        #: The last login of each open connection, so that a client repeating
+        #: its Authorization header on the same connection is not checked
+        #: again each time; forgotten with the connection.
+        self._remembered: WeakKeyDictionary[Any, _Remembered] = WeakKeyDictionary()
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         return self
@@ -90,10 +94,9 @@ class Guard(HTTPAuthSessionWrapper):
             return self._unauthorized(request)
         header = values[0]
         channel: Any = getattr(request, "channel", None)
-        remembered: _Remembered | None = getattr(channel, "remembered_login", None)
+        remembered = None if channel is None else self._remembered.get(channel)
         if (
             remembered is not None
-            and remembered.guard is self
             and remembered.header == header
             and remembered.still_good()
         ):
@@ -135,8 +138,8 @@ class Guard(HTTPAuthSessionWrapper):
         avatar_id, login = login
         still_good = checker.still_good(credentials)
         if still_good is not None and channel is not None:
-            channel.remembered_login = _Remembered(
-                self, header, credentials, avatar_id, still_good
+            self._remembered[channel] = _Remembered(
+                header, credentials, avatar_id, still_good
             )
         self._serve_now(request, credentials, login)
         return NOT_DONE_YET

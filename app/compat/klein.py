@@ -1,7 +1,7 @@
 """
 Where the server reaches into Klein's private parts: the router calls a
 route's function directly, as Klein's executor would, and applies a
-L{klein.Response} to the request itself.  tests/test_compat.py fails,
+L{klein.Response} to the request itself.  tests/app/compat/test_klein_and_treq.py fails,
 saying what moved, when a Klein release changes one of them.
 """
 

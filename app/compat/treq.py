@@ -1,7 +1,7 @@
 """
 Where the server reaches into treq's private parts: a L{StubTreq} serves
-through the server's own site.  tests/test_compat.py fails, saying what
-moved, when a treq release changes it.
+through the server's own site.  tests/app/compat/test_klein_and_treq.py
+fails, saying what moved, when a treq release changes it.
 """
 
 from __future__ import annotations

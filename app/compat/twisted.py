@@ -1,6 +1,6 @@
 """
 The one place that reaches into Twisted's private parts, each use named with
-what it buys; tests/test_twisted_internals.py fails, saying what moved, when
+what it buys; tests/app/compat/test_twisted.py fails, saying what moved, when
 a Twisted release changes one of them.
 
   - L{sender}: a TCP or UNIX transport queues every write and asks the

@@ -234,10 +234,6 @@ class Channel(Protocol):
         self._deadline_action: Callable[[], None] | None = None
         self._drain_timer: IDelayedCall | None = None
         self._drained = 0
-        #: What the guard of /private/ remembers of this connection's last
-        #: login (auth._guard), so that a client repeating its Authorization
-        #: header on the same connection is not checked again each time.
-        self.remembered_login: Any = None
         self._peer: IAddress | None = None
         self._host: IAddress | None = None
         self._secure: bool | None = None

@@ -31,10 +31,10 @@ from app.mounts.wsgi import WSGIThreadPool
 from app.site import build_site
 from app.testing import LiveServer
 from tests.conftest import eventually, failures
+from tests.paths import ROOT
 from tests.rawhttp import RawClient, connect, exchange, parse_response
 
 StartResponse = Callable[..., Any]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def echo_app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
@@ -240,7 +240,7 @@ async def test_wsgi_keys(echo: LiveServer) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_application_named_by_module_and_callable() -> None:
-    config = Config(wsgi="tests.test_wsgi:echo_app")
+    config = Config(wsgi="tests.app.mounts.test_wsgi:echo_app")
     live = await LiveServer.start(config)
     try:
         environ = (await _environ(await live.get("/wsgi/named")))["environ"]

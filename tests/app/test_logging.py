@@ -49,9 +49,9 @@ from app.http.limits import MAX_HEADER_COUNT, MAX_REQUEST_LINE
 from app.http.pages import error_page
 from app.testing import LiveServer
 from tests.conftest import eventually, reads, stop_on_clock
+from tests.paths import ROOT
 from tests.rawhttp import connect, exchange
 
-ROOT = Path(__file__).resolve().parent.parent
 LISTEN = "--listen=tcp:0:interface=127.0.0.1"
 #: 25 Nov 2026, 09:10:00 UTC.
 WHEN = calendar.timegm((2026, 11, 25, 9, 10, 0))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -40,10 +39,9 @@ from auth import (
     VerifiedCache,
     parse_htpasswd,
 )
+from tests.paths import TESTS
 
-USERS = parse_htpasswd(
-    Path(__file__).resolve().parent / "data" / "auth" / "users.htpasswd"
-)
+USERS = parse_htpasswd(TESTS / "data" / "auth" / "users.htpasswd")
 
 
 def _guard() -> Guard:

@@ -29,11 +29,12 @@ from twisted.logger import LogEvent
 from app.cli.passwd import passwd_main
 from app.testing import LiveServer
 from auth import Guard
+from tests.auth.test_digest import challenge_fields, digest_authorization
 from tests.conftest import eventually, failures
+from tests.paths import ROOT, TESTS
 from tests.rawhttp import RawClient, exchange, parse_response
-from tests.test_auth_digest import challenge_fields, digest_authorization
 
-DATA = Path(__file__).resolve().parent / "data" / "auth"
+DATA = TESTS / "data" / "auth"
 HTPASSWD = str(DATA / "users.htpasswd")
 HTDIGEST = str(DATA / "users.htdigest")
 
@@ -719,7 +720,7 @@ def test_bad_digest_key_variable_is_a_bad_option_value(
     assert "APP_DIGEST_KEY" in stderr.getvalue()
 
 
-DEMO = Path(__file__).resolve().parent.parent / "app" / "demo"
+DEMO = ROOT / "app" / "demo"
 
 
 @pytest_twisted.ensureDeferred

@@ -19,8 +19,8 @@ import pytest
 from app.cli.passwd import passwd_main
 from auth import parse_htdigest, parse_htpasswd
 from auth._htdigest import ha1
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "auth"
 CHEAP = {"APP_PASSWD_BCRYPT_COST": "4"}
 

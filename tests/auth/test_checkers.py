@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -30,8 +29,9 @@ from auth import (
     VerifiedCache,
     parse_htpasswd,
 )
+from tests.paths import TESTS
 
-DATA = Path(__file__).resolve().parent / "data" / "auth"
+DATA = TESTS / "data" / "auth"
 USERS = parse_htpasswd(DATA / "users.htpasswd")
 LONG_PASSWORD = b"x" * 72 + b"TAIL-IGNORED"
 

@@ -21,9 +21,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from app.cli.main import main
+from tests.paths import ROOT
 from tests.rawhttp import exchange, parse_response
 
-ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on (https?://[^/\s]+/)")
 
 

@@ -38,9 +38,9 @@ from app.cli.options import config_from_args
 from app.http.forms import form_fields
 from app.testing import LiveServer
 from tests.conftest import failures, stop_on_clock
+from tests.paths import ROOT
 from tests.rawhttp import RawClient, exchange, parse_response
 
-ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "app" / "demo"
 LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)/")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest_twisted
 import treq
 
+from tests.app.cli.test_options import _listening_url, _start, spawn  # noqa: F401 - fixture
 from tests.conftest import eventually
-from tests.test_cli import _listening_url, _start, spawn  # noqa: F401 - fixture
 
 
 def _children(pid: int) -> set[int]:

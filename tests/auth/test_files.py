@@ -17,8 +17,9 @@ from app.cli.main import main
 from app.cli.passwd import digest_lines
 from auth import NoSuchRealm, PasswordFileError, parse_htdigest, parse_htpasswd
 from auth._htdigest import ha1, sha256_tag
+from tests.paths import TESTS
 
-DATA = Path(__file__).resolve().parent / "data" / "auth"
+DATA = TESTS / "data" / "auth"
 HTPASSWD = DATA / "users.htpasswd"
 HTDIGEST = DATA / "users.htdigest"
 

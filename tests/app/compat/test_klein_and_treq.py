@@ -1,7 +1,7 @@
 """
 What app.compat.klein and app.compat.treq rely on in Klein and treq,
 checked against the real objects so that a release that moves one fails
-here, by name.  (Twisted's are in tests/test_twisted_internals.py.)
+here, by name.  (Twisted's are in tests/app/compat/test_twisted.py.)
 """
 
 from __future__ import annotations
