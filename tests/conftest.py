@@ -1,6 +1,7 @@
 """
-Fixtures shared by the whole suite: a live demo server and raw sockets, and
-the one way a test waits on the reactor for something to happen.
+Fixtures shared by the whole suite: a live demo server and raw sockets, an
+in-memory client of a site, and the one way a test waits on the reactor for
+something to happen.
 """
 
 from __future__ import annotations
@@ -13,15 +14,21 @@ import bcrypt
 import pytest
 import pytest_twisted
 from hypothesis import settings
+from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IListeningPort, ITCPTransport
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactor
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
 
-from app.testing import LiveServer
+from app.config import Config
+from app.site import build_site
+from app.testing import LiveServer, stub_treq
 
 _T = TypeVar("_T")
 
@@ -40,6 +47,23 @@ async def server() -> AsyncIterator[LiveServer]:
         yield live
     finally:
         await live.stop()
+
+
+def memory_client(clock: IReactorTime) -> StubTreq:
+    """
+    A client of the demo site, in memory: its timers run on C{clock}, and its
+    reactor opens nothing.
+    """
+    return stub_treq(build_site(Config(), MemoryReactor(), clock))
+
+
+def success_result_of(deferred: Deferred[_T]) -> _T:
+    """
+    The result of a L{Deferred} that has already fired, as
+    L{SynchronousTestCase.successResultOf} gives it: fail if it has not
+    fired, or failed.
+    """
+    return SynchronousTestCase().successResultOf(deferred)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """
 Asynchronous and Deferred responses, and interrupted ones, on a clock the
-tests drive.
+tests drive: in memory, and over a socket where a client connects and goes
+away.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, eventAsText, formatEvent
 
 from app.cli.log import text_observer
-from app.cli.options import config_from_args
 from app.http.pages import error_page
-from app.site import build_site
-from app.testing import LiveServer, stub_treq
+from app.testing import LiveServer
 from routes.asynchronous import AsynchronousRoutes, DelayedFailure
-from tests.conftest import eventually, failures, stop_on_clock
+from tests.conftest import (
+    eventually,
+    failures,
+    memory_client,
+    stop_on_clock,
+    success_result_of,
+)
 from tests.rawhttp import connect
 
 BASE = "http://example.invalid"
@@ -40,7 +45,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def client(clock: Clock) -> StubTreq:
-    return stub_treq(build_site(config_from_args([]), reactor, clock))
+    return memory_client(clock)
 
 
 def _advance(client: StubTreq, clock: Clock, seconds: float) -> None:
@@ -83,8 +88,7 @@ def _timers_before(clock: Clock, seconds: float) -> list[Any]:
         ("?other=5", 1.0),
     ],
 )
-@pytest_twisted.ensureDeferred
-async def test_delayed_answers_after_exactly_the_requested_seconds(
+def test_delayed_answers_after_exactly_the_requested_seconds(
     client: StubTreq, clock: Clock, query: str, seconds: float
 ) -> None:
     pending, arrived = _get_later(client, f"/delayed{query}")
@@ -92,23 +96,22 @@ async def test_delayed_answers_after_exactly_the_requested_seconds(
     assert not arrived
     _advance(client, clock, EPSILON)
     assert arrived
-    response = await pending
+    response = success_result_of(pending)
     assert response.code == 200
     assert response.headers.getRawHeaders(b"content-type") == [
         b"text/plain; charset=utf-8"
     ]
-    assert await response.content() == b"Sorry to keep you waiting."
+    assert success_result_of(response.content()) == b"Sorry to keep you waiting."
 
 
-@pytest_twisted.ensureDeferred
-async def test_delayed_zero_seconds_answers_without_time_passing(
+def test_delayed_zero_seconds_answers_without_time_passing(
     client: StubTreq, clock: Clock
 ) -> None:
     pending, arrived = _get_later(client, "/delayed?seconds=0")
     assert not arrived, "even no delay waits for the clock to run"
     _advance(client, clock, 0)
     assert arrived
-    response = await pending
+    response = success_result_of(pending)
     assert response.code == 200
     assert clock.seconds() == 0
 
@@ -139,27 +142,24 @@ async def test_delayed_zero_seconds_answers_without_time_passing(
         "seconds=1&seconds=1",
     ],
 )
-@pytest_twisted.ensureDeferred
-async def test_delayed_refuses_other_delays_with_the_400_page(
+def test_delayed_refuses_other_delays_with_the_400_page(
     client: StubTreq, clock: Clock, query: str
 ) -> None:
     pending, arrived = _get_later(client, f"/delayed?{query}")
     assert arrived, "a bad delay is answered at once"
-    response = await pending
+    response = success_result_of(pending)
     assert response.code == 400
-    assert await response.content() == error_page(400)
+    assert success_result_of(response.content()) == error_page(400)
     assert _timers_before(clock, 31) == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_delayed_fail_refuses_a_bad_delay_too(client: StubTreq) -> None:
+def test_delayed_fail_refuses_a_bad_delay_too(client: StubTreq) -> None:
     pending, _ = _get_later(client, "/delayed/fail?seconds=31")
-    response = await pending
+    response = success_result_of(pending)
     assert response.code == 400
 
 
-@pytest_twisted.ensureDeferred
-async def test_delayed_fail_is_a_500_after_the_delay_logged_once(
+def test_delayed_fail_is_a_500_after_the_delay_logged_once(
     client: StubTreq, clock: Clock, captured_log: list[LogEvent]
 ) -> None:
     pending, arrived = _get_later(client, "/delayed/fail?seconds=3")
@@ -167,9 +167,9 @@ async def test_delayed_fail_is_a_500_after_the_delay_logged_once(
     assert not arrived
     assert failures(captured_log) == []
     _advance(client, clock, EPSILON)
-    response = await pending
+    response = success_result_of(pending)
     assert response.code == 500
-    assert await response.content() == error_page(500)
+    assert success_result_of(response.content()) == error_page(500)
     logged = failures(captured_log)
     assert len(logged) == 1
     assert formatEvent(logged[0]) == "Rendering delayed response failed"
