@@ -49,6 +49,8 @@ class Config:
     cgi_dir: Path | None = DEMO_CGI
     cgi_interpreters: tuple[tuple[str, str], ...] = ((".py", sys.executable),)
     cgi_timeout: float = 60.0
+    #: CGI scripts running at once; up to CGI_QUEUE more wait their turn.
+    cgi_max: int = 16
     wsgi: str | None = DEMO_WSGI
     wsgi_app: Callable[..., Any] | None = field(default=None, compare=False)
     wsgi_threads: int = 10
@@ -64,6 +66,8 @@ class Config:
     max_sessions: int = 100_000
     max_body: int = 1_048_576
     idle_timeout: float = 60.0
+    #: Open connections at most; past it the server stops accepting.
+    max_connections: int = 1024
     access_log: str | None = None
     log_format: str = "text"
     routes: tuple[str, ...] = ()

@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="kill a CGI script that has not answered by then "
         f"(default: {_DEFAULT.cgi_timeout:g})",
     )
+    add(
+        "--cgi-max",
+        type=_typed(_positive_int, "a positive whole number"),
+        default=_DEFAULT.cgi_max,
+        metavar="N",
+        help=f"CGI scripts running at once (default: {_DEFAULT.cgi_max})",
+    )
     add("--wsgi", metavar="MODULE:CALLABLE", help="WSGI application at /wsgi/")
     add(
         "--wsgi-threads",
@@ -174,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=_DEFAULT.idle_timeout,
         metavar="SECONDS",
         help=f"close connections idle this long (default: {_DEFAULT.idle_timeout:g})",
+    )
+    add(
+        "--max-connections",
+        type=_typed(_positive_int, "a positive whole number"),
+        default=_DEFAULT.max_connections,
+        metavar="N",
+        help="open connections at most; past it new ones wait "
+        f"(default: {_DEFAULT.max_connections})",
     )
     add("--access-log", metavar="PATH", help="Combined Log Format file; - is stdout")
     add(
@@ -374,6 +389,7 @@ def config_from_args(argv: Sequence[str]) -> Config:
         cgi_dir=cgi_dir,
         cgi_interpreters=tuple(sorted(interpreters.items())),
         cgi_timeout=args.cgi_timeout,
+        cgi_max=args.cgi_max,
         wsgi=wsgi,
         wsgi_app=wsgi_app,
         wsgi_threads=args.wsgi_threads,
@@ -394,4 +410,5 @@ def config_from_args(argv: Sequence[str]) -> Config:
         workers=args.workers,
         demo=demo,
         display_tracebacks=args.display_tracebacks,
+        max_connections=args.max_connections,
     )
