@@ -17,16 +17,20 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from klein import Klein
+from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -35,7 +39,7 @@ from zope.interface import provider
 
 from app.cli.log import json_observer, make_observer, text_observer
 from app.cli.options import config_from_args
-from app.config import ConfigError
+from app.config import Config, ConfigError
 from app.http.access_log import (
     AccessLog,
     access_log_of,
@@ -47,12 +51,14 @@ from app.http.access_log import (
 from app.http.channel import Refusal
 from app.http.limits import MAX_HEADER_COUNT, MAX_REQUEST_LINE
 from app.http.pages import error_page
-from app.testing import LiveServer
-from tests.conftest import eventually, reads, stop_on_clock
+from app.site import build_site
+from app.testing import LiveServer, stub_treq
+from tests.conftest import eventually, reads, stop_on_clock, success_result_of
 from tests.paths import ROOT
 from tests.rawhttp import connect, exchange
 
 LISTEN = "--listen=tcp:0:interface=127.0.0.1"
+BASE = "http://example.invalid"
 #: 25 Nov 2026, 09:10:00 UTC.
 WHEN = calendar.timegm((2026, 11, 25, 9, 10, 0))
 STAMP = "[25/Nov/2026:09:10:00 +0000]"
@@ -155,7 +161,7 @@ def test_the_host_is_unquoted_or_a_dash(client: object, host: str) -> None:
     assert line == f'{host} - - {STAMP} "-" 400 - "-" "-"\n'
 
 
-# -- a live site ---------------------------------------------------------------
+# -- the real site, in memory -------------------------------------------------
 
 
 @pytest.fixture
@@ -170,27 +176,50 @@ def clock() -> Clock:
     return clock
 
 
-@pytest_twisted.async_yield_fixture
-async def logged(log_path: Path, clock: Clock) -> AsyncIterator[LiveServer]:
-    live = await LiveServer.start(["--access-log", str(log_path)], clock=clock)
+@contextmanager
+def _memory_client(config: Config, clock: Clock) -> Iterator[StubTreq]:
+    """
+    A client, in memory, of the site that C{config} describes, with an access
+    log that is closed afterwards.
+    """
+    site = build_site(config, MemoryReactor(), clock)
     try:
-        yield live
+        yield stub_treq(site)
     finally:
-        await stop_on_clock(live)
+        access_log = access_log_of(site)
+        assert access_log is not None
+        access_log.stopService()
 
 
-@pytest_twisted.ensureDeferred
-async def test_each_finished_request_is_one_combined_log_format_line(
-    logged: LiveServer, log_path: Path
+@pytest.fixture
+def client(log_path: Path, clock: Clock) -> Iterator[StubTreq]:
+    config = config_from_args(["--access-log", str(log_path)])
+    with _memory_client(config, clock) as memory_client:
+        yield memory_client
+
+
+def _fetch(client: StubTreq, method: str, path: str, **kwargs: Any) -> None:
+    """
+    Make a request that the site answers at once, and read the answer.
+    """
+    # StubTreq sets its methods at run time.
+    pending = client.request(method, BASE + path, **kwargs)  # type: ignore[attr-defined]
+    success_result_of(success_result_of(pending).content())
+
+
+def test_each_finished_request_is_one_combined_log_format_line(
+    client: StubTreq, log_path: Path
 ) -> None:
-    response = await logged.get(
-        "/health", headers={"referer": "http://example.test/", "user-agent": "t/1"}
+    _fetch(
+        client,
+        "GET",
+        "/health",
+        headers={"referer": "http://example.test/", "user-agent": "t/1"},
     )
-    await response.content()
     for path in ("/nowhere", "/pay"):
-        await (await logged.get(path)).content()
-    await (await logged.head("/health")).content()
-    await (await logged.post("/echo", data=b"abc")).content()
+        _fetch(client, "GET", path)
+    _fetch(client, "HEAD", "/health")
+    _fetch(client, "POST", "/echo", data=b"abc")
     lines = _lines(log_path)
     assert lines[0] == (
         f'127.0.0.1 - - {STAMP} "GET /health HTTP/1.1" 200 2 '
@@ -204,6 +233,50 @@ async def test_each_finished_request_is_one_combined_log_format_line(
         ("HEAD /health HTTP/1.1", ("200", "-")),
         ("POST /echo HTTP/1.1", ("200", "3")),
     ]
+
+
+_whoami = Klein()
+
+
+@_whoami.route("/whoami")
+def whoami(request: IRequest) -> str:
+    # What the authentication code sets on a login.
+    request.remote_user = 'al ice"\x1b\n'  # type: ignore[attr-defined]
+    return "you"
+
+
+def test_the_remote_user_is_logged_escaped(log_path: Path, clock: Clock) -> None:
+    config = config_from_args(["--no-demo", "--access-log", str(log_path)])
+    config = dataclasses.replace(config, route_apps=(_whoami,))
+    with _memory_client(config, clock) as client:
+        _fetch(client, "GET", "/whoami")
+        _fetch(client, "GET", "/health")
+    first, second = (_fields(line) for line in _lines(log_path))
+    assert first[1] == r"al\x20ice\"\x1b\n"
+    assert second[1] == "-"
+
+
+def test_dash_logs_to_standard_output(
+    capsys: pytest.CaptureFixture[str], clock: Clock
+) -> None:
+    with _memory_client(config_from_args(["--access-log", "-"]), clock) as client:
+        _fetch(client, "GET", "/health")
+    (line,) = capsys.readouterr().out.splitlines()
+    assert _fields(line)[3:5] == ("GET /health HTTP/1.1", "200")
+
+
+# -- raw bytes, on a live socket ----------------------------------------------
+# Requests no client library sends (refused, or arriving in pieces), over a
+# real connection whose peer address the line shows.
+
+
+@pytest_twisted.async_yield_fixture
+async def logged(log_path: Path, clock: Clock) -> AsyncIterator[LiveServer]:
+    live = await LiveServer.start(["--access-log", str(log_path)], clock=clock)
+    try:
+        yield live
+    finally:
+        await stop_on_clock(live)
 
 
 @pytest_twisted.ensureDeferred
@@ -354,47 +427,7 @@ async def test_a_request_head_too_slow_is_logged_as_408(
     )
 
 
-_whoami = Klein()
-
-
-@_whoami.route("/whoami")
-def whoami(request: IRequest) -> str:
-    # What the authentication code sets on a login.
-    request.remote_user = 'al ice"\x1b\n'  # type: ignore[attr-defined]
-    return "you"
-
-
-@pytest_twisted.ensureDeferred
-async def test_the_remote_user_is_logged_escaped(log_path: Path) -> None:
-    config = config_from_args(["--no-demo", "--access-log", str(log_path)])
-    config = dataclasses.replace(config, route_apps=(_whoami,))
-    live = await LiveServer.start(config)
-    try:
-        await (await live.get("/whoami")).content()
-        await (await live.get("/health")).content()
-    finally:
-        await live.stop()
-    first, second = (_fields(line) for line in _lines(log_path))
-    assert first[1] == r"al\x20ice\"\x1b\n"
-    assert second[1] == "-"
-
-
-@pytest_twisted.ensureDeferred
-async def test_dash_logs_to_standard_output(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    live = await LiveServer.start(["--access-log", "-"])
-    try:
-        await (await live.get("/health")).content()
-    finally:
-        await live.stop()
-    (line,) = capsys.readouterr().out.splitlines()
-    assert _fields(line)[3:5] == ("GET /health HTTP/1.1", "200")
-
-
 def test_without_the_option_there_is_no_access_log() -> None:
-    from app.site import build_site
-
     site = build_site(config_from_args([]), reactor, Clock())
     assert site.access_log is None
     assert access_log_of(site) is None

@@ -1,70 +1,95 @@
 """
-Dispatch: redirects, error pages, user route modules, handler failures.
+Dispatch: redirects, error pages, user route modules, handler failures, the
+router's remembered matches.  Requests go through the real site in memory, on
+a test's clock; nothing listens.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-import pytest_twisted
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogEvent, formatEvent
 
-from app.testing import LiveServer
-from tests.conftest import failures
+from app.cli.options import config_from_args
+from app.site import build_site
+from app.testing import stub_treq
+from tests.conftest import failures, success_result_of
+
+BASE = "http://example.invalid"
 
 
-@pytest_twisted.async_yield_fixture
-async def routed() -> AsyncIterator[LiveServer]:
+def _client(args: Sequence[str]) -> StubTreq:
+    """
+    A client, in memory, of the site that C{args} configure.
+    """
+    return stub_treq(build_site(config_from_args(list(args)), MemoryReactor(), Clock()))
+
+
+@pytest.fixture
+def routed() -> StubTreq:
     """
     The demo plus the example route module.
     """
-    live = await LiveServer.start(["--routes", "tests.example_routes"])
-    try:
-        yield live
-    finally:
-        await live.stop()
+    return _client(["--routes", "tests.example_routes"])
 
 
-def _no_redirects(live: LiveServer, method: str, path: str) -> Any:
-    return live.request(method, path, allow_redirects=False)
+def _fetch(client: StubTreq, method: str, path: str, **kwargs: Any) -> Any:
+    """
+    The response to a request that the site answers at once.
+    """
+    # StubTreq sets its methods at run time.
+    pending = client.request(method, BASE + path, **kwargs)  # type: ignore[attr-defined]
+    return success_result_of(pending)
 
 
-@pytest_twisted.ensureDeferred
-async def test_module_route_is_served(routed: LiveServer) -> None:
-    response = await routed.get("/hello")
+def _no_redirects(client: StubTreq, method: str, path: str) -> Any:
+    return _fetch(client, method, path, allow_redirects=False)
+
+
+def _text(response: Any) -> str:
+    text: str = success_result_of(response.text())
+    return text
+
+
+def _content(response: Any) -> bytes:
+    content: bytes = success_result_of(response.content())
+    return content
+
+
+def test_module_route_is_served(routed: StubTreq) -> None:
+    response = _fetch(routed, "GET", "/hello")
     assert response.code == 200
-    assert await response.text() == "Hello from a route module"
+    assert _text(response) == "Hello from a route module"
 
 
-@pytest_twisted.ensureDeferred
-async def test_builtin_route_wins_a_clash(routed: LiveServer) -> None:
-    body = await (await routed.get("/clock")).text()
+def test_builtin_route_wins_a_clash(routed: StubTreq) -> None:
+    body = _text(_fetch(routed, "GET", "/clock"))
     assert "The time is" in body
     assert "module" not in body
 
 
-@pytest_twisted.ensureDeferred
-async def test_coroutine_route(routed: LiveServer) -> None:
-    response = await routed.get("/later")
+def test_coroutine_route(routed: StubTreq) -> None:
+    response = _fetch(routed, "GET", "/later")
     assert response.code == 200
-    assert await response.text() == "answered later"
+    assert _text(response) == "answered later"
 
 
-@pytest_twisted.ensureDeferred
-async def test_converter_route(routed: LiveServer) -> None:
-    response = await routed.request("DELETE", "/items/7")
-    assert await response.text() == "item 7"
+def test_converter_route(routed: StubTreq) -> None:
+    response = _fetch(routed, "DELETE", "/items/7")
+    assert _text(response) == "item 7"
 
 
 @pytest.mark.parametrize("path", ["/boom", "/later/boom"])
-@pytest_twisted.ensureDeferred
-async def test_failing_handler_is_a_500_page_and_one_logged_traceback(
-    routed: LiveServer, captured_log: list[LogEvent], path: str
+def test_failing_handler_is_a_500_page_and_one_logged_traceback(
+    routed: StubTreq, captured_log: list[LogEvent], path: str
 ) -> None:
-    response = await routed.get(path)
-    body = await response.text()
+    response = _fetch(routed, "GET", path)
+    body = _text(response)
     assert response.code == 500
     assert "500 Internal Server Error" in body
     assert "Traceback" not in body
@@ -75,16 +100,10 @@ async def test_failing_handler_is_a_500_page_and_one_logged_traceback(
     assert path in formatEvent(logged[0])
 
 
-@pytest_twisted.ensureDeferred
-async def test_display_tracebacks_shows_the_escaped_traceback() -> None:
-    live = await LiveServer.start(
-        ["--routes", "tests.example_routes", "--display-tracebacks"]
-    )
-    try:
-        response = await live.get("/boom")
-        body = await response.text()
-    finally:
-        await live.stop()
+def test_display_tracebacks_shows_the_escaped_traceback() -> None:
+    client = _client(["--routes", "tests.example_routes", "--display-tracebacks"])
+    response = _fetch(client, "GET", "/boom")
+    body = _text(response)
     assert response.code == 500
     assert "Traceback" in body
     assert "RuntimeError: deliberate failure" in body
@@ -103,12 +122,11 @@ async def test_display_tracebacks_shows_the_escaped_traceback() -> None:
         ("GET", "/calendar/2026/", 301, b"/calendar/2026"),
     ],
 )
-@pytest_twisted.ensureDeferred
-async def test_trailing_slash_redirects_keep_the_query(
-    routed: LiveServer, method: str, path: str, code: int, location: bytes
+def test_trailing_slash_redirects_keep_the_query(
+    routed: StubTreq, method: str, path: str, code: int, location: bytes
 ) -> None:
-    response = await _no_redirects(routed, method, path)
-    await response.content()
+    response = _no_redirects(routed, method, path)
+    _content(response)
     assert response.code == code
     assert response.headers.getRawHeaders(b"location") == [location]
 
@@ -116,21 +134,19 @@ async def test_trailing_slash_redirects_keep_the_query(
 @pytest.mark.parametrize(
     "path", ["//health", "//evil.example/", "/\\evil.example/", "///health/"]
 )
-@pytest_twisted.ensureDeferred
-async def test_double_slashes_are_not_merged_or_redirected_off_site(
-    routed: LiveServer, path: str
+def test_double_slashes_are_not_merged_or_redirected_off_site(
+    routed: StubTreq, path: str
 ) -> None:
-    response = await _no_redirects(routed, "GET", path)
-    await response.content()
+    response = _no_redirects(routed, "GET", path)
+    _content(response)
     assert response.code == 404
     assert response.headers.getRawHeaders(b"location") is None
 
 
 @pytest.mark.parametrize("path", ["/nowhere", "/calendar", "/hello/there", "/%ff"])
-@pytest_twisted.ensureDeferred
-async def test_unknown_paths_are_html_404(routed: LiveServer, path: str) -> None:
-    response = await routed.get(path)
-    body = await response.text()
+def test_unknown_paths_are_html_404(routed: StubTreq, path: str) -> None:
+    response = _fetch(routed, "GET", path)
+    body = _text(response)
     assert response.code in (400, 404)
     assert response.headers.getRawHeaders(b"content-type") == [
         b"text/html; charset=utf-8"
@@ -139,25 +155,20 @@ async def test_unknown_paths_are_html_404(routed: LiveServer, path: str) -> None
 
 
 @pytest.mark.parametrize("method", ["DELETE", "PROPFIND", "OPTIONS", "TRACE"])
-@pytest_twisted.ensureDeferred
-async def test_unknown_or_unsupported_methods_are_405_never_500(
-    routed: LiveServer, method: str
+def test_unknown_or_unsupported_methods_are_405_never_500(
+    routed: StubTreq, method: str
 ) -> None:
-    response = await routed.request(method, "/pay")
-    await response.content()
+    response = _fetch(routed, method, "/pay")
+    _content(response)
     assert response.code == 405
     assert b"GET" in response.headers.getRawHeaders(b"allow")[0]
 
 
-@pytest_twisted.ensureDeferred
-async def test_no_demo_keeps_health_and_module_index() -> None:
-    live = await LiveServer.start(["--no-demo", "--routes", "tests.example_routes"])
-    try:
-        assert (await live.get("/health")).code == 200
-        assert (await live.get("/pay")).code == 404
-        assert await (await live.get("/clock")).text() == "the module's clock"
-    finally:
-        await live.stop()
+def test_no_demo_keeps_health_and_module_index() -> None:
+    client = _client(["--no-demo", "--routes", "tests.example_routes"])
+    assert _fetch(client, "GET", "/health").code == 200
+    assert _fetch(client, "GET", "/pay").code == 404
+    assert _text(_fetch(client, "GET", "/clock")) == "the module's clock"
 
 
 def test_exact_routes_match_what_werkzeug_matches() -> None:
@@ -211,12 +222,11 @@ def test_fast_routes_are_what_matching_finds() -> None:
     assert (b"/calendar/1999", b"GET") not in router._fast
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_builtin_variable_route_wins_over_a_module_exact_route(
-    routed: LiveServer,
+def test_a_builtin_variable_route_wins_over_a_module_exact_route(
+    routed: StubTreq,
 ) -> None:
     for _ in range(2):
-        body = await (await routed.get("/calendar/1999")).text()
+        body = _text(_fetch(routed, "GET", "/calendar/1999"))
         assert "1999" in body
         assert "module" not in body
 
@@ -256,10 +266,8 @@ def test_remembered_matches_are_bounded() -> None:
     assert (f"/calendar/{MATCH_CACHE + 9}", "GET") in router._matched
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_custom_converter_is_asked_for_every_request() -> None:
+def test_a_custom_converter_is_asked_for_every_request() -> None:
     from klein import Klein
-    from treq.testing import StubTreq
     from werkzeug.routing import BaseConverter
 
     from app.http.router import Router
@@ -285,23 +293,19 @@ async def test_a_custom_converter_is_asked_for_every_request() -> None:
     router = Router([app])
     assert router._matched is None
     client = StubTreq(router)
-    # StubTreq sets its methods at run time.
-    get = client.get  # type: ignore[attr-defined]
     for _ in range(2):
-        response = await get("http://h/even/4")
-        assert await response.text() == "4 is even"
-    response = await get("http://h/even/5")
+        response = _fetch(client, "GET", "/even/4")
+        assert _text(response) == "4 is even"
+    response = _fetch(client, "GET", "/even/5")
     assert response.code == 404
-    await response.content()
+    _content(response)
     assert asked == ["4", "4", "5"]
 
 
 @pytest.mark.parametrize("path", ["/b/", "/b/x", "/b/x/y/", "/b//z"])
-@pytest_twisted.ensureDeferred
-async def test_branch_routes_see_the_segments_klein_gives_them(path: str) -> None:
+def test_branch_routes_see_the_segments_klein_gives_them(path: str) -> None:
     from klein import Klein
     from klein.interfaces import IKleinRequest
-    from treq.testing import StubTreq
 
     from app.http.router import Router
 
@@ -311,11 +315,8 @@ async def test_branch_routes_see_the_segments_klein_gives_them(path: str) -> Non
     def branch(request: object) -> str:
         return repr(IKleinRequest(request).branch_segments)
 
-    # StubTreq sets its methods at run time.
-    get_ours = StubTreq(Router([app])).get  # type: ignore[attr-defined]
-    get_klein = StubTreq(app.resource()).get  # type: ignore[attr-defined]
-    ours = await (await get_ours("http://h" + path)).text()
-    klein = await (await get_klein("http://h" + path)).text()
+    ours = _text(_fetch(StubTreq(Router([app])), "GET", path))
+    klein = _text(_fetch(StubTreq(app.resource()), "GET", path))
     if path != "/b//z":  # Klein merges the two slashes; the router does not.
         assert ours == klein
     else:

@@ -1,6 +1,9 @@
 """
 Sessions: the cookie, sliding expiry on the site's clock, the bound on their
 number, adapters stored in them, and their endings.
+
+The pages are fetched in memory, through the demo site on a L{Clock}; only
+the cookie over TLS takes a live server.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ import gc
 import math
 import re
 import tracemalloc
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,12 @@ import pytest_twisted
 from hypothesis import example, given
 from hypothesis import strategies as st
 from treq.client import HTTPClient
+from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet import ssl as tls
 from twisted.internet.interfaces import IReactorSSL
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import LogEvent, formatEvent
 from twisted.web import server
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -44,11 +47,12 @@ from app.sessions.store import (
     cookie_uids,
 )
 from app.site import build_site
-from app.testing import LiveServer
+from app.testing import stub_treq
 from routes.sessions import Counter, ICounter, register_counter, session_page
-from tests.conftest import port_number
-from tests.rawhttp import exchange, parse_response
+from tests.conftest import port_number, success_result_of
+from tests.rawhttp import parse_response
 
+BASE = "http://example.invalid"
 TIMEOUT = 60.0
 #: A step that is exact in binary floating point, so clock sums stay exact.
 EPSILON = 0.25
@@ -72,16 +76,56 @@ def _expiry_lines(events: list[LogEvent]) -> list[str]:
     ]
 
 
-async def _uid(client: HTTPClient, live: LiveServer) -> str:
-    response = await client.get(live.url("/session"))
-    assert response.code == 200
-    return _uid_in(await response.text())
+def _fetch(client: StubTreq, method: str, path: str) -> Any:
+    """
+    The response to a request that the site answers at once.
+    """
+    # StubTreq sets its methods at run time.
+    pending = client.request(method, BASE + path)  # type: ignore[attr-defined]
+    return success_result_of(pending)
 
 
-async def _visit(client: HTTPClient, live: LiveServer, path: str) -> str:
-    response = await client.get(live.url(path))
+def _text(response: Any) -> str:
+    text: str = success_result_of(response.text())
+    return text
+
+
+def _content(response: Any) -> bytes:
+    content: bytes = success_result_of(response.content())
+    return content
+
+
+def _uid(client: StubTreq) -> str:
+    response = _fetch(client, "GET", "/session")
     assert response.code == 200
-    return str(await response.text())
+    return _uid_in(_text(response))
+
+
+def _visit(client: StubTreq, path: str) -> str:
+    response = _fetch(client, "GET", path)
+    assert response.code == 200
+    return _text(response)
+
+
+def _exchange(site: Site, data: bytes) -> bytes:
+    """
+    What C{site} answers to the bytes C{data}, over a connection in memory:
+    for requests that no client library sends.
+    """
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(data)
+    answer: bytes = transport.value()
+    return answer
+
+
+def _demo(clock: Clock, *args: str) -> Site:
+    """
+    The demo site with the options C{args}: its timers on C{clock}, and a
+    reactor that opens nothing.
+    """
+    return build_site(config_from_args(list(args)), MemoryReactor(), clock)
 
 
 @pytest.fixture
@@ -89,48 +133,49 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest_twisted.async_yield_fixture
-async def timed(clock: Clock) -> AsyncIterator[LiveServer]:
+@pytest.fixture
+def site(clock: Clock) -> Site:
+    return _demo(clock)
+
+
+@pytest.fixture
+def client(site: Site) -> StubTreq:
+    return stub_treq(site)
+
+
+@pytest.fixture
+def timed(clock: Clock) -> Site:
     """
-    The demo site with sessions on a hand-driven clock (and connections that
-    do not time out on it).
+    The demo site with sessions that end L{TIMEOUT} seconds after their last
+    use.
     """
-    live = await LiveServer.start(
-        ["--session-timeout", str(TIMEOUT), "--idle-timeout", "1e9"], clock=clock
-    )
-    try:
-        yield live
-    finally:
-        await live.stop()
+    return _demo(clock, "--session-timeout", str(TIMEOUT))
 
 
 def _site(clock: Clock, *args: str) -> Site:
     return build_site(config_from_args(["--no-demo", *args]), reactor, clock)
 
 
-# -- the pages, over HTTP ------------------------------------------------------
+# -- the pages ------------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_session_page_shows_the_uid_of_the_cookie(server: LiveServer) -> None:
-    response = await server.get("/session")
+def test_session_page_shows_the_uid_of_the_cookie(site: Site, client: StubTreq) -> None:
+    response = _fetch(client, "GET", "/session")
     assert response.code == 200
     assert response.headers.getRawHeaders(b"content-type") == [
         b"text/html; charset=utf-8"
     ]
     [cookie] = _cookies(response)
     value = cookie.split(b";")[0].partition(b"=")[2].decode()
-    assert _uid_in(await response.text()) == value
-    assert list(server.site.sessions) == [value.encode()]
+    assert _uid_in(_text(response)) == value
+    assert list(site.sessions) == [value.encode()]
 
 
-@pytest_twisted.ensureDeferred
-async def test_session_page_is_the_page_of_its_uid(server: LiveServer) -> None:
-    first = await server.get("/session")
-    uid = _uid_in(await first.text())
-    again = await server.get("/session")
+def test_session_page_is_the_page_of_its_uid(client: StubTreq) -> None:
+    uid = _uid(client)
+    again = _fetch(client, "GET", "/session")
     assert _cookies(again) == []
-    assert await again.content() == session_page(uid)
+    assert _content(again) == session_page(uid)
     assert session_page(uid) == page(
         "Session",
         f"<h1>Session</h1>\n<p>Your session id is <code>{uid}</code>.</p>\n"
@@ -140,23 +185,18 @@ async def test_session_page_is_the_page_of_its_uid(server: LiveServer) -> None:
 
 
 def test_session_page_escapes_a_uid_that_is_not_plain(
-    clock: Clock, monkeypatch: pytest.MonkeyPatch
+    site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    site = build_site(config_from_args([]), reactor, clock)
     monkeypatch.setattr(site, "make_uid", lambda: b"<odd&uid>")
-    channel = site.buildProtocol(None)
-    transport = StringTransport()
-    channel.makeConnection(transport)
-    channel.dataReceived(b"GET /session HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, _, body = parse_response(transport.value())
+    raw = _exchange(site, b"GET /session HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, body = parse_response(raw)
     assert status == 200
     assert body == session_page("&lt;odd&amp;uid&gt;")
 
 
-@pytest_twisted.ensureDeferred
-async def test_cookie_flags_over_http(server: LiveServer) -> None:
-    response = await server.get("/session")
-    await response.content()
+def test_cookie_flags_over_http(client: StubTreq) -> None:
+    response = _fetch(client, "GET", "/session")
+    _content(response)
     [cookie] = _cookies(response)
     name_value, *attributes = [part.strip() for part in cookie.split(b";")]
     assert name_value.startswith(COOKIE_NAME + b"=")
@@ -164,12 +204,11 @@ async def test_cookie_flags_over_http(server: LiveServer) -> None:
     assert b"secure" not in cookie.lower()
 
 
-@pytest_twisted.ensureDeferred
-async def test_cookie_value_is_256_random_bits_in_hex(server: LiveServer) -> None:
+def test_cookie_value_is_256_random_bits_in_hex(site: Site) -> None:
     values = set()
     for _ in range(5):
-        response = await server.new_client().get(server.url("/session"))
-        await response.content()
+        response = _fetch(stub_treq(site), "GET", "/session")
+        _content(response)
         [cookie] = _cookies(response)
         value = cookie.split(b";")[0].partition(b"=")[2]
         assert re.fullmatch(b"[0-9a-f]{64}", value)
@@ -177,88 +216,76 @@ async def test_cookie_value_is_256_random_bits_in_hex(server: LiveServer) -> Non
     assert len(values) == 5
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_client_keeps_its_session_and_gets_one_cookie(
-    server: LiveServer,
+def test_a_client_keeps_its_session_and_gets_one_cookie(
+    site: Site, client: StubTreq
 ) -> None:
-    first = await server.get("/session")
-    uid = _uid_in(await first.text())
-    second = await server.get("/session")
-    assert _uid_in(await second.text()) == uid
+    uid = _uid(client)
+    second = _fetch(client, "GET", "/session")
+    assert _uid_in(_text(second)) == uid
     assert _cookies(second) == []
-    assert len(server.site.sessions) == 1
+    assert len(site.sessions) == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_counter_counts_per_session_and_restarts_after_expiry(
-    server: LiveServer,
+def test_counter_counts_per_session_and_restarts_after_expiry(
+    site: Site, client: StubTreq
 ) -> None:
     for visit in (1, 2, 3):
-        assert f"Visit #{visit} for you!" in await _visit(
-            server.client, server, "/counter"
-        )
-    response = await server.post("/session/expire")
+        assert f"Visit #{visit} for you!" in _visit(client, "/counter")
+    response = _fetch(client, "POST", "/session/expire")
     assert response.code == 200
-    assert "Your session has expired." in await response.text()
-    assert len(server.site.sessions) == 0
-    assert "Visit #1 for you!" in await _visit(server.client, server, "/counter")
-    assert "Visit #2 for you!" in await _visit(server.client, server, "/counter")
+    assert "Your session has expired." in _text(response)
+    assert len(site.sessions) == 0
+    assert "Visit #1 for you!" in _visit(client, "/counter")
+    assert "Visit #2 for you!" in _visit(client, "/counter")
 
 
-@pytest_twisted.ensureDeferred
-async def test_head_of_the_counter_does_not_count(server: LiveServer) -> None:
-    assert "Visit #1 for you!" in await _visit(server.client, server, "/counter")
-    head = await server.head("/counter")
+def test_head_of_the_counter_does_not_count(client: StubTreq) -> None:
+    assert "Visit #1 for you!" in _visit(client, "/counter")
+    head = _fetch(client, "HEAD", "/counter")
     assert head.code == 200
-    await head.content()
-    assert "Visit #2 for you!" in await _visit(server.client, server, "/counter")
+    _content(head)
+    assert "Visit #2 for you!" in _visit(client, "/counter")
 
 
-@pytest_twisted.ensureDeferred
-async def test_expire_tells_the_browser_to_drop_the_cookie(
-    server: LiveServer,
-) -> None:
-    await _uid(server.client, server)
-    response = await server.get("/session/expire")
-    await response.content()
+def test_expire_tells_the_browser_to_drop_the_cookie(client: StubTreq) -> None:
+    _uid(client)
+    response = _fetch(client, "GET", "/session/expire")
+    _content(response)
     [cookie] = _cookies(response)
     assert cookie.startswith(COOKIE_NAME + b"=;")
     assert b"Max-Age=0" in cookie
     assert b"HttpOnly" in cookie
 
 
-@pytest_twisted.ensureDeferred
-async def test_two_clients_do_not_share_a_session(server: LiveServer) -> None:
-    alice, bob = server.new_client(), server.new_client()
-    assert "Visit #1 " in await _visit(alice, server, "/counter")
-    assert "Visit #2 " in await _visit(alice, server, "/counter")
-    assert "Visit #1 " in await _visit(bob, server, "/counter")
-    assert "Visit #3 " in await _visit(alice, server, "/counter")
-    assert await _uid(alice, server) != await _uid(bob, server)
-    assert len(server.site.sessions) == 2
+def test_two_clients_do_not_share_a_session(site: Site) -> None:
+    alice, bob = stub_treq(site), stub_treq(site)
+    assert "Visit #1 " in _visit(alice, "/counter")
+    assert "Visit #2 " in _visit(alice, "/counter")
+    assert "Visit #1 " in _visit(bob, "/counter")
+    assert "Visit #3 " in _visit(alice, "/counter")
+    assert _uid(alice) != _uid(bob)
+    assert len(site.sessions) == 2
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-@pytest_twisted.ensureDeferred
-async def test_expire_without_a_session_makes_none(
-    server: LiveServer, method: str
+def test_expire_without_a_session_makes_none(
+    site: Site, client: StubTreq, method: str
 ) -> None:
-    response = await server.request(method, "/session/expire")
+    response = _fetch(client, method, "/session/expire")
     assert response.code == 200
-    assert "nothing to expire" in await response.text()
+    assert "nothing to expire" in _text(response)
     assert _cookies(response) == []
-    assert len(server.site.sessions) == 0
+    assert len(site.sessions) == 0
 
 
 @pytest.mark.parametrize("path", ["/", "/clock", "/health", "/pay", "/nowhere"])
-@pytest_twisted.ensureDeferred
-async def test_pages_that_use_no_session_make_none(
-    server: LiveServer, path: str
+def test_pages_that_use_no_session_make_none(
+    site: Site, client: StubTreq, path: str
 ) -> None:
-    response = await server.get(path)
-    await response.content()
+    response = _fetch(client, "GET", path)
+    _content(response)
     assert _cookies(response) == []
-    assert len(server.site.sessions) == 0
+    assert len(site.sessions) == 0
 
 
 @pytest.mark.parametrize(
@@ -277,13 +304,11 @@ async def test_pages_that_use_no_session_make_none(
         b"__Host-app_session=" + b"0" * 64,
     ],
 )
-@pytest_twisted.ensureDeferred
-async def test_a_forged_or_garbage_cookie_gets_a_fresh_session(
-    server: LiveServer, cookie: bytes
+def test_a_forged_or_garbage_cookie_gets_a_fresh_session(
+    site: Site, cookie: bytes
 ) -> None:
-    raw = await exchange(
-        reactor,
-        server.port_number,
+    raw = _exchange(
+        site,
         b"GET /session HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         b"Cookie: " + cookie + b"\r\n\r\n",
     )
@@ -293,17 +318,15 @@ async def test_a_forged_or_garbage_cookie_gets_a_fresh_session(
     assert re.fullmatch(b"[0-9a-f]{64}", value)
     assert value not in cookie
     assert value.decode() in body.decode()
-    assert list(server.site.sessions) == [value]
+    assert list(site.sessions) == [value]
 
 
-@pytest_twisted.ensureDeferred
-async def test_the_live_one_among_several_same_name_cookies_is_used(
-    server: LiveServer,
+def test_the_live_one_among_several_same_name_cookies_is_used(
+    site: Site, client: StubTreq
 ) -> None:
-    uid = (await _uid(server.client, server)).encode()
-    raw = await exchange(
-        reactor,
-        server.port_number,
+    uid = _uid(client).encode()
+    raw = _exchange(
+        site,
         b"GET /counter HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         b"Cookie: app_session=junk; app_session=" + b"1" * 64 + b"\r\n"
         b"Cookie: app_session=" + uid + b"\r\n\r\n",
@@ -312,7 +335,7 @@ async def test_the_live_one_among_several_same_name_cookies_is_used(
     assert status == 200
     assert b"set-cookie" not in headers
     assert b"Visit #1 for you!" in body
-    assert list(server.site.sessions) == [uid]
+    assert list(site.sessions) == [uid]
 
 
 # -- TLS -------------------------------------------------------------------------
@@ -404,39 +427,39 @@ async def test_cookie_is_secure_over_tls(tmp_path: Path) -> None:
 # -- expiry on the site's clock -----------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_session_survives_requests_closer_than_the_timeout(
-    timed: LiveServer, clock: Clock
+def test_a_session_survives_requests_closer_than_the_timeout(
+    timed: Site, clock: Clock
 ) -> None:
-    uid = await _uid(timed.client, timed)
+    client = stub_treq(timed)
+    uid = _uid(client)
     for _ in range(10):
         clock.advance(TIMEOUT - EPSILON)
-        assert await _uid(timed.client, timed) == uid
+        assert _uid(client) == uid
     assert clock.seconds() > 9 * TIMEOUT
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_session_ends_exactly_one_timeout_after_the_last_request(
-    timed: LiveServer, clock: Clock
+def test_a_session_ends_exactly_one_timeout_after_the_last_request(
+    timed: Site, clock: Clock
 ) -> None:
-    uid = await _uid(timed.client, timed)
+    client = stub_treq(timed)
+    uid = _uid(client)
     clock.advance(TIMEOUT / 2)
-    assert await _uid(timed.client, timed) == uid
+    assert _uid(client) == uid
     clock.advance(TIMEOUT - EPSILON)
-    assert list(timed.site.sessions) == [uid.encode()]
+    assert list(timed.sessions) == [uid.encode()]
     clock.advance(EPSILON)
-    assert len(timed.site.sessions) == 0
-    assert await _uid(timed.client, timed) != uid
+    assert len(timed.sessions) == 0
+    assert _uid(client) != uid
 
 
-@pytest_twisted.ensureDeferred
-async def test_logme_logs_the_expiry_once_exactly_at_the_end(
-    timed: LiveServer, clock: Clock, captured_log: list[LogEvent]
+def test_logme_logs_the_expiry_once_exactly_at_the_end(
+    timed: Site, clock: Clock, captured_log: list[LogEvent]
 ) -> None:
-    uid = await _uid(timed.client, timed)
+    client = stub_treq(timed)
+    uid = _uid(client)
     for _ in range(3):
-        await _visit(timed.client, timed, "/session/logme")
-    [session] = timed.site.sessions.values()
+        _visit(client, "/session/logme")
+    [session] = timed.sessions.values()
     assert len(session.expireCallbacks) == 1
     clock.advance(TIMEOUT - EPSILON)
     assert _expiry_lines(captured_log) == []
@@ -448,54 +471,46 @@ async def test_logme_logs_the_expiry_once_exactly_at_the_end(
     assert len(_expiry_lines(captured_log)) == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_the_logme_callback_keeps_only_the_uid(server: LiveServer) -> None:
-    uid = await _uid(server.client, server)
-    await _visit(server.client, server, "/session/logme")
-    [session] = server.site.sessions.values()
+def test_the_logme_callback_keeps_only_the_uid(site: Site, client: StubTreq) -> None:
+    uid = _uid(client)
+    _visit(client, "/session/logme")
+    [session] = site.sessions.values()
     [callback] = session.expireCallbacks
     kept = [ref for ref in gc.get_referents(callback) if ref is not type(callback)]
     assert kept == [uid]
 
 
-@pytest_twisted.ensureDeferred
-async def test_logme_then_expire_page_logs_once(
-    server: LiveServer, captured_log: list[LogEvent]
+def test_logme_then_expire_page_logs_once(
+    client: StubTreq, captured_log: list[LogEvent]
 ) -> None:
-    uid = await _uid(server.client, server)
-    await _visit(server.client, server, "/session/logme")
-    await _visit(server.client, server, "/session/expire")
-    await _visit(server.client, server, "/session/expire")
+    uid = _uid(client)
+    _visit(client, "/session/logme")
+    _visit(client, "/session/expire")
+    _visit(client, "/session/expire")
     [line] = _expiry_lines(captured_log)
     assert uid in line
 
 
-@pytest_twisted.ensureDeferred
-async def test_past_max_sessions_the_least_recently_used_expires(
+def test_past_max_sessions_the_least_recently_used_expires(
     clock: Clock, captured_log: list[LogEvent]
 ) -> None:
-    live = await LiveServer.start(
-        ["--max-sessions", "3", "--idle-timeout", "1e9"], clock=clock
-    )
-    try:
-        first, second, third, fourth = (live.new_client() for _ in range(4))
-        uids = {}
-        for name, client in (("first", first), ("second", second), ("third", third)):
-            await _visit(client, live, "/session/logme")
-            uids[name] = await _uid(client, live)
-        # The first is used again, so the second is now the least recent.
-        assert await _uid(first, live) == uids["first"]
-        uids["fourth"] = await _uid(fourth, live)
-        assert len(live.site.sessions) == 3
-        [line] = _expiry_lines(captured_log)
-        assert uids["second"] in line
-        assert set(live.site.sessions) == {
-            uids[name].encode() for name in ("first", "third", "fourth")
-        }
-        assert await _uid(first, live) == uids["first"]
-        assert await _uid(second, live) != uids["second"]
-    finally:
-        await live.stop()
+    site = _demo(clock, "--max-sessions", "3")
+    first, second, third, fourth = (stub_treq(site) for _ in range(4))
+    uids = {}
+    for name, client in (("first", first), ("second", second), ("third", third)):
+        _visit(client, "/session/logme")
+        uids[name] = _uid(client)
+    # The first is used again, so the second is now the least recent.
+    assert _uid(first) == uids["first"]
+    uids["fourth"] = _uid(fourth)
+    assert len(site.sessions) == 3
+    [line] = _expiry_lines(captured_log)
+    assert uids["second"] in line
+    assert set(site.sessions) == {
+        uids[name].encode() for name in ("first", "third", "fourth")
+    }
+    assert _uid(first) == uids["first"]
+    assert _uid(second) != uids["second"]
 
 
 # -- the store ------------------------------------------------------------------------
