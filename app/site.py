@@ -66,6 +66,7 @@ def build_site(config: Config, reactor: Any, clock: IReactorTime | None = None) 
         display_tracebacks=config.display_tracebacks,
         session_timeout=config.session_timeout,
         max_sessions=config.max_sessions,
+        max_connections=config.max_connections,
     )
     builtin: list[Klein] = [HealthRoutes().app]
     if config.demo:
@@ -76,7 +77,7 @@ def build_site(config: Config, reactor: Any, clock: IReactorTime | None = None) 
     if config.cgi_dir is not None:
         builtin.append(CGIRoutes(config, reactor, clock).app)
     if config.wsgi_app is not None or config.wsgi is not None:
-        builtin.append(WSGIRoutes(config, reactor, site.service).app)
+        builtin.append(WSGIRoutes(config, reactor, clock, site.service).app)
     guard = build_guard(config, reactor, clock, site.service)
     if guard is not None:
         builtin.append(PrivateRoutes(guard).app)

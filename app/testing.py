@@ -89,6 +89,7 @@ class LiveServer:
             config = config_from_args(list(config))
         site = build_site(config, reactor, clock)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        site.ports.append(port)
         site.service.startService()
         pool = HTTPConnectionPool(reactor, persistent=True)
         return cls(site, port, reactor, pool)

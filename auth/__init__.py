@@ -2,7 +2,7 @@
 Password files, credential checkers and the realm guarding /private/.
 """
 
-from auth._basic import BasicCredentialFactory
+from auth._basic import BasicCredentialFactory, BasicCredentials
 from auth._checkers import (
     BCRYPT_MAX_PASSWORD,
     BcryptChecker,
@@ -14,7 +14,12 @@ from auth._errors import HashPoolBusy, NoSuchRealm, PasswordFileError, StaleNonc
 from auth._guard import Guard
 from auth._htdigest import DigestUser, digest_owner, ha1, parse_htdigest, sha256_tag
 from auth._htpasswd import parse_htpasswd
-from auth._interfaces import IChallenger, IDigestCredentials, IImmediateChecker
+from auth._interfaces import (
+    IChallenger,
+    IClientCredentials,
+    IDigestCredentials,
+    IImmediateChecker,
+)
 from auth._names import is_plain_name, is_plain_realm
 from auth._pool import HashPool
 from auth._realm import HomeRealm
@@ -22,6 +27,7 @@ from auth._realm import HomeRealm
 __all__ = [
     "BCRYPT_MAX_PASSWORD",
     "BasicCredentialFactory",
+    "BasicCredentials",
     "BcryptChecker",
     "DigestChecker",
     "DigestCredentialFactory",
@@ -32,6 +38,7 @@ __all__ = [
     "HashPoolBusy",
     "HomeRealm",
     "IChallenger",
+    "IClientCredentials",
     "IDigestCredentials",
     "IImmediateChecker",
     "NoSuchRealm",

@@ -8,10 +8,11 @@ import binascii
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import LoginFailed
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from auth._interfaces import IChallenger
+from auth._interfaces import IChallenger, IClientCredentials
 from auth._names import is_plain_name
 
 #: Longest Basic response looked at; a longer one is refused unread.
@@ -24,6 +25,29 @@ def quoted(value: str) -> bytes:
     """
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return b'"' + escaped.encode("utf-8") + b'"'
+
+
+@implementer(IClientCredentials)
+class BasicCredentials(UsernamePassword):
+    """
+    A Basic user name and password, and the address of the client that
+    sent them (the bcrypt pool shares its places between addresses).
+    """
+
+    def __init__(self, username: bytes, password: bytes, client: str | None) -> None:
+        super().__init__(username, password)
+        self.client = client
+
+
+def _client_host(request: IRequest) -> str | None:
+    """
+    The host of C{request}'s peer, as twisted's Digest factory takes it; the
+    peer is the client, or the proxy in front of this server.
+    """
+    address = request.getClientAddress()
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return address.host
+    return None
 
 
 @implementer(IChallenger)
@@ -46,7 +70,7 @@ class BasicCredentialFactory:
     def challenges(self, request: object, stale: bool) -> list[bytes]:
         return [self._challenge]
 
-    def decode(self, response: bytes, request: IRequest) -> UsernamePassword:
+    def decode(self, response: bytes, request: IRequest) -> BasicCredentials:
         response = response.strip(b" \t")
         if not response or len(response) > MAX_RESPONSE:
             raise LoginFailed("malformed Basic credentials")
@@ -63,4 +87,4 @@ class BasicCredentialFactory:
             raise LoginFailed("the user name is not UTF-8") from None
         if not is_plain_name(name):
             raise LoginFailed("the user name is not a plain name")
-        return UsernamePassword(username, password)
+        return BasicCredentials(username, password, _client_host(request))

@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from auth._htdigest import DigestUser
-from auth._interfaces import IDigestCredentials, IImmediateChecker
+from auth._interfaces import IClientCredentials, IDigestCredentials, IImmediateChecker
 from auth._names import is_plain_name
 from auth._pool import HashPool
 
@@ -140,7 +140,9 @@ class VerifiedCache:
 class BcryptChecker:
     """
     Check Basic credentials against bcrypt hashes, in the hashing pool;
-    credentials verified lately are accepted at once.
+    credentials verified lately are accepted at once.  Credentials that
+    provide L{IClientCredentials} take their place in the pool as their
+    client address's; others share the places of checks with no address.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -175,7 +177,9 @@ class BcryptChecker:
         hashed = self._dummy if stored is None else stored
         if self._cache.verified(name, hashed, password):
             return username
-        checked = self._pool.run(check_bcrypt, password, hashed)
+        checked = self._pool.run(
+            check_bcrypt, password, hashed, client=_client(credentials)
+        )
 
         def decide(matches: bool) -> bytes:
             if not matches or stored is None:
@@ -231,6 +235,16 @@ class DigestChecker:
     def still_good(self, credentials: IDigestCredentials) -> None:
         # Every Digest answer is good once: each request is checked.
         return None
+
+
+def _client(credentials: object) -> str | None:
+    """
+    The client address C{credentials} came from, if they say.
+    """
+    if not IClientCredentials.providedBy(credentials):
+        return None
+    client: str | None = IClientCredentials(credentials).client
+    return client
 
 
 def _deferred(

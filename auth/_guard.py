@@ -16,7 +16,8 @@ answer the same.  It answers:
 
   - 401 with the server's own page and every factory's challenges for no,
     wrong or malformed credentials (C{stale=true} for an old Digest nonce);
-  - 503 with C{Retry-After} when the password-hashing pool is full.
+  - 503 with C{Retry-After} when the password-hashing pool is full, or the
+    client's address already holds its places in it.
 """
 
 from __future__ import annotations
@@ -37,13 +38,10 @@ from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 
 from app.compat.twisted import connection_gone
-from app.http.pages import render_error
+from app.http.pages import render_busy, render_error
 from app.http.request import request_uri
 from auth._errors import HashPoolBusy, StaleNonce
 from auth._interfaces import IChallenger, IImmediateChecker
-
-#: Seconds a client is asked to wait when the hashing pool is full.
-RETRY_AFTER = b"1"
 
 _Login = tuple[Any, IResource, Callable[[], None]]
 
@@ -240,8 +238,7 @@ class Guard(HTTPAuthSessionWrapper):
         elif failure.check(LoginFailed, Unauthorized):
             body = self._unauthorized(request)
         elif failure.check(HashPoolBusy):
-            body = self._body(request, render_error(request, 503))
-            request.setHeader(b"retry-after", RETRY_AFTER)
+            body = self._body(request, render_busy(request))
         else:
             self._failed(failure, request)
             return

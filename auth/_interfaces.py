@@ -49,6 +49,18 @@ class IDigestCredentials(ICredentials):
         """
 
 
+class IClientCredentials(ICredentials):
+    """
+    Credentials that say which client address sent them, so that a checker
+    can share its work fairly between clients.
+    """
+
+    client = Attribute(
+        "The host of the request's peer (C{str}), or C{None} for a"
+        " connection with no host (a UNIX socket, say)."
+    )
+
+
 class IImmediateChecker(ICredentialsChecker):
     """
     A credentials checker that can tell at once, without a Deferred, when

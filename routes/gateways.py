@@ -20,7 +20,8 @@ from app.mounts.wsgi import ThreadPoolService, WSGIResource, WSGIThreadPool
 
 class CGIRoutes:
     """
-    C{/cgi-bin/NAME…}: the scripts of C{config.cgi_dir}.
+    C{/cgi-bin/NAME…}: the scripts of C{config.cgi_dir}, C{config.cgi_max}
+    of them at most running at once.
     """
 
     app = new_app()
@@ -33,6 +34,7 @@ class CGIRoutes:
             config.cgi_timeout,
             reactor,
             clock,
+            config.cgi_max,
         )
 
     @app.route("/cgi-bin/", branch=True)
@@ -44,12 +46,18 @@ class WSGIRoutes:
     """
     C{/wsgi/…}: C{config.wsgi_app}, or the application C{config.wsgi} names,
     on a pool of C{config.wsgi_threads} threads that runs as a service of
-    C{services} (the site's).
+    C{services} (the site's); eight requests a thread may wait for one.
     """
 
     app = new_app()
 
-    def __init__(self, config: Config, reactor: Any, services: MultiService) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        clock: IReactorTime,
+        services: MultiService,
+    ) -> None:
         application = config.wsgi_app
         if application is None:
             assert config.wsgi is not None
@@ -60,6 +68,7 @@ class WSGIRoutes:
             reactor,
             pool,
             application,
+            clock=clock,
             display_tracebacks=config.display_tracebacks,
             multiprocess=config.workers > 1,
         )

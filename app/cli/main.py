@@ -5,9 +5,11 @@ The command line: parse, build the site, listen, run, stop gracefully.
 from __future__ import annotations
 
 import gc
+import resource
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -21,6 +23,7 @@ from app.cli.passwd import passwd_main
 from app.cli.workers import (
     InheritedSocket,
     Supervisor,
+    activated_endpoint,
     adopt,
     bind_for_workers,
     say_ready,
@@ -62,19 +65,73 @@ def listening_url(endpoint: str, port: IListeningPort) -> str:
     return f"{scheme}://{host}:{getattr(address, 'port', 0)}/"
 
 
-def parse_endpoints(reactor: Any, config: Config) -> list[IStreamServerEndpoint]:
+def parse_endpoints(
+    reactor: Any, config: Config, inherited: list[InheritedSocket] | None = None
+) -> list[IStreamServerEndpoint]:
     """
     Turn every C{--listen} string into an endpoint, or raise L{ConfigError}.
+    In a worker, a socket systemd passed to the parent is the descriptor
+    handed down, not a string to parse again.
     """
     endpoints = []
-    for description in config.listen:
+    for index, description in enumerate(config.listen):
+        activated = (
+            None if inherited is None else activated_endpoint(reactor, inherited[index])
+        )
+        if activated is not None:
+            endpoints.append(activated)
+            continue
         try:
-            endpoints.append(serverFromString(reactor, description))
+            endpoints.append(serverFromString(reactor, with_backlog(description)))
         except Exception as error:  # twisted raises many kinds for bad strings
             raise ConfigError(
                 "--listen", f"{description!r}: {type(error).__name__}: {error}"
             ) from None
     return endpoints
+
+
+#: The listen backlog where an endpoint string names none (twisted's is 50:
+#: a burst of connections waits for SYN retries).
+BACKLOG = 511
+#: Descriptors kept for what is not a connection: files, scripts, logs.
+SPARE_DESCRIPTORS = 64
+_BACKLOG_TYPES = ("tcp:", "tcp6:", "ssl:", "unix:")
+
+
+def with_backlog(description: str) -> str:
+    """
+    C{description} with C{backlog=511} where it is a TCP, TLS or UNIX
+    endpoint that names no backlog of its own.
+    """
+    if description.startswith(_BACKLOG_TYPES) and ":backlog=" not in description:
+        return f"{description}:backlog={BACKLOG}"
+    return description
+
+
+def within_descriptor_limit(config: Config) -> Config:
+    """
+    Raise the soft limit on open files to the hard one, and keep
+    C{--max-connections} below it, so that accepting a connection never
+    runs out of descriptors that files and scripts need.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    usable = soft - SPARE_DESCRIPTORS if soft != resource.RLIM_INFINITY else 1 << 20
+    if config.max_connections <= usable:
+        return config
+    log.warn(
+        "--max-connections {wanted} is more than {usable} open files allow; "
+        "using {usable}",
+        wanted=config.max_connections,
+        usable=max(usable, 1),
+    )
+    return replace(config, max_connections=max(usable, 1))
 
 
 def main(
@@ -91,7 +148,7 @@ def main(
     argv, inherited = split_worker_option(argv)
     try:
         config = config_from_args(argv)
-        endpoints = parse_endpoints(reactor, config)
+        endpoints = parse_endpoints(reactor, config, inherited)
     except ConfigError as error:
         stderr.write(f"{PROG}: error: {error}\n")
         return 2
@@ -100,6 +157,7 @@ def main(
 
     start_logging(config.log_format, stdout)
     tune_garbage_collector()
+    config = within_descriptor_limit(config)
     if config.workers > 1 and inherited is None:
         return supervise(reactor, config, argv, endpoints, stderr)
     site = build_site(config, reactor)
@@ -120,7 +178,7 @@ def serve(
     bound) and run until a signal stops the reactor.
     """
     status = [0]
-    ports: list[IListeningPort] = []
+    ports: list[IListeningPort] = site.ports
 
     async def start() -> None:
         for index, (description, endpoint) in enumerate(

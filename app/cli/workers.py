@@ -8,7 +8,12 @@ TCP or TLS address is bound with C{SO_REUSEPORT} and each worker listens on
 a socket of its own there, so the kernel spreads connections evenly (with
 one shared socket, whichever worker wakes first takes a whole burst).  A
 UNIX socket is listened on by the parent and handed down.  Each worker is a
-full server.  The parent restarts a worker that dies, forwards SIGHUP
+full server.  A socket handed over by systemd (C{systemd:} endpoints, read
+from C{LISTEN_FDS} once, by the parent) is handed down as a UNIX socket is.
+
+The parent restarts a worker that dies: at once if it served for a while,
+after a delay that doubles with each quick death if it dies young (a worker
+that cannot start must not make the parent spin).  It forwards SIGHUP
 (access log reopening) and, on SIGINT or SIGTERM, stops every worker
 gracefully before it exits.  A worker whose parent goes away (its standard
 input closes) stops too.
@@ -28,13 +33,16 @@ from typing import IO, Any
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
     SSL4ServerEndpoint,
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
 )
-from twisted.internet.error import ConnectionDone, ProcessDone
+from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IListeningPort,
+    IReactorTime,
     IReadDescriptor,
     IStreamServerEndpoint,
 )
@@ -50,7 +58,15 @@ from app.config import DIGEST_KEY_VARIABLE
 WORKER_OPTION = "--worker-sockets"
 #: The environment variable naming the descriptor a worker says "ready" on.
 READY_VARIABLE = "APP_WORKER_READY_FD"
-RESTART_DELAY = 1.0
+#: A worker that ends sooner than this after its start died young: it is
+#: restarted after a delay, doubled with each young death up to the most.
+YOUNG_SECONDS = 5.0
+FIRST_RESTART_DELAY = 1.0
+MOST_RESTART_DELAY = 30.0
+#: The endpoint type of sockets passed by systemd's socket activation.
+ACTIVATED = "systemd"
+#: What socket activation tells the process it starts; not for the workers.
+_ACTIVATION_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 STOP_SECONDS = 15.0
 
 log = Logger()
@@ -104,6 +120,20 @@ def worker_arguments(
     args = [arg for arg in args if not arg.startswith("--workers=")]
     spec = json.dumps([vars(entry) for entry in sockets])
     return [sys.executable, "-m", "app", *args, WORKER_OPTION, spec]
+
+
+def activated_endpoint(
+    reactor: Any, inherited: InheritedSocket
+) -> IStreamServerEndpoint | None:
+    """
+    In a worker, the endpoint of a socket that systemd passed to the parent:
+    twisted's C{systemd:} parser finds nothing here (the parent took
+    C{LISTEN_FDS}), so the endpoint is the descriptor handed down instead.
+    C{None} for any other socket, whose C{--listen} string parses as usual.
+    """
+    if inherited.fd < 0 or inherited.endpoint.split(":", 1)[0] != ACTIVATED:
+        return None
+    return AdoptedStreamServerEndpoint(reactor, inherited.fd, inherited.family)
 
 
 def adopt(
@@ -228,9 +258,10 @@ async def bind_for_workers(
 
 
 class _Worker(ProcessProtocol):
-    def __init__(self, supervisor: Supervisor, number: int) -> None:
+    def __init__(self, supervisor: Supervisor, number: int, started: float) -> None:
         self.supervisor = supervisor
         self.number = number
+        self.started = started
         self.ended: Deferred[None] = Deferred()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -242,19 +273,49 @@ class _Worker(ProcessProtocol):
         self.supervisor.worker_ended(self, reason)
 
 
+def how_it_ended(reason: Failure) -> str:
+    """
+    How a worker process ended, for the log: its exit status or its signal.
+    """
+    ended = reason.value
+    if not isinstance(ended, (ProcessDone, ProcessTerminated)):
+        return str(ended)
+    if ended.signal is not None:
+        try:
+            name = signal.Signals(ended.signal).name
+        except ValueError:
+            name = f"signal {ended.signal}"
+        return f"was killed by {name}"
+    return f"exited with status {ended.exitCode}"
+
+
 class Supervisor:
     """
     Keeps N workers running until told to stop.
+
+    Each worker's restart delay is timed on C{clock} (the reactor unless
+    given): it starts at L{FIRST_RESTART_DELAY}, doubles with each death
+    within L{YOUNG_SECONDS} of a start up to L{MOST_RESTART_DELAY}, and goes
+    back to the first once a worker outlives L{YOUNG_SECONDS}, which is
+    restarted at once.
     """
 
     def __init__(
-        self, reactor: Any, argv: list[str], sockets: list[InheritedSocket], count: int
+        self,
+        reactor: Any,
+        argv: list[str],
+        sockets: list[InheritedSocket],
+        count: int,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._reactor = reactor
+        self._clock: IReactorTime = reactor if clock is None else clock
         self._argv = argv
         self._sockets = sockets
         self._count = count
         self._workers: dict[int, _Worker] = {}
+        self._restart_delays: dict[int, float] = {}
+        self._restarts: dict[int, IDelayedCall] = {}
         self._stopping = False
         #: Fires once the first worker serves every endpoint.
         self.ready: Deferred[None] = Deferred()
@@ -262,6 +323,8 @@ class Supervisor:
         self.ready_fd = max([s.fd for s in sockets] + [2]) + 1
         # Every worker must accept the Digest nonces the others hand out.
         self._environment = dict(os.environ)
+        for name in _ACTIVATION_VARIABLES:
+            self._environment.pop(name, None)
         self._environment.setdefault(DIGEST_KEY_VARIABLE, os.urandom(32).hex())
         self._environment[READY_VARIABLE] = str(self.ready_fd)
 
@@ -270,9 +333,10 @@ class Supervisor:
             self._spawn(number)
 
     def _spawn(self, number: int) -> None:
+        self._restarts.pop(number, None)
         if self._stopping:
             return
-        worker = _Worker(self, number)
+        worker = _Worker(self, number, self._clock.seconds())
         child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, self.ready_fd: "r"}
         for inherited in self._sockets:
             if inherited.fd >= 0:
@@ -299,13 +363,34 @@ class Supervisor:
         self._workers.pop(worker.number, None)
         if self._stopping:
             return
-        status = "exited" if reason.check(ProcessDone) else str(reason.value)
+        lived = self._clock.seconds() - worker.started
+        delay = self._restart_delay(worker.number, lived)
         log.warn(
-            "worker {number} ended ({status}); restarting",
+            "worker {number} {how} after {lived} s; restarting {when}",
             number=worker.number,
-            status=status,
+            how=how_it_ended(reason),
+            lived=f"{lived:.1f}",
+            when=f"in {delay:g} s" if delay else "now",
         )
-        self._reactor.callLater(RESTART_DELAY, self._spawn, worker.number)
+        if delay:
+            self._restarts[worker.number] = self._clock.callLater(
+                delay, self._spawn, worker.number
+            )
+        else:
+            self._spawn(worker.number)
+
+    def _restart_delay(self, number: int, lived: float) -> float:
+        """
+        How long to wait before restarting worker C{number}, which ended
+        C{lived} seconds after its start, and note the delay for its next
+        death.
+        """
+        if lived > YOUNG_SECONDS:
+            self._restart_delays[number] = FIRST_RESTART_DELAY
+            return 0.0
+        delay = self._restart_delays.get(number, FIRST_RESTART_DELAY)
+        self._restart_delays[number] = min(delay * 2, MOST_RESTART_DELAY)
+        return delay
 
     def signal_all(self, number: int) -> None:
         for worker in list(self._workers.values()):
@@ -317,9 +402,12 @@ class Supervisor:
         Ask every worker to stop gracefully; kill what is left after a while.
         """
         self._stopping = True
+        for restart in self._restarts.values():
+            restart.cancel()
+        self._restarts.clear()
         waiting = [worker.ended for worker in self._workers.values()]
         self.signal_all(signal.SIGTERM)
-        timer = self._reactor.callLater(STOP_SECONDS, self.signal_all, signal.SIGKILL)
+        timer = self._clock.callLater(STOP_SECONDS, self.signal_all, signal.SIGKILL)
         for ended in waiting:
             await ended
         if timer.active():

@@ -21,14 +21,19 @@ a Twisted release changes one of them.
   - Worker processes rebind what an endpoint string configured, which
     twisted's endpoints keep private: L{endpoint_tls_context},
     L{endpoint_address}.
+  - A CGI script runs in a process group of its own, which Twisted's
+    C{spawnProcess} offers only with a terminal: L{spawn_process_group}.
   - The reverse proxy sends its target exactly as given, and reads the
     upstream's C{Connection} header, which Agent keeps to itself:
     L{request_with_target}, L{build_connections_with},
-    L{HTTPClientProtocol}, L{response_parser}.
+    L{HTTPClientProtocol}, L{response_parser}.  It bounds the response head
+    that Twisted's client parser would buffer without end:
+    L{limit_response_head}, L{ResponseHeadTooLarge}.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -37,9 +42,15 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IAddress, IPullProducer, IReactorTime
+from twisted.internet.process import Process
 from twisted.internet.ssl import ContextFactory
 from twisted.web import http, server
-from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
+from twisted.web._newclient import (
+    HEADER,
+    STATUS,
+    HTTP11ClientProtocol,
+    HTTPClientParser,
+)
 from twisted.web.client import URI, Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
@@ -220,6 +231,58 @@ def response_parser(protocol: HTTP11ClientProtocol) -> HTTPClientParser | None:
     return protocol._parser
 
 
+class ResponseHeadTooLarge(Exception):
+    """
+    An upstream's response head went over the limits that
+    L{limit_response_head} set.
+    """
+
+
+def limit_response_head(
+    parser: HTTPClientParser, max_bytes: int, max_lines: int
+) -> None:
+    """
+    Make C{parser} give up on a response head (status line, header lines and
+    the empty line that ends them; each interim 1xx head counted apart) of
+    more than C{max_bytes} bytes or more than C{max_lines} header lines,
+    holding no more than C{max_bytes} of it meanwhile.
+
+    Twisted's C{HTTPClientParser} is a C{LineReceiver} that keeps every
+    header line it is given, and a line of up to C{MAX_LENGTH} (16 KiB)
+    before it has seen its end.  Here its C{MAX_LENGTH} is what is left of
+    C{max_bytes}, and its C{lineReceived} and C{lineLengthExceeded} raise
+    L{ResponseHeadTooLarge} once a limit is passed:
+    C{HTTP11ClientProtocol.dataReceived} then closes the connection and
+    fails the request with C{ResponseFailed}.  Reads the parser's C{state}
+    (C{_newclient}'s C{STATUS} and C{HEADER}).
+    """
+    parse_line = parser.lineReceived
+    ending = len(parser.delimiter)
+    used = 0
+    lines = 0
+
+    def line_received(line: bytes) -> None:
+        nonlocal used, lines
+        used += len(line) + ending
+        if parser.state == HEADER and line not in (b"", b"\r"):
+            lines += 1
+        if used > max_bytes:
+            raise ResponseHeadTooLarge(f"response head over {max_bytes} bytes")
+        if lines > max_lines:
+            raise ResponseHeadTooLarge(f"response head over {max_lines} lines")
+        parse_line(line)
+        if parser.state == STATUS:  # an interim 1xx head has ended
+            used = lines = 0
+        parser.MAX_LENGTH = max_bytes - used - ending
+
+    def line_length_exceeded(line: bytes) -> None:
+        raise ResponseHeadTooLarge(f"response head over {max_bytes} bytes")
+
+    parser.MAX_LENGTH = max_bytes - ending
+    parser.lineReceived = line_received  # type: ignore[method-assign]
+    parser.lineLengthExceeded = line_length_exceeded  # type: ignore[method-assign]
+
+
 def build_connections_with(
     pool: HTTPConnectionPool,
     protocol: Callable[[Callable[[Any], None]], HTTP11ClientProtocol],
@@ -270,3 +333,58 @@ def cgi_script_reactor(script: Any) -> Any:
     global reactor when it was given none.
     """
     return script._reactor
+
+
+class _GroupLeader(Process):
+    """
+    A process that starts a session of its own, and so a process group
+    whose id is its pid, between C{fork} and C{exec}.
+    """
+
+    def _trySpawnInsteadOfFork(self, *args: Any) -> bool:
+        # Twisted's posix_spawnp call cannot ask for a new session.
+        return False
+
+    def _execChild(self, *args: Any) -> None:
+        os.setsid()
+        super()._execChild(*args)
+
+
+def spawn_process_group(
+    reactor: Any,
+    protocol: Any,
+    executable: str,
+    args: list[str],
+    env: dict[bytes, bytes],
+    path: str,
+) -> Any:
+    """
+    What C{reactor.spawnProcess(protocol, executable, args, env, path)} does
+    on POSIX, the process put in a process group of its own (its id the
+    process's pid) so that its own children can be killed with it.
+    C{spawnProcess} starts a new session only with C{usePTY}, which joins
+    standard output and error on one terminal; so this overrides Twisted's
+    C{Process._execChild} (called in the child, after C{fork}) and turns
+    off its C{_trySpawnInsteadOfFork}.
+    """
+    return _GroupLeader(reactor, executable, args, env, path, protocol)
+
+
+def pause_accepting(port: Any) -> None:
+    """
+    Stop C{port} accepting connections (they wait in the kernel's backlog):
+    a listening TCP or UNIX port is a file descriptor the reactor reads,
+    which C{stopReading} takes out of its set.  Other ports are left alone.
+    """
+    stop = getattr(port, "stopReading", None)
+    if stop is not None and getattr(port, "connected", False):
+        stop()
+
+
+def resume_accepting(port: Any) -> None:
+    """
+    Let C{port} accept connections again (see L{pause_accepting}).
+    """
+    start = getattr(port, "startReading", None)
+    if start is not None and getattr(port, "connected", False):
+        start()

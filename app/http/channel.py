@@ -72,6 +72,7 @@ from app.http.limits import (
     MAX_HEADER_COUNT,
     MAX_REQUEST_LINE,
     MEMORY_BODY,
+    MIN_BODY_RATE,
     READ_AHEAD,
     SERVER_NAME,
 )
@@ -118,6 +119,7 @@ class _Message:
         "began",
         "body_length",
         "body_seen",
+        "body_started",
         "chunks",
         "content",
         "continue_wanted",
@@ -149,6 +151,8 @@ class _Message:
         self.keep_alive = True
         self.content: IO[bytes] | None = None
         self.body_length = 0
+        #: When the body began to arrive (None: not yet).
+        self.body_started: float | None = None
         #: Whether body bytes arrived in the data being parsed, and how many
         #: bytes arrived since any did.
         self.body_seen = False
@@ -248,7 +252,7 @@ class Channel(Protocol):
         transport.registerProducer(self, True)
         self._registered = True
         self._write = sender(transport)
-        self.site.channels.add(self)
+        self.site.channel_opened(self)
         self._idle()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -341,8 +345,10 @@ class Channel(Protocol):
             if not message.headers_done:
                 self._head_incomplete(message, data)
                 return
-            if message.body_seen:
-                message.body_seen = False
+            if message.body_started is None:
+                # The head ended in this read: the body's clock starts.
+                message.body_started = self._clock.seconds()
+            elif message.body_seen:
                 message.framing = 0
             else:
                 # llhttp holds an unfinished trailer line where no callback
@@ -351,9 +357,16 @@ class Channel(Protocol):
                 if message.framing > MAX_HEADER_BYTES:
                     self.refuse(431)
                     return
+            message.body_seen = False
             if self.timeOut:
-                # A body must keep arriving.
-                self._set_deadline(self._clock.seconds() + self.timeOut, self._too_slow)
+                # A body must keep arriving: the idle timeout, and a second
+                # more for every MIN_BODY_RATE bytes (Apache's MinRate).
+                self._set_deadline(
+                    message.body_started
+                    + self.timeOut
+                    + message.body_length / MIN_BODY_RATE,
+                    self._too_slow,
+                )
             return
 
     def _head_incomplete(self, message: _Message, data: bytes) -> None:

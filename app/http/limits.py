@@ -2,6 +2,9 @@
 The limits of the HTTP layer: sizes, times, and the names it answers with.
 """
 
+import errno
+from typing import TypeGuard
+
 SERVER_NAME = b"app"
 
 
@@ -21,3 +24,18 @@ READ_AHEAD = 64 * 1024
 MEMORY_BODY = 100_000
 #: What C{OPTIONS *} answers the server takes.
 ALLOWED_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+#: Bytes a second a request body must average, past the idle timeout it
+#: is allowed anyway (Apache's RequestReadTimeout body=...,MinRate=500).
+MIN_BODY_RATE = 500
+
+#: What the system says when the process (EMFILE) or the whole system
+#: (ENFILE) has no file descriptor left.
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def out_of_descriptors(error: BaseException | None) -> TypeGuard[OSError]:
+    """
+    Whether C{error} says there is no file descriptor left: the answer is
+    then 503, never a 404 or a 500.
+    """
+    return isinstance(error, OSError) and error.errno in OUT_OF_DESCRIPTORS

@@ -86,6 +86,20 @@ def render_error(request: IRequest, code: int, detail: str | None = None) -> byt
     return body
 
 
+#: Seconds a client is told to wait before it tries a busy server again.
+RETRY_AFTER = 1
+
+
+def render_busy(request: IRequest) -> bytes:
+    """
+    Set up C{request} for the 503 page of a server too busy to take it now,
+    with C{Retry-After}; return its body.
+    """
+    body = render_error(request, 503)
+    request.setHeader(b"retry-after", b"%d" % (RETRY_AFTER,))
+    return body
+
+
 def redirect(request: IRequest, path: str) -> bytes | None:
     """
     Set up C{request} as a redirect to C{path} (absolute, already quoted)

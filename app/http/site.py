@@ -12,13 +12,17 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import IResource
 
+from app.compat.twisted import pause_accepting, resume_accepting
 from app.config import Config
 from app.http.channel import Channel, Refusal
 from app.http.request import Request
 from app.sessions import Session, SessionStore, SessionSweep, new_uid
+
+log = Logger()
 
 
 class Site(server.Site):
@@ -43,11 +47,17 @@ class Site(server.Site):
         display_tracebacks: bool = False,
         session_timeout: float = Config.session_timeout,
         max_sessions: int = Config.max_sessions,
+        max_connections: int = Config.max_connections,
     ) -> None:
         super().__init__(resource, timeout=idle_timeout, reactor=reactor)
         self.max_body = max_body
         self.displayTracebacks = display_tracebacks
         self.channels: set[Channel] = set()
+        #: Past this many open connections, the ports stop accepting.
+        self.max_connections = max_connections
+        #: The ports this site is served on, paused and resumed by the above.
+        self.ports: list[IListeningPort] = []
+        self._accepting = True
         self.stopping = False
         #: Started by whoever starts the server, stopped after the last request.
         self.service = MultiService()
@@ -99,8 +109,28 @@ class Site(server.Site):
         if self.refusal_log is not None:
             self.refusal_log(refusal)
 
+    def channel_opened(self, channel: Channel) -> None:
+        self.channels.add(channel)
+        if self._accepting and len(self.channels) >= self.max_connections:
+            # The kernel's backlog holds the next clients until one leaves.
+            self._accepting = False
+            for port in self.ports:
+                pause_accepting(port)
+            log.warn(
+                "{count} connections open: not accepting more until one closes",
+                count=len(self.channels),
+            )
+
     def channel_closed(self, channel: Channel) -> None:
         self.channels.discard(channel)
+        if (
+            not self._accepting
+            and not self.stopping
+            and len(self.channels) < self.max_connections
+        ):
+            self._accepting = True
+            for port in self.ports:
+                resume_accepting(port)
         if not self.channels:
             waiting, self._all_closed = self._all_closed, []
             for waiter in waiting:

@@ -26,20 +26,25 @@ replaced:
   - The pool's threads are daemons, and stopping the pool does not wait for
     them: C{ThreadPool.stop()} joins every thread, so an application that
     never returns would hold the shutdown, and the exit, forever.
+  - At most L{WAITING_PER_THREAD} requests a thread wait for one; past that
+    a request is answered at once with 503 and C{Retry-After} (twisted queues
+    without bound).  A waiting request whose client goes away leaves the
+    line, and is never run.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
-from threading import Thread
+from threading import Lock, Thread
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,13 +59,20 @@ from app.compat.twisted import (
     wsgi_errors,
     wsgi_input,
 )
-from app.http.pages import HTML_TYPE, error_page
+from app.http.pages import HTML_TYPE, answer, error_page, render_busy
 from app.http.request import request_uri
 from app.mounts.gateway import request_variables
 
 #: Request headers not passed as C{HTTP_*}: the body's are C{CONTENT_*};
 #: C{Proxy} is httpoxy.
 WSGI_HIDDEN_HEADERS = frozenset({b"content-type", b"content-length", b"proxy"})
+
+#: Requests that may wait for a thread, for each thread of the pool.
+WAITING_PER_THREAD = 8
+
+
+#: The least time, in seconds, between two log lines about refusals.
+_REFUSAL_LOG_INTERVAL = 1.0
 
 _STATUS = re.compile(r"[2-5][0-9][0-9] [^\x00-\x1f\x7f]*[^\x00-\x20\x7f]")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -87,12 +99,86 @@ class _DaemonThread(Thread):
         self.daemon = True
 
 
+class _PlaceState(enum.Enum):
+    WAITING = "waiting"
+    STARTED = "started"
+    GIVEN_UP = "given up"
+
+
+class WaitingPlace:
+    """
+    A call's place among those waiting for a thread of a L{WSGIThreadPool}.
+    """
+
+    def __init__(self, pool: WSGIThreadPool) -> None:
+        self._pool = pool
+        self._state = _PlaceState.WAITING
+
+    def call(self, work: Callable[[], object]) -> None:
+        """
+        Hand C{work} to the pool: a thread runs it unless the place has been
+        given up by then.
+        """
+        self._pool.callInThread(self._run, work)
+
+    def give_up(self) -> None:
+        """
+        Leave the line: work not started yet never will be.
+        """
+        self._pool._leave(self, _PlaceState.GIVEN_UP)
+
+    def _run(self, work: Callable[[], object]) -> None:
+        if self._pool._leave(self, _PlaceState.STARTED):
+            work()
+
+
 class WSGIThreadPool(ThreadPool):
     """
-    A thread pool of daemon threads.
+    A thread pool of daemon threads, with a bounded line of calls waiting
+    for a thread (L{join_line}).
     """
 
     threadFactory = _DaemonThread
+
+    def __init__(
+        self,
+        minthreads: int = 5,
+        maxthreads: int = 20,
+        name: str | None = None,
+        *,
+        max_waiting: int | None = None,
+    ) -> None:
+        """
+        @param max_waiting: calls that may wait for a thread;
+            L{WAITING_PER_THREAD} a thread unless given.
+        """
+        super().__init__(minthreads, maxthreads, name)
+        self.max_waiting = (
+            WAITING_PER_THREAD * maxthreads if max_waiting is None else max_waiting
+        )
+        #: Calls handed to the pool that no thread has started, nor given up.
+        self.waiting = 0
+        # Places are taken in the reactor's thread and left in the pool's.
+        self._line_lock = Lock()
+
+    def join_line(self) -> WaitingPlace | None:
+        """
+        A place to wait for a thread, or C{None} when C{max_waiting} calls
+        already wait.
+        """
+        with self._line_lock:
+            if self.waiting >= self.max_waiting:
+                return None
+            self.waiting += 1
+        return WaitingPlace(self)
+
+    def _leave(self, place: WaitingPlace, state: _PlaceState) -> bool:
+        with self._line_lock:
+            if place._state is not _PlaceState.WAITING:
+                return False
+            place._state = state
+            self.waiting -= 1
+            return True
 
 
 class ThreadPoolService(Service):
@@ -368,9 +454,10 @@ class WSGIResource(wsgi.WSGIResource):
     def __init__(
         self,
         reactor: Any,
-        threadpool: ThreadPool,
+        threadpool: WSGIThreadPool,
         application: Callable[..., Any],
         *,
+        clock: IReactorTime,
         display_tracebacks: bool = False,
         multiprocess: bool = False,
     ) -> None:
@@ -379,8 +466,15 @@ class WSGIResource(wsgi.WSGIResource):
         self._pool_reactor = reactor
         self._pool = threadpool
         self._wsgi_application = application
+        self._clock = clock
+        #: Requests refused since the last log line about it, and its time.
+        self._refused = 0
+        self._refusal_logged: float | None = None
 
     def render(self, request: Request) -> int:
+        place = self._pool.join_line()
+        if place is None:
+            return self._refuse(request)
         response = _Response(
             self._pool_reactor,
             self._pool,
@@ -388,5 +482,21 @@ class WSGIResource(wsgi.WSGIResource):
             request,
             self._settings,
         )
-        response.start()
+        request.notifyFinish().addBoth(lambda _: place.give_up())
+        place.call(response.run)
         return NOT_DONE_YET
+
+    def _refuse(self, request: Request) -> int:
+        self._refused += 1
+        now = self._clock.seconds()
+        last = self._refusal_logged
+        if last is None or now - last >= _REFUSAL_LOG_INTERVAL:
+            log.warn(
+                "WSGI: {waiting} requests wait for {threads} threads; "
+                "{refused} refused with 503 since the last such line",
+                waiting=self._pool.waiting,
+                threads=self._pool.max,
+                refused=self._refused,
+            )
+            self._refused, self._refusal_logged = 0, now
+        return answer(request, render_busy(request))

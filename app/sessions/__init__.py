@@ -1,6 +1,7 @@
 """
 The session store: twisted.web's C{Session} with the server's cookie, a
-bounded, least-recently-used store swept by one timer.
+bounded store (a segmented LRU: probation, then protected) swept by one
+timer.
 """
 
 from app.sessions.store import (

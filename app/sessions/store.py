@@ -6,13 +6,18 @@ expires idle sessions with one timer.
     C{expire()}, C{notifyOnExpire()}, adapters through C{getComponent}).
   - Expiry slides: every C{request.getSession()} touches the session, and a
     session ends C{timeout} seconds after its last touch, on the site's clock.
-  - The store holds at most C{limit} sessions; making one more expires the
-    least recently used (its expiry callbacks run).
-  - The store keeps its sessions in an C{OrderedDict} in order of last use,
-    which is also the order of their deadlines, so one timer set for the
-    oldest deadline serves every session, and both a sweep and an eviction
-    cost only what they expire.  twisted.web gives every session a
-    C{callLater} of its own instead (slow and large at 100 000 sessions).
+  - The store holds at most C{limit} sessions, in two segments (a segmented
+    LRU): a new session is on probation; a later request that presents its
+    cookie moves it to the protected segment.  Making a session when the
+    store is full expires the least recently used probation session, and a
+    protected one only when no probation session remains, so a flood of
+    cookieless requests cannot end the sessions of returning clients.
+    Evicted sessions expire as any other (their expiry callbacks run).
+  - Each segment is an C{OrderedDict} in order of last use, which is also
+    the order of its deadlines, so one timer set for the older of the two
+    heads serves every session, and both a sweep and an eviction cost only
+    what they expire.  twisted.web gives every session a C{callLater} of its
+    own instead (slow and large at 100 000 sessions).
   - The cookie is C{HttpOnly}, C{SameSite=Lax}, C{Path=/}, and C{Secure}
     over TLS; its value is 256 bits from the OS's random source.  A cookie
     the store does not know (garbage, forged, expired) gets a fresh session.
@@ -23,6 +28,7 @@ expires idle sessions with one timer.
 
 from __future__ import annotations
 
+import heapq
 import re
 import secrets
 from collections import OrderedDict
@@ -134,6 +140,12 @@ class SessionStore(MutableMapping[bytes, Session]):
     """
     The live sessions of a site, by uid, least recently used first.
 
+    A session is stored on probation, and moves to the protected segment
+    when it is used with C{promote} (by a later request than the one that
+    made it).  Storing one more than C{limit} evicts the least recently used
+    probation session, or the least recently used protected one when no
+    session is on probation.
+
     Looking up a session that has passed its deadline expires it and raises
     L{KeyError}, so a stale session is never returned even before the sweep
     has run.
@@ -147,7 +159,10 @@ class SessionStore(MutableMapping[bytes, Session]):
         self.timeout = timeout
         self.limit = limit
         self.clock = clock
-        self._sessions: OrderedDict[bytes, Session] = OrderedDict()
+        #: Sessions used by one request only, least recently used first.
+        self._probation: OrderedDict[bytes, Session] = OrderedDict()
+        #: Sessions used by later requests too, least recently used first.
+        self._protected: OrderedDict[bytes, Session] = OrderedDict()
         self._sweep_call: IDelayedCall | None = None
         self._paused = False
 
@@ -160,28 +175,45 @@ class SessionStore(MutableMapping[bytes, Session]):
         return session
 
     def __setitem__(self, uid: bytes, session: Session) -> None:
-        self._sessions.pop(uid, None)
-        while len(self._sessions) >= self.limit:
-            _, oldest = self._sessions.popitem(last=False)
-            oldest.expire()
-        self._sessions[uid] = session
+        probation, protected = self._probation, self._protected
+        if protected.pop(uid, None) is None:
+            probation.pop(uid, None)
+        while len(probation) + len(protected) >= self.limit:
+            _, evicted = (probation or protected).popitem(last=False)
+            evicted.expire()
+        probation[uid] = session
         self._schedule()
 
     def __delitem__(self, uid: bytes) -> None:
-        del self._sessions[uid]
-        if not self._sessions:
+        if self._protected.pop(uid, None) is None:
+            del self._probation[uid]
+        if not (self._probation or self._protected):
             self._cancel()
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._sessions)
+        # Each segment is in order of last use: merge them by it.
+        merged = heapq.merge(
+            self._probation.items(), self._protected.items(), key=_last_use
+        )
+        return (uid for uid, _ in merged)
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return len(self._probation) + len(self._protected)
 
     # -- what sessions and requests tell the store ---------------------------
 
     def holds(self, session: Session) -> bool:
-        return self._sessions.get(session.uid) is session
+        uid = session.uid
+        return (
+            self._protected.get(uid) is session or self._probation.get(uid) is session
+        )
+
+    def is_protected(self, session: Session) -> bool:
+        """
+        Whether C{session} is held in the protected segment (it has been used
+        by more than one request).
+        """
+        return self._protected.get(session.uid) is session
 
     def is_stale(self, session: Session, now: float) -> bool:
         deadline: float = session.lastModified + self.timeout
@@ -192,28 +224,38 @@ class SessionStore(MutableMapping[bytes, Session]):
         The session called C{uid} if it is live at C{now}, or L{None}.  One
         found past its deadline expires (the sweep may not have run yet).
         """
-        session = self._sessions.get(uid)
+        session = self._protected.get(uid)
+        if session is None:
+            session = self._probation.get(uid)
         if session is not None and now >= session.lastModified + self.timeout:
             session.expire()
             return None
         return session
 
-    def use(self, session: Session, now: float) -> bool:
+    def use(self, session: Session, now: float, promote: bool = False) -> bool:
         """
         Mark C{session} used at C{now}: its deadline becomes C{now} plus the
-        timeout, and it becomes the most recently used.  A held session
-        already past its deadline expires instead.  Returns whether the
-        store holds C{session} afterwards.
+        timeout, and it becomes the most recently used of its segment; with
+        C{promote}, a session on probation moves to the protected segment.
+        A held session already past its deadline expires instead.  Returns
+        whether the store holds C{session} afterwards.
         """
-        sessions = self._sessions
         uid = session.uid
-        held = sessions.get(uid) is session
+        segment = self._protected
+        held = segment.get(uid) is session
+        if not held:
+            segment = self._probation
+            held = segment.get(uid) is session
         if held and now >= session.lastModified + self.timeout:
             session.expire()
             return False
         session.lastModified = now
         if held:
-            sessions.move_to_end(uid)
+            if promote and segment is self._probation:
+                del segment[uid]
+                self._protected[uid] = session
+            else:
+                segment.move_to_end(uid)
         return held
 
     def discard(self, session: Session) -> None:
@@ -234,10 +276,25 @@ class SessionStore(MutableMapping[bytes, Session]):
         self._paused = False
         self._schedule()
 
+    def _oldest(self) -> Session | None:
+        """
+        The session with the earliest deadline: the older of the heads of
+        the two segments.
+        """
+        oldest: Session | None = None
+        for segment in (self._probation, self._protected):
+            if segment:
+                head = next(iter(segment.values()))
+                if oldest is None or head.lastModified < oldest.lastModified:
+                    oldest = head
+        return oldest
+
     def _schedule(self) -> None:
-        if self._paused or self._sweep_call is not None or not self._sessions:
+        if self._paused or self._sweep_call is not None:
             return
-        oldest = next(iter(self._sessions.values()))
+        oldest = self._oldest()
+        if oldest is None:
+            return
         delay = oldest.lastModified + self.timeout - self.clock.seconds()
         delay = min(max(0.0, delay), MAX_SWEEP_DELAY)
         self._sweep_call = self.clock.callLater(delay, self._sweep)
@@ -245,9 +302,7 @@ class SessionStore(MutableMapping[bytes, Session]):
     def _sweep(self) -> None:
         self._sweep_call = None
         now = self.clock.seconds()
-        sessions = self._sessions
-        while sessions:
-            oldest = next(iter(sessions.values()))
+        while (oldest := self._oldest()) is not None:
             if not self.is_stale(oldest, now):
                 break
             oldest.expire()
@@ -261,6 +316,11 @@ class SessionStore(MutableMapping[bytes, Session]):
             if self._sweep_call.active():
                 self._sweep_call.cancel()
             self._sweep_call = None
+
+
+def _last_use(item: tuple[bytes, Session]) -> float:
+    last_use: float = item[1].lastModified
+    return last_use
 
 
 class SessionSweep(Service):
@@ -333,31 +393,31 @@ def _is_secure(request: Request, force_not_secure: bool) -> bool:
     return not force_not_secure and bool(request.isSecure())
 
 
-def _found_session(
-    request: Request, store: SessionStore, secure: bool, now: float
-) -> Session | None:
+def _kept(request: Request, store: SessionStore, secure: bool) -> Session | None:
     """
-    The session of C{request}: the one an earlier lookup of the same request
-    found, while the store holds it, or else the first that its cookies name
-    and that is live at C{now}.  Either way it is kept on the request, where
-    twisted.web's own getSession keeps it, for the next lookup.
+    The session that an earlier C{getSession()} of the same request found
+    or made, while the store holds it.
     """
     session: Session | None = kept_session(request, secure)
     if session is not None and store.holds(session):
         return session
-    session = None
+    return None
+
+
+def _named_session(
+    request: Request, store: SessionStore, secure: bool, now: float
+) -> Session | None:
+    """
+    The first session that the cookies of C{request} name and that is live
+    at C{now}.
+    """
     headers = request.requestHeaders.getRawHeaders(b"cookie")
     if headers is not None:
         for uid in cookie_uids(headers, _cookie_name(secure)):
             session = store.live(uid, now)
             if session is not None:
-                break
-    _keep(request, secure, session)
-    return session
-
-
-def _keep(request: Request, secure: bool, session: Session | None) -> None:
-    keep_session(request, secure, session)
+                return session
+    return None
 
 
 def existing_session(
@@ -365,11 +425,15 @@ def existing_session(
 ) -> Session | None:
     """
     The live session that C{request} already has (by its cookie, or from an
-    earlier C{getSession()} of the same request), or L{None}; never makes one.
+    earlier C{getSession()} of the same request), or L{None}; never makes
+    one, nor touches or promotes it (a C{getSession()} of the request does).
     """
     store = request.site.sessions
     secure = _is_secure(request, force_not_secure)
-    return _found_session(request, store, secure, store.clock.seconds())
+    session = _kept(request, store, secure)
+    if session is None:
+        session = _named_session(request, store, secure, store.clock.seconds())
+    return session
 
 
 def request_session(
@@ -377,19 +441,25 @@ def request_session(
 ) -> Any:
     """
     C{request.getSession()}: the request's session, touched, or a new one
-    with its cookie set; adapted to C{interface} when one is given.
+    with its cookie set; adapted to C{interface} when one is given.  The
+    session is kept on the request, where twisted.web's own getSession keeps
+    it, for the next lookup.
     """
     store = request.site.sessions
     secure = not force_not_secure and request.isSecure()
     # One reading of the clock both finds the session live and restarts its
     # idle time, as Session.touch would.
     now = store.clock.seconds()
-    session = _found_session(request, store, secure, now)
+    session = _kept(request, store, secure)
     if session is None or not store.use(session, now):
-        session = request.site.makeSession()
-        head, tail = _NEW_COOKIE[secure]
-        request.cookies.append(head + session.uid + tail)
-        _keep(request, secure, session)
+        # A session found by its cookie is used by a later request than the
+        # one that made it: that moves it off probation.
+        session = _named_session(request, store, secure, now)
+        if session is None or not store.use(session, now, promote=True):
+            session = request.site.makeSession()
+            head, tail = _NEW_COOKIE[secure]
+            request.cookies.append(head + session.uid + tail)
+        keep_session(request, secure, session)
     if interface is not None:
         return session.getComponent(interface)
     return session

@@ -8,6 +8,7 @@ twisted.web.twcgi with the parts that differ replaced.
   - L{app.mounts.cgi.standard_input}: the request body, to the script.
   - L{app.mounts.cgi.headers}: the script's header block.
   - L{app.mounts.cgi.process}: one run of a script, from start to end.
+  - L{app.mounts.cgi.slots}: how many scripts run at once, and the queue.
 """
 
 from app.mounts.cgi.headers import (
@@ -21,10 +22,12 @@ from app.mounts.cgi.headers import (
 from app.mounts.cgi.process import MAX_STDERR_BYTES, CGIProcess, RunState
 from app.mounts.cgi.resource import CGIDirectory, CGIScript, cgi_directory
 from app.mounts.cgi.settings import CGISettings
+from app.mounts.cgi.slots import MAX_WAITING, ScriptSlots
 
 __all__ = [
     "MAX_HEAD_BYTES",
     "MAX_STDERR_BYTES",
+    "MAX_WAITING",
     "BadHead",
     "CGIDirectory",
     "CGIProcess",
@@ -32,6 +35,7 @@ __all__ = [
     "CGISettings",
     "Head",
     "RunState",
+    "ScriptSlots",
     "cgi_directory",
     "parse_head",
     "resume_offset",

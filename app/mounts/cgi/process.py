@@ -13,6 +13,11 @@ replaced:
   - Time: a script that has not finished its header block within the timeout
     is killed (504); one silent that long later on is killed and the
     connection closed; a client that goes away kills its script.
+  - Killing: twcgi signals the script's process alone.  A script runs in a
+    process group of its own (L{app.compat.twisted.spawn_process_group}),
+    and the whole group is killed, so that its children do not outlive it.
+  - A script that cannot start for want of file descriptors is a 503 with
+    C{Retry-After}, not a 500.
 
 The output is streamed: the script's standard output is read only as fast as
 the client takes it.
@@ -20,15 +25,19 @@ the client takes it.
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Callable
 from enum import Enum
 
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import twcgi
 from twisted.web.iweb import IRequest
 
+from app.http.limits import out_of_descriptors
 from app.http.pages import render_error
 from app.mounts.cgi.headers import (
     MAX_HEAD_BYTES,
@@ -37,6 +46,7 @@ from app.mounts.cgi.headers import (
     resume_offset,
     split_head,
 )
+from app.mounts.cgi.slots import answer_busy
 from app.mounts.cgi.standard_input import StandardInput
 
 #: How much of a script's standard error is kept for the log (the end of it).
@@ -97,7 +107,12 @@ class CGIProcess(twcgi.CGIProcessProtocol):
     """
 
     def __init__(
-        self, request: IRequest, script: str, timeout: float, clock: IReactorTime
+        self,
+        request: IRequest,
+        script: str,
+        timeout: float,
+        clock: IReactorTime,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(request)
         # Called with None once the request is finished, with a Failure when
@@ -115,10 +130,16 @@ class CGIProcess(twcgi.CGIProcessProtocol):
         #: Why the run failed, once it has: logged when the process ends.
         self._failure: str | None = None
         self._stdin: StandardInput | None = None
+        #: The script's process group: its pid, once it runs.
+        self._group: int | None = None
+        #: Called once, when the run is over: the process ended, or never
+        #: started.
+        self._on_end = on_end
 
     # -- process events ---------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._group = getattr(self.transport, "pid", None)
         if self._state not in _ANSWERING:  # answered before the process started
             self._kill()
             return
@@ -167,6 +188,12 @@ class CGIProcess(twcgi.CGIProcessProtocol):
             self._stderr_dropped += excess
 
     def processEnded(self, reason: Failure) -> None:
+        try:
+            self._process_ended(reason)
+        finally:
+            self._end()
+
+    def _process_ended(self, reason: Failure) -> None:
         previous, self._state = self._state, RunState.ENDED
         self._cancel_timer()
         if self._stdin is not None:
@@ -201,11 +228,22 @@ class CGIProcess(twcgi.CGIProcessProtocol):
 
     def spawn_failed(self, failure: Failure) -> None:
         """
-        The script could not be started at all.
+        The script could not be started at all: 503 when the server is out
+        of file descriptors (logged by the caller, which sees them all),
+        500 otherwise.
         """
         self._cancel_timer()
-        log.failure("CGI script {script} could not start", failure, script=self._script)
-        self._answer_error(500)
+        try:
+            if not out_of_descriptors(failure.value):
+                log.failure(
+                    "CGI script {script} could not start", failure, script=self._script
+                )
+                self._answer_error(500)
+            elif self._state in _ANSWERING:
+                self._state = RunState.FAILED
+                answer_busy(self.request)
+        finally:
+            self._end()
 
     # -- the client ---------------------------------------------------------
 
@@ -268,12 +306,30 @@ class CGIProcess(twcgi.CGIProcessProtocol):
         transport = self.transport
         if self._state is RunState.ENDED or transport is None:
             return
+        self._kill_group(transport)
+        # Close our ends too: a child of the script may still hold them.
+        transport.loseConnection()
+
+    def _kill_group(self, transport: IProcessTransport) -> None:
+        # The group outlives its first process while any child is in it, and
+        # no new process can take its id meanwhile.
+        if self._group is not None:
+            try:
+                os.killpg(self._group, signal.SIGKILL)
+                return
+            except ProcessLookupError:
+                # No group yet: the child has not reached exec, so has no
+                # children of its own either; or no process is left in it.
+                pass
         try:
             transport.signalProcess("KILL")
         except ProcessExitedAlready:
             pass
-        # Close our ends too: a child of the script may still hold them.
-        transport.loseConnection()
+
+    def _end(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end()
 
     def _answer_error(self, code: int) -> None:
         """

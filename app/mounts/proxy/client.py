@@ -10,6 +10,10 @@ normalises the request target.  Here:
   - The request target goes exactly as given (an empty query C{?} stays).
   - The upstream's C{Connection} header stays in the response headers, so
     that the headers it names can be dropped.
+  - A response head over L{MAX_HEAD_BYTES} or with more than
+    L{MAX_HEAD_LINES} header lines fails the request and closes the
+    connection, no more of it held than that (Twisted's parser keeps every
+    header line it is sent).
   - No cookie jar, no redirect following, no content decoding.
 """
 
@@ -27,22 +31,34 @@ from twisted.web.iweb import IBodyProducer, IRequest, IResponse
 from app.compat.twisted import (
     HTTPClientProtocol,
     build_connections_with,
+    limit_response_head,
     request_with_target,
     response_parser,
 )
 
-__all__ = ["POOL_SIZE", "UpstreamClient", "discard"]
+__all__ = [
+    "MAX_HEAD_BYTES",
+    "MAX_HEAD_LINES",
+    "POOL_SIZE",
+    "UpstreamClient",
+    "discard",
+]
 
 #: Idle connections kept open to the upstream.
 POOL_SIZE = 10
 
+#: The most an upstream's response head may take: bytes (status line and
+#: line ends included) and header lines.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEAD_LINES = 100
+
 
 class _ClientProtocol(HTTPClientProtocol):
     """
-    Twisted's HTTP/1.1 client, handing back the upstream's C{Connection}
-    header: Agent files it under the parser's connection headers and leaves
-    it out of C{Response.headers}, so the headers it names (which a proxy
-    must drop) could not be known.
+    Twisted's HTTP/1.1 client, with the response head bounded, handing back
+    the upstream's C{Connection} header: Agent files it under the parser's
+    connection headers and leaves it out of C{Response.headers}, so the
+    headers it names (which a proxy must drop) could not be known.
     """
 
     def request(self, request: Any) -> Deferred[IResponse]:
@@ -50,6 +66,7 @@ class _ClientProtocol(HTTPClientProtocol):
         parser = response_parser(self)
         if parser is None:
             return answer
+        limit_response_head(parser, MAX_HEAD_BYTES, MAX_HEAD_LINES)
 
         def restore_connection_header(response: IResponse) -> IResponse:
             # connHeaders is read now, not earlier: a 1xx answer replaces it.

@@ -185,7 +185,7 @@ class Exchange:
         log.warn(
             "Proxy request for {uri} failed: {error}",
             uri=self._uri(),
-            error=_describe(failure),
+            error=_reasons(failure),
         )
         self._answer_error(502)
 

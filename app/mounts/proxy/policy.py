@@ -14,10 +14,24 @@ must do better, so here:
     (L{valid_target}) never goes upstream.
   - Hop-by-hop headers are dropped both ways; C{X-Forwarded-For} gets the
     client appended, C{X-Forwarded-Proto} and C{X-Forwarded-Host} are set
-    (L{request_headers}).
+    (L{request_headers}).  The client's C{Forwarded} and C{X-Real-IP}, and
+    every header whose name holds C{_}, stay here: an upstream would take
+    them for what a proxy vouches for (many servers read C{X_Forwarded_For}
+    as C{X-Forwarded-For}, since CGI spells both C{HTTP_X_FORWARDED_FOR}).
   - The upstream's C{Location} and C{Content-Location} under its own origin
     and base path are rewritten back under the mount; header names that are
     not tokens and values holding a NUL are dropped (L{response_headers}).
+    The path is first resolved as a browser resolves it (RFC 3986
+    remove_dot_segments, also reading C{%2e} as C{.} and C{\\} as C{/}), so
+    a rewritten location is always under the mount: C{/base/../admin} is
+    not made C{/proxy/../admin}, which a browser would take to C{/admin}
+    here.  A location that resolves outside the base path is never
+    rewritten into the mount.  If it is an absolute URL (or network-path
+    reference) at the upstream's origin, it is dropped: the client could
+    not follow it, and it would only show the upstream's address.  A path
+    reference (C{/other}) is passed unchanged: to a browser it already
+    names a path on this server, not on the upstream.  Anything else (a
+    URL at another origin, a relative reference) is passed unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ __all__ = [
     "Upstream",
     "dot_segment",
     "reason_phrase",
+    "remove_dot_segments",
     "request_headers",
     "response_headers",
     "valid_target",
@@ -65,6 +80,14 @@ _SET_BY_PROXY = frozenset(
         b"x-forwarded-host",
     }
 )
+
+#: Request headers of the client that never go upstream (besides those
+#: whose names hold "_"): forwarding claims only a proxy may make.
+_NOT_PASSED = frozenset({b"forwarded", b"x-real-ip"})
+
+#: Path segments that browsers read as "." and "..", lower-cased.
+_DOT = frozenset({b".", b"%2e"})
+_DOT_DOT = frozenset({b"..", b".%2e", b"%2e.", b"%2e%2e"})
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: What a request target may hold on its way upstream: visible ASCII, no '#'.
@@ -118,11 +141,13 @@ class Upstream:
             target += b"?" + query
         return target
 
-    def rewrite_location(self, value: bytes, mount: bytes) -> bytes:
+    def rewrite_location(self, value: bytes, mount: bytes) -> bytes | None:
         """
         C{value} (a C{Location} or C{Content-Location}) moved under C{mount}
-        (the raw path of the mount, ending in C{/}) when it points at the
-        upstream's base path, by absolute URL or by path; else unchanged.
+        (the raw path of the mount, ending in C{/}) when, its dot segments
+        resolved, it points at the upstream's base path, by absolute URL or
+        by path; C{None} (drop it) when it is an absolute URL at the
+        upstream's origin outside the base path; else unchanged.
         """
         lowered = value.lower()
         for origin in self.origins:
@@ -130,28 +155,53 @@ class Upstream:
                 rest = value[len(origin) :]
                 if rest[:1] in (b"", b"?", b"#"):
                     rest = b"/" + rest
-                if rest.startswith(b"/"):
-                    return self._under_mount(rest, mount) or value
+                if rest[:1] in (b"/", b"\\"):
+                    return self._under_mount(rest, mount)
         if value.startswith(b"/") and not value.startswith((b"//", b"/\\")):
             return self._under_mount(value, mount) or value
         return value
 
-    def _under_mount(self, path: bytes, mount: bytes) -> bytes | None:
+    def _under_mount(self, reference: bytes, mount: bytes) -> bytes | None:
+        """
+        The absolute-path C{reference} under C{mount}, its dot segments
+        resolved, or C{None} when it resolves outside the base path.
+        """
+        # Browsers drop tabs and line breaks anywhere in a URL.
+        reference = reference.translate(None, b"\t\n\r")
+        cut = min(
+            (at for at in (reference.find(b"?"), reference.find(b"#")) if at >= 0),
+            default=len(reference),
+        )
+        path = remove_dot_segments(reference[:cut])
+        suffix = reference[cut:]
         if path.startswith(self.base_path):
-            return mount + path[len(self.base_path) :]
+            return mount + path[len(self.base_path) :] + suffix
         bare = self.base_path[:-1]
-        if (
-            bare
-            and path.startswith(bare)
-            and path[len(bare) : len(bare) + 1]
-            in (
-                b"",
-                b"?",
-                b"#",
-            )
-        ):
-            return mount[:-1] + path[len(bare) :]
+        if bare and path == bare:
+            return mount[:-1] + suffix
         return None
+
+
+def remove_dot_segments(path: bytes) -> bytes:
+    """
+    The absolute C{path} with its C{.} and C{..} segments resolved (RFC 3986
+    section 5.2.4), reading as browsers do C{%2e} as C{.} and C{\\} as C{/};
+    a C{..} never climbs above C{/}.
+    """
+    segments = path.replace(b"\\", b"/").split(b"/")[1:]
+    kept: list[bytes] = []
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        lowered = segment.lower()
+        if lowered in _DOT_DOT:
+            if kept:
+                kept.pop()
+        elif lowered not in _DOT:
+            kept.append(segment)
+            continue
+        if last:
+            kept.append(b"")
+    return b"/" + b"/".join(kept)
 
 
 def valid_target(rest: bytes, query: bytes | None) -> bool:
@@ -188,7 +238,12 @@ def request_headers(request: IRequest) -> Headers:
     headers = Headers()
     for name, values in incoming.getAllRawHeaders():
         lowered = name.lower()
-        if lowered in _SET_BY_PROXY or _hop_by_hop(lowered, named):
+        if (
+            lowered in _SET_BY_PROXY
+            or lowered in _NOT_PASSED
+            or b"_" in lowered
+            or _hop_by_hop(lowered, named)
+        ):
             continue
         headers.setRawHeaders(name, values)
     forwarded = incoming.getRawHeaders(b"x-forwarded-for", [])
@@ -214,7 +269,8 @@ def response_headers(upstream: Upstream, incoming: Headers, mount: bytes) -> Hea
         if _hop_by_hop(lowered, named) or not _TOKEN.fullmatch(name):
             continue
         if lowered in (b"location", b"content-location"):
-            values = [upstream.rewrite_location(v, mount) for v in values]
+            moved = (upstream.rewrite_location(value, mount) for value in values)
+            values = [value for value in moved if value is not None]
         values = [value for value in values if b"\x00" not in value]
         if values:
             headers.setRawHeaders(name, values)

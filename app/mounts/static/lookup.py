@@ -20,6 +20,7 @@ the root.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import weakref
@@ -38,9 +39,22 @@ WELL_KNOWN = ".well-known"
 #: The file a directory serves.
 INDEX = "index.html"
 
+
 #: O_NOFOLLOW: a symlink met is left to the resolving way (or, where that
 #: way opens a path already resolved, was swapped in since).  O_NONBLOCK:
 #: opening a FIFO must not wait for a writer.
+class OutOfDescriptors(Exception):
+    """
+    The process (EMFILE) or the system (ENFILE) has no file descriptor left
+    to open a file with: the file may well exist, so this is no 404.
+    """
+
+
+def _no_descriptor_left(error: OSError | ValueError) -> None:
+    if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+        raise OutOfDescriptors(str(error)) from error
+
+
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: O_PATH (Linux): a directory passed through needs only search permission,
 #: as on a path.
@@ -111,7 +125,8 @@ class _HeldDirectory:
             return None
         try:
             descriptor = os.open(path, _DIRECTORY_FLAGS)
-        except OSError:
+        except OSError as error:
+            _no_descriptor_left(error)
             return None
         try:
             opened = os.fstat(descriptor)
@@ -170,7 +185,8 @@ def _open_beneath(root: int, names: list[str]) -> int | None:
                 os.close(directory)
             directory = inner
         return os.open(names[-1], _FILE_FLAGS, dir_fd=directory)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as error:
+        _no_descriptor_left(error)
         return None
     finally:
         if directory != root:
@@ -233,7 +249,8 @@ def open_regular(real: str) -> tuple[int, os.stat_result] | None:
     """
     try:
         descriptor = os.open(real, _FILE_FLAGS)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as error:
+        _no_descriptor_left(error)
         return None
     status = _regular_status(descriptor)
     if status is None:

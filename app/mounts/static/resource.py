@@ -27,17 +27,21 @@ from __future__ import annotations
 
 import os
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from app.http.pages import answer, redirect, render_error
+from app.http.pages import answer, redirect, render_busy, render_error
 from app.mounts.static.conditional import OpenedFile
 from app.mounts.static.lookup import (
     INDEX,
+    OutOfDescriptors,
     Root,
     inside,
     open_directly,
@@ -71,9 +75,14 @@ class StaticDirectory(Resource):
 
     isLeaf = True
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, seconds: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
         self.root = root.resolve()
+        #: The clock of the "out of descriptors" log line's rate.
+        self._seconds = seconds
+        self._told_at: float | None = None
         self._root = Root(str(self.root))
         #: Last-Modified values by modification time: a pure function of
         #: the time, so an entry can never be stale.
@@ -83,6 +92,25 @@ class StaticDirectory(Resource):
         if request.channel is None:
             # The client left while this request waited (for a login, say).
             return NOT_DONE_YET
+        try:
+            return self._render_file(request)
+        except OutOfDescriptors as error:
+            return self._busy(request, error)
+
+    def _busy(self, request: Request, error: OutOfDescriptors) -> int:
+        """
+        No descriptor to open the file with: 503, try again shortly; the
+        log says so at most once a second.
+        """
+        now = self._seconds()
+        if self._told_at is None or now - self._told_at >= 1.0:
+            self._told_at = now
+            log.warn(
+                "Out of file descriptors serving static files: {error}", error=error
+            )
+        return answer(request, render_busy(request))
+
+    def _render_file(self, request: Request) -> int:
         if request.method in _READ_METHODS:
             found = self._open_directly(request.postpath or [])
             if found is not None:
@@ -179,6 +207,9 @@ def _send(request: Request, descriptor: int, plan: int | Pieces) -> int:
         return _error(request, plan)
     send_pieces(request, descriptor, plan)
     return NOT_DONE_YET
+
+
+log = Logger()
 
 
 def _error(request: Request, code: int) -> int:

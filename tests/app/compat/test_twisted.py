@@ -293,6 +293,44 @@ def test_a_cgi_script_keeps_the_reactor_it_was_made_with() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_process_group_leader_is_spawned() -> None:
+    import os
+    import sys
+
+    from twisted.internet.process import Process
+    from twisted.internet.protocol import ProcessProtocol
+
+    from app.compat.twisted import spawn_process_group
+
+    for name in ("_execChild", "_trySpawnInsteadOfFork"):
+        assert hasattr(Process, name), f"twisted's Process.{name} is gone"
+
+    class Output(ProcessProtocol):
+        def __init__(self) -> None:
+            self.output = b""
+            self.ended: Deferred[None] = Deferred()
+
+        def outReceived(self, data: bytes) -> None:
+            self.output += data
+
+        def processEnded(self, reason: Failure) -> None:
+            self.ended.callback(None)
+
+    protocol = Output()
+    report = "import os; print(os.getpid(), os.getpgid(0), os.getsid(0))"
+    # In the current directory, Twisted would otherwise use posix_spawnp.
+    spawn_process_group(
+        reactor, protocol, sys.executable, [sys.executable, "-c", report], {}, "."
+    )
+    await protocol.ended
+    pid, group, session = protocol.output.split()
+    assert pid == group == session, (
+        "Process._execChild is no longer called in the child before exec"
+    )
+    assert int(group) != os.getpgid(0)
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_proxy_client_has_what_it_reaches_for() -> None:
     from typing import Any
 

@@ -616,17 +616,33 @@ def test_a_head_must_arrive_within_the_idle_timeout_of_its_first_byte() -> None:
     assert statuses(transport.value()) == [408]
 
 
-def test_a_body_must_keep_arriving() -> None:
+def test_a_body_must_keep_arriving_at_500_bytes_a_second_past_the_timeout() -> None:
     recorder = Recorder()
     channel, transport, clock = connected(recorder)
-    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-    for _ in range(10):
-        clock.advance(IDLE - 1)
-        channel.dataReceived(b"x")
+    channel.dataReceived(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+    )
+    # The idle timeout, then a second for every 500 bytes received.
+    channel.dataReceived(b"x" * 5000)
+    clock.advance(IDLE + 9.9)
     assert transport.value() == b""
-    clock.advance(IDLE)
+    channel.dataReceived(b"x" * 1000)  # two seconds more
+    clock.advance(2)
+    assert transport.value() == b""
+    clock.advance(0.1)
     assert statuses(transport.value()) == [408]
     assert recorder.seen == []
+
+
+def test_a_body_that_keeps_its_rate_is_taken_however_long_it_takes() -> None:
+    recorder = Recorder()
+    channel, transport, clock = connected(recorder)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n")
+    for _ in range(60):
+        clock.advance(1)
+        channel.dataReceived(b"y" * 1000)
+    assert statuses(transport.value()) == [200]
+    assert len(recorder.seen) == 1
 
 
 def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
