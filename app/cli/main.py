@@ -8,6 +8,7 @@ import gc
 import resource
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import IO, Any
@@ -31,8 +32,11 @@ from app.cli.workers import (
     watch_parent,
     worker_arguments,
 )
+from app.compat.twisted import answer_busy_when_out_of_descriptors
 from app.config import Config, ConfigError
 from app.http.access_log import access_log_of, reopen_on_sighup
+from app.http.channel import closing_response
+from app.http.pages import RETRY_AFTER
 from app.http.site import Site
 from app.site import build_site
 
@@ -179,6 +183,9 @@ def serve(
     """
     status = [0]
     ports: list[IListeningPort] = site.ports
+    answer_busy_when_out_of_descriptors(
+        lambda: closing_response(503, retry_after=RETRY_AFTER), time.monotonic
+    )
 
     async def start() -> None:
         for index, (description, endpoint) in enumerate(

@@ -29,6 +29,11 @@ a Twisted release changes one of them.
     L{HTTPClientProtocol}, L{response_parser}.  It bounds the response head
     that Twisted's client parser would buffer without end:
     L{limit_response_head}, L{ResponseHeadTooLarge}.
+  - A client that cannot be accepted for want of file descriptors gets a
+    503 rather than a bare close: L{answer_busy_when_out_of_descriptors}
+    wraps twisted.internet.tcp's accept loop.
+  - The site stops and starts accepting at its connection limit:
+    L{pause_accepting}, L{resume_accepting}.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet._producer_helpers import _PullToPush
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
@@ -44,6 +50,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IAddress, IPullProducer, IReactorTime
 from twisted.internet.process import Process
 from twisted.internet.ssl import ContextFactory
+from twisted.logger import ILogObserver, LogEvent, Logger
 from twisted.web import http, server
 from twisted.web._newclient import (
     HEADER,
@@ -55,6 +62,7 @@ from twisted.web.client import URI, Agent, HTTPConnectionPool, _HTTP11ClientFact
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.wsgi import _ErrorStream, _InputStream, _WSGIResponse
+from zope.interface import provider
 
 
 def sender(transport: Any) -> Callable[[bytes], None]:
@@ -388,3 +396,50 @@ def resume_accepting(port: Any) -> None:
     start = getattr(port, "startReading", None)
     if start is not None and getattr(port, "connected", False):
         start()
+
+
+def answer_busy_when_out_of_descriptors(
+    answer: Callable[[], bytes], clock: Callable[[], float]
+) -> None:
+    """
+    Make every TCP port answer C{answer()} (a whole HTTP response) to the
+    clients it cannot take for want of file descriptors, logging that at
+    most once a second.
+
+    On EMFILE, twisted.internet.tcp's accept loop releases a descriptor it
+    holds in reserve, accepts the waiting clients and closes each at once
+    (a reset, to the client), logging a line for each.  Its module-level
+    C{_accept} is replaced, once, by one that sends C{answer} on each such
+    socket before Twisted closes it, and keeps one line a second of
+    Twisted's.  (The small answer fits in any socket's send buffer.)
+    """
+    if getattr(tcp._accept, "answers_busy", False):
+        return
+    original = tcp._accept
+    told_at: list[float] = []
+
+    def accept(logger: Any, accepts: Any, listener: Any, reserved: Any) -> Any:
+        quiet = Logger(namespace=logger.namespace, observer=_rate_limited(logger))
+        for client, address in original(quiet, accepts, listener, reserved):
+            if not reserved.available():
+                # Accepted with the reserve released: Twisted closes it next.
+                try:
+                    client.send(answer())
+                except OSError:
+                    pass
+            yield client, address
+
+    def _rate_limited(logger: Any) -> ILogObserver:
+        @provider(ILogObserver)
+        def observe(event: LogEvent) -> None:
+            now = clock()
+            if "EMFILE" in (event.get("log_format") or ""):
+                if told_at and now - told_at[-1] < 1.0:
+                    return
+                told_at[:] = [now]
+            logger.observer(event)
+
+        return observe  # type: ignore[no-any-return]
+
+    accept.answers_busy = True  # type: ignore[attr-defined]
+    tcp._accept = accept

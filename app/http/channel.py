@@ -948,24 +948,9 @@ class Channel(Protocol):
         if transport is None or self._closed:
             return
         self._resume_reading()
-        body = error_page(code, detail)
-        head = b"HTTP/1.1 %d %s\r\n" % (code, reason(code).encode("ascii"))
-        headers = [
-            (b"Server", SERVER_NAME),
-            (b"Date", http_date()),
-            (b"Content-Type", HTML_TYPE),
-            (b"Content-Length", b"%d" % (len(body),)),
-            (b"X-Content-Type-Options", b"nosniff"),
-            (b"Connection", b"close"),
-        ]
-        self._send(
-            [
-                head,
-                *(name + b": " + value + b"\r\n" for name, value in headers),
-                b"\r\n",
-                body,
-            ]
-        )
+        response = closing_response(code, detail)
+        body_length = len(response) - response.index(b"\r\n\r\n") - 4
+        self._send([response])
         self._flush()
         log.info(
             "Refused request from {peer}: {code} {reason}",
@@ -973,7 +958,7 @@ class Channel(Protocol):
             code=code,
             reason=reason(code),
         )
-        self.site.log_refusal(replace(refusal, length=len(body)))
+        self.site.log_refusal(replace(refusal, length=body_length))
         self._unregister()
         half_close = getattr(transport, "loseWriteConnection", None)
         if half_close is None:
@@ -1001,6 +986,34 @@ _HOST = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#@]+)([/?][^#]*)?")
 #: A request line whose method is a token llhttp does not know.
 _METHOD_START = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
+
+
+def closing_response(
+    code: int, detail: str | None = None, retry_after: int | None = None
+) -> bytes:
+    """
+    A whole response with the server's page for C{code}, that closes the
+    connection: what the channel answers by itself.
+    """
+    body = error_page(code, detail)
+    headers = [
+        (b"Server", SERVER_NAME),
+        (b"Date", http_date()),
+        (b"Content-Type", HTML_TYPE),
+        (b"Content-Length", b"%d" % (len(body),)),
+        (b"X-Content-Type-Options", b"nosniff"),
+        (b"Connection", b"close"),
+    ]
+    if retry_after is not None:
+        headers.append((b"Retry-After", b"%d" % (retry_after,)))
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (code, reason(code).encode("ascii")),
+            *(name + b": " + value + b"\r\n" for name, value in headers),
+            b"\r\n",
+            body,
+        ]
+    )
 
 
 def _tokens(values: list[bytes]) -> list[bytes]:

@@ -23,7 +23,13 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.ssl import ContextFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    Logger,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 from twisted.web import http, server, wsgi
 from twisted.web.http_headers import Headers
@@ -393,3 +399,63 @@ async def test_the_proxy_client_has_what_it_reaches_for() -> None:
     finally:
         await pool.closeCachedConnections()
         await maybeDeferred(port.stopListening)
+
+
+def test_a_client_accepted_out_of_descriptors_gets_the_busy_answer() -> None:
+    import errno
+    import os
+    import socket
+
+    from twisted.internet import tcp
+
+    from app.compat.twisted import answer_busy_when_out_of_descriptors
+
+    assert hasattr(tcp, "_accept"), "twisted.internet.tcp._accept is gone"
+    assert hasattr(tcp, "_FileDescriptorReservation"), (
+        "twisted.internet.tcp._FileDescriptorReservation is gone"
+    )
+    clock = Clock()
+    answer_busy_when_out_of_descriptors(
+        lambda: b"HTTP/1.1 503 x\r\n\r\n", clock.seconds
+    )
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+    clients = [socket.create_connection(server.getsockname()) for _ in range(2)]
+
+    class OutOfDescriptorsOnce:
+        """A listener whose first accept finds no descriptor left."""
+
+        failed = False
+
+        def accept(self) -> tuple[socket.socket, object]:
+            if not self.failed:
+                self.failed = True
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+            return server.accept()
+
+    reserved = tcp._FileDescriptorReservation(lambda: open(os.devnull))
+    reserved.reserve()
+    events: list[LogEvent] = []
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        events.append(event)
+
+    logger = Logger(namespace="test", observer=observe)
+    try:
+        accepted = list(
+            tcp._accept(logger, range(10), OutOfDescriptorsOnce(), reserved)
+        )
+        assert accepted == []  # Twisted closed them: none reached a factory
+        for client in clients:
+            client.settimeout(5)
+            assert client.recv(100) == b"HTTP/1.1 503 x\r\n\r\n"
+        assert reserved.available(), "the reserve is held again"
+        lines = [e for e in events if "EMFILE" in (e.get("log_format") or "")]
+        assert len(lines) == 1, "at most one EMFILE line a second"
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
