@@ -39,6 +39,7 @@ a Twisted release changes one of them.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -382,11 +383,17 @@ def pause_accepting(port: Any) -> None:
     """
     Stop C{port} accepting connections (they wait in the kernel's backlog):
     a listening TCP or UNIX port is a file descriptor the reactor reads,
-    which C{stopReading} takes out of its set.  Other ports are left alone.
+    which C{stopReading} takes out of its set.  Twisted accepts a batch of
+    clients each time the socket is readable, so the accept loop is told to
+    stop the batch too (see L{_accept_loop}).  Other ports are left alone.
     """
     stop = getattr(port, "stopReading", None)
     if stop is not None and getattr(port, "connected", False):
         stop()
+        listener = getattr(port, "socket", None)
+        if listener is not None:
+            _accept_loop()
+            _paused.add(listener)
 
 
 def resume_accepting(port: Any) -> None:
@@ -395,6 +402,9 @@ def resume_accepting(port: Any) -> None:
     """
     start = getattr(port, "startReading", None)
     if start is not None and getattr(port, "connected", False):
+        listener = getattr(port, "socket", None)
+        if listener is not None:
+            _paused.discard(listener)
         start()
 
 
@@ -404,36 +414,66 @@ def answer_busy_when_out_of_descriptors(
     """
     Make every TCP port answer C{answer()} (a whole HTTP response) to the
     clients it cannot take for want of file descriptors, logging that at
-    most once a second.
+    most once a second of C{clock}.
 
     On EMFILE, twisted.internet.tcp's accept loop releases a descriptor it
     holds in reserve, accepts the waiting clients and closes each at once
-    (a reset, to the client), logging a line for each.  Its module-level
-    C{_accept} is replaced, once, by one that sends C{answer} on each such
-    socket before Twisted closes it, and keeps one line a second of
-    Twisted's.  (The small answer fits in any socket's send buffer.)
+    (a reset, to the client), logging a line for each.  Through
+    L{_accept_loop}, each such socket is sent C{answer} before Twisted
+    closes it, and one line a second of Twisted's is kept.  (The small
+    answer fits in any socket's send buffer.)
     """
-    if getattr(tcp._accept, "answers_busy", False):
+    _accept_loop()
+    _busy[:] = [(answer, clock)]
+
+
+#: Listening sockets of paused ports (see L{pause_accepting}).
+_paused: weakref.WeakSet[Any] = weakref.WeakSet()
+#: The answer to clients taken out of descriptors, and the clock of the log.
+_busy: list[tuple[Callable[[], bytes], Callable[[], float]]] = []
+
+
+def watch_accepts() -> None:
+    """
+    Make Twisted's accept loops stop a batch when their port is paused, and
+    answer clients taken out of descriptors (see L{_accept_loop}): before
+    the first port listens, since a batch already under way goes on as it
+    began.
+    """
+    _accept_loop()
+
+
+def _accept_loop() -> None:
+    """
+    Replace twisted.internet.tcp's module-level C{_accept}, once, by one
+    that stops a batch of accepts when the port was paused meanwhile, and
+    answers clients taken out of descriptors (L{_busy}).
+    """
+    if getattr(tcp._accept, "ours", False):
         return
     original = tcp._accept
     told_at: list[float] = []
 
     def accept(logger: Any, accepts: Any, listener: Any, reserved: Any) -> Any:
-        quiet = Logger(namespace=logger.namespace, observer=_rate_limited(logger))
-        for client, address in original(quiet, accepts, listener, reserved):
-            if not reserved.available():
+        if _busy:
+            logger = Logger(namespace=logger.namespace, observer=_rate_limited(logger))
+        for client, address in original(logger, accepts, listener, reserved):
+            if _busy and not reserved.available():
                 # Accepted with the reserve released: Twisted closes it next.
                 try:
-                    client.send(answer())
+                    client.send(_busy[0][0]())
                 except OSError:
                     pass
             yield client, address
+            if listener in _paused:
+                # The site has as many connections as it takes.
+                return
 
     def _rate_limited(logger: Any) -> ILogObserver:
         @provider(ILogObserver)
         def observe(event: LogEvent) -> None:
-            now = clock()
             if "EMFILE" in (event.get("log_format") or ""):
+                now = _busy[0][1]()
                 if told_at and now - told_at[-1] < 1.0:
                     return
                 told_at[:] = [now]
@@ -441,5 +481,5 @@ def answer_busy_when_out_of_descriptors(
 
         return observe  # type: ignore[no-any-return]
 
-    accept.answers_busy = True  # type: ignore[attr-defined]
+    accept.ours = True  # type: ignore[attr-defined]
     tcp._accept = accept

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import IResource
 
-from app.compat.twisted import pause_accepting, resume_accepting
+from app.compat.twisted import pause_accepting, resume_accepting, watch_accepts
 from app.config import Config
 from app.http.channel import Channel, Refusal
 from app.http.request import Request
@@ -58,6 +58,7 @@ class Site(server.Site):
         #: The ports this site is served on, paused and resumed by the above.
         self.ports: list[IListeningPort] = []
         self._accepting = True
+        watch_accepts()
         self.stopping = False
         #: Started by whoever starts the server, stopped after the last request.
         self.service = MultiService()

@@ -5,6 +5,7 @@ accepting, and starts again when one closes.
 
 from __future__ import annotations
 
+import socket
 from typing import cast
 
 import pytest_twisted
@@ -16,7 +17,7 @@ from twisted.web.resource import Resource
 
 from app.http.site import Site
 from app.testing import LiveServer
-from tests.conftest import eventually
+from tests.conftest import eventually, listen, port_number
 from tests.rawhttp import connect, parse_response
 
 
@@ -92,3 +93,26 @@ async def test_a_client_past_the_limit_waits_and_is_served_when_one_leaves() -> 
         await second.closed
     finally:
         await live.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_of_waiting_clients_is_not_taken_past_the_limit() -> None:
+    site = Site(
+        Resource(), reactor=reactor, max_body=10, idle_timeout=30, max_connections=2
+    )
+    port = listen(site)
+    site.ports.append(port)
+    # All six wait in the backlog before the reactor turns: Twisted would
+    # take them in one batch.
+    clients = [
+        socket.create_connection(("127.0.0.1", port_number(port))) for _ in range(6)
+    ]
+    try:
+        await eventually(lambda: len(site.channels) >= 2, "two connections taken")
+        assert len(site.channels) == 2
+        clients[0].close()
+        await eventually(lambda: len(site.channels) >= 2 and clients, "one more")
+    finally:
+        for client in clients:
+            client.close()
+        await site.shutdown([port], grace=1)
