@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CHECKED := app routes auth
 # The demo as the README describes it: users and homes for /private/, and
-# /proxy/ pointed at this server's own /static/.
+# /proxy/ pointed at this server's own /static/ (at its first --listen port).
 DEMO_ARGS := --htpasswd app/demo/users.htpasswd --htdigest app/demo/users.htdigest \
-	--homes app/demo/homes --proxy http://127.0.0.1:8080/static/
+	--homes app/demo/homes --proxy self
 RUN_ARGS ?=
 # The peers `make bench` compares the server with, in an environment of their
 # own so that they never enter the project's dependencies.
@@ -26,10 +26,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m app $(DEMO_ARGS) $(RUN_ARGS)
 
-# Programs the tests run for real: Apache's htpasswd and htdigest, curl.
+# Programs the tests run for real: Apache's htpasswd and htdigest, curl, and
+# a headless Chromium for the demo's browser test.
 test-tools:
-	@command -v htpasswd >/dev/null && command -v curl >/dev/null || { \
-		apt-get update -qq && apt-get install -y -qq apache2-utils curl >/dev/null; }
+	@command -v htpasswd >/dev/null && command -v curl >/dev/null \
+		&& command -v chromium >/dev/null || { apt-get update -qq \
+		&& apt-get install -y -qq apache2-utils curl chromium >/dev/null; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CHECKED) tests bench

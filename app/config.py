@@ -69,10 +69,18 @@ class Config:
     #: Open connections at most; past it the server stops accepting.
     max_connections: int = 1024
     access_log: str | None = None
+    #: C{combined} (Apache's Combined Log Format) or C{json}, one object a line.
+    access_log_format: str = "combined"
     log_format: str = "text"
+    #: The least severe server log events shown: debug, info, warn or error.
+    log_level: str = "info"
+    #: How long a graceful stop waits for requests in flight.
+    grace: float = 10.0
     routes: tuple[str, ...] = ()
     route_apps: tuple[Klein, ...] = field(default=(), compare=False)
     workers: int = 1
+    #: The endpoint serving Prometheus metrics at /metrics (None: none).
+    metrics: str | None = None
     demo: bool = True
     display_tracebacks: bool = False
 

@@ -12,8 +12,10 @@ from twisted.web.resource import Resource
 
 from app.config import Config
 from app.http.access_log import install_access_log
+from app.http.metrics import SiteMetrics
 from app.http.router import Router
 from app.http.site import Site
+from auth import HashPool
 from routes.asynchronous import AsynchronousRoutes
 from routes.content import ContentRoutes, HealthRoutes
 from routes.files import FileRoutes
@@ -74,18 +76,34 @@ def build_site(config: Config, reactor: Any, clock: IReactorTime | None = None) 
         builtin.append(AsynchronousRoutes(clock).app)
         builtin.append(SessionRoutes().app)
     builtin.append(FileRoutes(config).app)
+    metrics = None if config.metrics is None else SiteMetrics(site)
     if config.cgi_dir is not None:
-        builtin.append(CGIRoutes(config, reactor, clock).app)
+        cgi = CGIRoutes(config, reactor, clock)
+        builtin.append(cgi.app)
+        if metrics is not None:
+            slots = cgi.slots
+            metrics.add_queue("cgi", lambda: slots.waiting, "/cgi-bin/")
     if config.wsgi_app is not None or config.wsgi is not None:
-        builtin.append(WSGIRoutes(config, reactor, clock, site.service).app)
+        wsgi = WSGIRoutes(config, reactor, clock, site.service)
+        builtin.append(wsgi.app)
+        if metrics is not None:
+            pool = wsgi.pool
+            metrics.add_queue("wsgi", lambda: pool.waiting, "/wsgi/")
     guard = build_guard(config, reactor, clock, site.service)
     if guard is not None:
         builtin.append(PrivateRoutes(guard).app)
+        if metrics is not None and HashPool.name in site.service.namedServices:
+            hashing = site.service.getServiceNamed(HashPool.name)
+            metrics.add_queue("bcrypt", lambda: hashing.queued, "/private/")
     if config.proxy is not None:
         builtin.append(ProxyRoutes(config.proxy, reactor, clock, site.service).app)
     site.resource = Router(
         builtin, config.route_apps, display_tracebacks=config.display_tracebacks
     )
     if config.access_log is not None:
-        install_access_log(site, config.access_log, clock)
+        install_access_log(site, config.access_log, clock, config.access_log_format)
+    if metrics is not None:
+        site.metrics = metrics
+        if metrics.service is not None:
+            metrics.service.setServiceParent(site.service)
     return site

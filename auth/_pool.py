@@ -124,6 +124,13 @@ class HashPool(Service):
             self._ready.notify()
         return result
 
+    @property
+    def queued(self) -> int:
+        """
+        How many checks wait for a thread, from every address.
+        """
+        return self._waiting_count
+
     def waiting(self, client: str | None) -> int:
         """
         How many checks from C{client} wait for a thread.

@@ -36,6 +36,8 @@ class CGIRoutes:
             clock,
             config.cgi_max,
         )
+        #: How many scripts run, and how many requests wait for one.
+        self.slots = self._scripts.slots
 
     @app.route("/cgi-bin/", branch=True)
     def cgi_bin(self, request: IRequest) -> IResource:
@@ -64,6 +66,8 @@ class WSGIRoutes:
             application = load_object("--wsgi", config.wsgi)
         pool = WSGIThreadPool(minthreads=0, maxthreads=config.wsgi_threads, name="wsgi")
         ThreadPoolService(pool).setServiceParent(services)
+        #: The threads, and the calls waiting for one.
+        self.pool = pool
         self._resource = WSGIResource(
             reactor,
             pool,

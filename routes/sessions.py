@@ -13,7 +13,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Session
 from zope.interface import Attribute, Interface, implementer
 
-from app.http.pages import page
+from app.http.pages import HOME_LINK, page
 from app.http.router import new_app
 from app.sessions.store import forget_session
 
@@ -58,7 +58,8 @@ def session_page(uid_html: str) -> bytes:
         "Session",
         f"<h1>Session</h1>\n<p>Your session id is <code>{uid_html}</code>.</p>\n"
         '<form method="POST" action="/session/expire">'
-        '<input type="submit" value="Expire it"></form>',
+        '<input type="submit" value="Expire it"></form>\n'
+        f"{HOME_LINK}",
     )
 
 
@@ -105,7 +106,11 @@ class SessionRoutes:
             text = "Your session has expired."
         else:
             text = "You had no session; there was nothing to expire."
-        return page("Session expired", f"<h1>Session expired</h1>\n<p>{text}</p>")
+        return page(
+            "Session expired",
+            f"<h1>Session expired</h1>\n<p>{text}</p>\n"
+            f'<p><a href="/session">Start a new one</a></p>\n{HOME_LINK}',
+        )
 
     @app.route("/counter", methods=["GET"])
     def counter(self, request: IRequest) -> bytes:
@@ -114,7 +119,14 @@ class SessionRoutes:
         visit = counter.value + 1
         if request.method != b"HEAD":  # HEAD is safe: it shows, never counts
             counter.value = visit
-        return page("Counter", f"<p>Visit #{visit:d} for you!</p>")
+        return page(
+            "Counter",
+            f"<h1>Counter</h1>\n<p>Visit #{visit:d} for you!</p>\n"
+            "<p>The count is kept in your session: "
+            '<a href="/counter">visit again</a>, or '
+            '<a href="/session/expire">expire the session</a> to start over.</p>\n'
+            f"{HOME_LINK}",
+        )
 
     @app.route("/session/logme", methods=["GET"])
     def logme(self, request: IRequest) -> bytes:
@@ -125,5 +137,6 @@ class SessionRoutes:
         return page(
             "Session endings",
             "<h1>Session endings</h1>\n"
-            "<p>When your session expires, the server's log will say so.</p>",
+            "<p>When your session expires, the server's log will say so.</p>\n"
+            f"{HOME_LINK}",
         )

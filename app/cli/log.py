@@ -1,5 +1,11 @@
 """
 The server's own log, on standard output, as text or as JSON lines.
+
+Twisted's legacy log messages (C{Site starting on 8080}, C{(TCP Port 8080
+Closed)}), which its ports still write with C{log.msg}, are left out, and so
+is the reactor's C{Main loop terminated.}: the server says itself where it
+listens and when it stops.  A legacy error keeps its place, under the
+namespace C{twisted}.
 """
 
 from __future__ import annotations
@@ -21,6 +27,16 @@ from twisted.logger import (
 from zope.interface import provider
 
 LOG_FORMATS = ("text", "json")
+#: C{--log-level}'s names of twisted's levels, least severe first.
+LOG_LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+}
+_LEGACY = "log_legacy"
+#: Namespaces whose info events are start and stop chatter.
+_CHATTY = ("twisted.internet.base",)
 
 
 def text_observer(stream: IO[str]) -> ILogObserver:
@@ -75,22 +91,45 @@ def json_observer(stream: IO[str]) -> ILogObserver:
     return observe  # type: ignore[no-any-return]
 
 
-def make_observer(log_format: str, stream: IO[str]) -> ILogObserver:
+def without_legacy(observer: ILogObserver) -> ILogObserver:
     """
-    The observer for C{log_format}, passing events at info level and above.
+    C{observer} without twisted's legacy messages; a legacy error is passed
+    on under the namespace C{twisted}.
+    """
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        if event.get("log_namespace") != _LEGACY:
+            observer(event)
+        elif event.get("isError") or event.get("log_failure") is not None:
+            observer({**event, "log_namespace": "twisted"})
+
+    return observe  # type: ignore[no-any-return]
+
+
+def make_observer(
+    log_format: str, stream: IO[str], log_level: str = "info"
+) -> ILogObserver:
+    """
+    The observer for C{log_format}, passing events at C{log_level} and above
+    (and twisted's start and stop chatter at none).
     """
     observer = json_observer(stream) if log_format == "json" else text_observer(stream)
-    return FilteringLogObserver(
-        observer, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)]
-    )
+    level = LOG_LEVELS[log_level]
+    levels = list(LOG_LEVELS.values())
+    quiet = levels[max(levels.index(level), levels.index(LogLevel.warn))]
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    for namespace in _CHATTY:
+        predicate.setLogLevelForNamespace(namespace, quiet)
+    return without_legacy(FilteringLogObserver(observer, [predicate]))
 
 
-def start_logging(log_format: str, stream: IO[str]) -> None:
+def start_logging(log_format: str, stream: IO[str], log_level: str = "info") -> None:
     """
     Send the global log (twisted's and ours) to C{stream}.
     """
     globalLogBeginner.beginLoggingTo(
-        [make_observer(log_format, stream)], redirectStandardIO=False
+        [make_observer(log_format, stream, log_level)], redirectStandardIO=False
     )
 
 

@@ -13,12 +13,20 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import IO, Any
 
+from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
+from app.cli.endpoints import (
+    bind_problem,
+    check_endpoint,
+    parse_problem,
+    with_unix_mode,
+)
 from app.cli.log import start_logging
+from app.cli.metrics import WorkerMetrics, metrics_endpoint
 from app.cli.options import config_from_args
 from app.cli.passwd import passwd_main
 from app.cli.workers import (
@@ -36,6 +44,7 @@ from app.compat.twisted import answer_busy_when_out_of_descriptors
 from app.config import Config, ConfigError
 from app.http.access_log import access_log_of, reopen_on_sighup
 from app.http.channel import closing_response
+from app.http.metrics import MetricsSite
 from app.http.pages import RETRY_AFTER
 from app.http.site import Site
 from app.site import build_site
@@ -47,7 +56,6 @@ PROG = "python -m app"
 #: sessions stalls 30-80 ms several times a second under load (p99 43 ms on
 #: /session, 28 ms on /health, measured); with these, p99 stays under 5 ms.
 GC_THRESHOLDS = (10_000, 10, 10)
-GRACE_SECONDS = 10.0
 
 log = Logger()
 
@@ -85,12 +93,13 @@ def parse_endpoints(
         if activated is not None:
             endpoints.append(activated)
             continue
+        check_endpoint(description)
         try:
-            endpoints.append(serverFromString(reactor, with_backlog(description)))
+            endpoints.append(
+                serverFromString(reactor, with_unix_mode(with_backlog(description)))
+            )
         except Exception as error:  # twisted raises many kinds for bad strings
-            raise ConfigError(
-                "--listen", f"{description!r}: {type(error).__name__}: {error}"
-            ) from None
+            raise parse_problem(description, error) from None
     return endpoints
 
 
@@ -153,20 +162,23 @@ def main(
     try:
         config = config_from_args(argv)
         endpoints = parse_endpoints(reactor, config, inherited)
+        metrics = metrics_endpoint(reactor, config)
     except ConfigError as error:
         stderr.write(f"{PROG}: error: {error}\n")
         return 2
     except SystemExit as exit_:  # argparse: usage errors and --help
         return int(exit_.code or 0)
 
-    start_logging(config.log_format, stdout)
+    start_logging(config.log_format, stdout, config.log_level)
     tune_garbage_collector()
     config = within_descriptor_limit(config)
     if config.workers > 1 and inherited is None:
-        return supervise(reactor, config, argv, endpoints, stderr)
+        return supervise(reactor, config, argv, endpoints, stderr, metrics)
     site = build_site(config, reactor)
     reopen_on_sighup(reactor, access_log_of(site))
-    return serve(reactor, site, config, endpoints, stderr, inherited)
+    if inherited is not None:
+        metrics = None  # the parent serves the workers' metrics
+    return serve(reactor, site, config, endpoints, stderr, inherited, metrics)
 
 
 def serve(
@@ -176,13 +188,16 @@ def serve(
     endpoints: list[IStreamServerEndpoint],
     stderr: IO[str],
     inherited: list[InheritedSocket] | None = None,
+    metrics: IStreamServerEndpoint | None = None,
 ) -> int:
     """
     Listen on C{endpoints} (or, in a worker, adopt the sockets the parent
-    bound) and run until a signal stops the reactor.
+    bound), and on C{metrics} for the site's metrics, and run until a
+    signal stops the reactor.
     """
     status = [0]
     ports: list[IListeningPort] = site.ports
+    metrics_ports: list[IListeningPort] = []
     answer_busy_when_out_of_descriptors(
         lambda: closing_response(503, retry_after=RETRY_AFTER), time.monotonic
     )
@@ -202,13 +217,23 @@ def serve(
             ports.append(port)
             if inherited is None:
                 log.info("listening on {url}", url=listening_url(description, port))
+        if metrics is not None and site.metrics is not None:
+            metrics_port = await listen_for_metrics(
+                reactor, metrics, config, site.metrics.registry, stderr
+            )
+            if metrics_port is None:
+                status[0] = 1
+                return
+            metrics_ports.append(metrics_port)
         site.service.startService()
         if inherited is not None:
             say_ready()
             watch_parent(reactor)
 
     def stop() -> Deferred[None]:
-        return site.shutdown(ports, GRACE_SECONDS)
+        for port in metrics_ports:
+            port.stopListening()
+        return site.shutdown(ports, config.grace)
 
     reactor.addSystemEventTrigger("before", "shutdown", stop)
     reactor.callWhenRunning(install_stop_signals, reactor)
@@ -243,10 +268,31 @@ def cannot_listen(
     """
     Say which endpoint could not be bound, stop, and return exit status 1.
     """
-    stderr.write(f"{PROG}: error: cannot listen on {description}: {error}\n")
+    stderr.write(f"{PROG}: error: {bind_problem(description, error)}\n")
     stderr.flush()
     reactor.stop()
     return 1
+
+
+async def listen_for_metrics(
+    reactor: Any,
+    endpoint: IStreamServerEndpoint,
+    config: Config,
+    registry: CollectorRegistry,
+    stderr: IO[str],
+) -> IListeningPort | None:
+    """
+    Serve C{registry} at C{/metrics} on C{endpoint} (C{config.metrics}); on
+    failure, say why, stop, and return C{None}.
+    """
+    assert config.metrics is not None
+    try:
+        port: IListeningPort = await endpoint.listen(MetricsSite(registry, reactor))
+    except Exception as error:
+        cannot_listen(reactor, stderr, config.metrics, error)
+        return None
+    log.info("metrics listening on {url}", url=listening_url(config.metrics, port))
+    return port
 
 
 def tune_garbage_collector() -> None:
@@ -262,14 +308,18 @@ def supervise(
     argv: list[str],
     endpoints: list[IStreamServerEndpoint],
     stderr: IO[str],
+    metrics: IStreamServerEndpoint | None = None,
 ) -> int:
     """
     Bind every endpoint, then run C{config.workers} workers on the sockets
-    until a signal stops the reactor.
+    until a signal stops the reactor; serve the workers' metrics on
+    C{metrics}.
     """
     status = [0]
     ports: list[IListeningPort] = []
     supervisors: list[Supervisor] = []
+    shared = None if metrics is None else WorkerMetrics()
+    metrics_ports: list[IListeningPort] = []
 
     async def start() -> None:
         inherited = []
@@ -282,7 +332,12 @@ def supervise(
             ports.append(port)
             inherited.append(socket_)
         supervisor = Supervisor(
-            reactor, worker_arguments(argv, inherited), inherited, config.workers
+            reactor,
+            worker_arguments(argv, inherited),
+            inherited,
+            config.workers,
+            environment=None if shared is None else shared.environment(),
+            worker_ended=None if shared is None else shared.worker_ended,
         )
         supervisors.append(supervisor)
         supervisor.start()
@@ -290,8 +345,18 @@ def supervise(
         await supervisor.ready
         for description, port in zip(config.listen, ports, strict=True):
             log.info("listening on {url}", url=listening_url(description, port))
+        if metrics is not None and shared is not None:
+            metrics_port = await listen_for_metrics(
+                reactor, metrics, config, shared.registry, stderr
+            )
+            if metrics_port is None:
+                status[0] = 1
+                return
+            metrics_ports.append(metrics_port)
 
     async def stop() -> None:
+        for port in metrics_ports:
+            await maybeDeferred(port.stopListening)
         for supervisor in supervisors:
             await supervisor.stop()
         for port in ports:
@@ -308,4 +373,6 @@ def supervise(
     reactor.callWhenRunning(install_stop_signals, reactor)
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()))
     reactor.run()
+    if shared is not None:
+        shared.remove()
     return status[0]

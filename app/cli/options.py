@@ -9,9 +9,11 @@ the option and exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import re
 import shutil
+import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,6 +21,7 @@ from urllib.parse import urlsplit
 
 from klein import Klein
 
+from app.cli.log import LOG_LEVELS
 from app.config import (
     DEMO_CGI,
     DEMO_STATIC,
@@ -41,6 +44,32 @@ from auth import (
 #: Every option's default is the Config's.
 _DEFAULT = Config()
 
+ACCESS_LOG_FORMATS = ("combined", "json")
+_PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+_EPILOG = f"""\
+command:
+  python -m app passwd [--digest] [--realm NAME] FILE USER
+      add or replace USER in FILE, a file for --htpasswd (bcrypt) or, with
+      --digest, for --htdigest; the password is read from standard input
+      (prompted for twice on a terminal), never given as an argument
+
+environment:
+  {DIGEST_KEY_VARIABLE}  the HMAC key (at least 32 hex digits) of Digest nonces;
+      the workers of one server share it (default: a random key per start)
+
+examples:
+  the demo with its users and their home pages:
+    python -m app --htpasswd app/demo/users.htpasswd \\
+        --htdigest app/demo/users.htdigest --homes app/demo/homes
+  TLS with two endpoints, plain HTTP on 8080 and HTTPS on 8443:
+    python -m app --listen tcp:8080:interface=127.0.0.1 \\
+        --listen ssl:8443:privateKey=key.pem:certKey=cert.pem
+  several workers behind a UNIX socket (for a reverse proxy in front):
+    python -m app --workers 4 --listen unix:/run/app/app.sock \\
+        --access-log /var/log/app/access.log
+"""
+
 #: A plain path segment: what a --mount prefix is made of.
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
 
@@ -58,6 +87,13 @@ class _Parser(argparse.ArgumentParser):
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
         raise ValueError(text)
     return value
 
@@ -86,6 +122,17 @@ def _typed(kind: Callable[[str], Any], name: str) -> Callable[[str], Any]:
     return convert
 
 
+def version() -> str:
+    """
+    The version of the installed package, or else pyproject.toml's.
+    """
+    try:
+        return importlib.metadata.version("app")
+    except importlib.metadata.PackageNotFoundError:
+        with open(_PYPROJECT, "rb") as project:
+            return str(tomllib.load(project)["project"]["version"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """
     The parser for C{python -m app}; its help is the option reference.
@@ -95,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Serve the Twisted Web in 60 seconds demo site (or your own Klein routes)."
         ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
     add(
@@ -143,7 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"threads in the WSGI pool (default: {_DEFAULT.wsgi_threads})",
     )
-    add("--proxy", metavar="URL", help="upstream HTTP server mounted at /proxy/")
+    add(
+        "--proxy",
+        metavar="URL",
+        help="upstream HTTP server mounted at /proxy/; "
+        f"{PROXY_SELF!r}: this server's own /static/",
+    )
     add("--htpasswd", metavar="FILE", help="bcrypt users for HTTP Basic")
     add("--htdigest", metavar="FILE", help="users for HTTP Digest")
     add(
@@ -190,12 +244,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="open connections at most; past it new ones wait "
         f"(default: {_DEFAULT.max_connections})",
     )
-    add("--access-log", metavar="PATH", help="Combined Log Format file; - is stdout")
+    add("--access-log", metavar="PATH", help="access log file; - is stdout")
+    add(
+        "--access-log-format",
+        choices=ACCESS_LOG_FORMATS,
+        default=_DEFAULT.access_log_format,
+        help="Combined Log Format, or one JSON object a line with "
+        f"duration_ms (default: {_DEFAULT.access_log_format})",
+    )
     add(
         "--log-format",
         choices=["text", "json"],
         default=_DEFAULT.log_format,
         help=f"format of the server log on stdout (default: {_DEFAULT.log_format})",
+    )
+    add(
+        "--log-level",
+        choices=list(LOG_LEVELS),
+        default=_DEFAULT.log_level,
+        help="the least severe server log events shown "
+        f"(default: {_DEFAULT.log_level})",
+    )
+    add(
+        "--grace",
+        type=_typed(_non_negative_float, "a number of seconds"),
+        default=_DEFAULT.grace,
+        metavar="SECONDS",
+        help="how long a graceful stop waits for requests in flight "
+        f"(default: {_DEFAULT.grace:g})",
     )
     add(
         "--routes",
@@ -212,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"worker processes (default: {_DEFAULT.workers})",
     )
     add(
+        "--metrics",
+        metavar="ENDPOINT",
+        help="Twisted server endpoint string serving Prometheus metrics at "
+        "/metrics, never on the site (default: none)",
+    )
+    add(
         "--no-demo",
         dest="demo",
         action="store_false",
@@ -221,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--display-tracebacks",
         action="store_true",
         help="show tracebacks in 500 pages (development only)",
+    )
+    add(
+        "--version",
+        action="version",
+        version=f"app {version()}",
+        help="print the version and exit",
     )
     return parser
 
@@ -270,7 +358,44 @@ def _route_app(module_name: str) -> Klein:
     return app
 
 
-def _proxy(text: str) -> str:
+#: The --proxy value that mounts this server's own /static/ at /proxy/.
+PROXY_SELF = "self"
+#: A colon that separates endpoint-string arguments: not one escaped by \\.
+_ENDPOINT_SEPARATOR = re.compile(r"(?<!\\):")
+#: Addresses that listen everywhere, and the one that reaches them here.
+_ANY_ADDRESS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def _own_static(listen: Sequence[str]) -> str:
+    """
+    The URL of this server's /static/ at its first TCP endpoint with a
+    fixed port: what C{--proxy self} stands for.
+    """
+    for description in listen:
+        kind, _, rest = description.partition(":")
+        if kind not in ("tcp", "tcp6"):
+            continue
+        arguments = [
+            part.replace("\\:", ":") for part in _ENDPOINT_SEPARATOR.split(rest)
+        ]
+        positional = [part for part in arguments if "=" not in part]
+        keywords = dict(part.split("=", 1) for part in arguments if "=" in part)
+        port = keywords.get("port", positional[0] if positional else "")
+        host = keywords.get("interface", positional[1] if positional[1:] else "")
+        if not port.isdigit() or int(port) == 0:
+            continue
+        host = _ANY_ADDRESS.get(host if host or kind == "tcp" else "::", host)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{int(port)}/static/"
+    raise ConfigError(
+        "--proxy", f"{PROXY_SELF} needs a --listen tcp: endpoint with a fixed port"
+    )
+
+
+def _proxy(text: str, listen: Sequence[str]) -> str:
+    if text == PROXY_SELF:
+        text = _own_static(listen)
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -393,7 +518,7 @@ def config_from_args(argv: Sequence[str]) -> Config:
         wsgi=wsgi,
         wsgi_app=wsgi_app,
         wsgi_threads=args.wsgi_threads,
-        proxy=_proxy(args.proxy) if args.proxy else None,
+        proxy=_proxy(args.proxy, args.listen or Config.listen) if args.proxy else None,
         htpasswd=htpasswd,
         htdigest=htdigest,
         realm=realm,
@@ -404,10 +529,14 @@ def config_from_args(argv: Sequence[str]) -> Config:
         max_body=args.max_body,
         idle_timeout=args.idle_timeout,
         access_log=_access_log(args.access_log) if args.access_log else None,
+        access_log_format=args.access_log_format,
         log_format=args.log_format,
+        log_level=args.log_level,
+        grace=args.grace,
         routes=tuple(args.routes),
         route_apps=tuple(_route_app(name) for name in args.routes),
         workers=args.workers,
+        metrics=args.metrics,
         demo=demo,
         display_tracebacks=args.display_tracebacks,
         max_connections=args.max_connections,

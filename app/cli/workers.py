@@ -26,7 +26,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -52,7 +52,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from app.compat.twisted import endpoint_address, endpoint_tls_context
+from app.compat.twisted import (
+    adopt_unix_port,
+    endpoint_address,
+    endpoint_tls_context,
+)
 from app.config import DIGEST_KEY_VARIABLE
 
 WORKER_OPTION = "--worker-sockets"
@@ -157,8 +161,13 @@ def adopt(
         own.listen(inherited.backlog)
         own.setblocking(False)
         fd = own.detach()
-    port: IListeningPort = reactor.adoptStreamPort(fd, inherited.family, factory)
-    os.close(fd)  # adoptStreamPort keeps a duplicate
+    port: IListeningPort
+    if inherited.family == socket.AF_UNIX:
+        # Only the parent removes the socket file, once, when it stops.
+        port = adopt_unix_port(reactor, fd, factory)
+    else:
+        port = reactor.adoptStreamPort(fd, inherited.family, factory)
+    os.close(fd)  # the port keeps a duplicate
     return port
 
 
@@ -249,7 +258,9 @@ async def bind_for_workers(
         return bound, InheritedSocket(
             -1, family, description, actual.host, actual.port, backlog
         )
-    port = await endpoint.listen(Factory.forProtocol(_Nothing))
+    holder = Factory.forProtocol(_Nothing)
+    holder.noisy = False  # no "Starting factory <…>" line
+    port = await endpoint.listen(holder)
     # The workers accept; the parent only keeps the socket open.
     port.stopReading()  # type: ignore[attr-defined]
     fd = port.fileno()  # type: ignore[attr-defined]
@@ -262,6 +273,7 @@ class _Worker(ProcessProtocol):
         self.supervisor = supervisor
         self.number = number
         self.started = started
+        self.pid = 0
         self.ended: Deferred[None] = Deferred()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -297,7 +309,8 @@ class Supervisor:
     given): it starts at L{FIRST_RESTART_DELAY}, doubles with each death
     within L{YOUNG_SECONDS} of a start up to L{MOST_RESTART_DELAY}, and goes
     back to the first once a worker outlives L{YOUNG_SECONDS}, which is
-    restarted at once.
+    restarted at once.  Workers get C{environment} on top of the parent's;
+    C{worker_ended} is called with the pid of each that ends.
     """
 
     def __init__(
@@ -307,6 +320,8 @@ class Supervisor:
         sockets: list[InheritedSocket],
         count: int,
         clock: IReactorTime | None = None,
+        environment: Mapping[str, str] | None = None,
+        worker_ended: Callable[[int], None] | None = None,
     ) -> None:
         self._reactor = reactor
         self._clock: IReactorTime = reactor if clock is None else clock
@@ -327,6 +342,9 @@ class Supervisor:
             self._environment.pop(name, None)
         self._environment.setdefault(DIGEST_KEY_VARIABLE, os.urandom(32).hex())
         self._environment[READY_VARIABLE] = str(self.ready_fd)
+        self._environment.update(environment or {})
+        #: Called with the pid of each worker that ends.
+        self._worker_ended = worker_ended
 
     def start(self) -> None:
         for number in range(self._count):
@@ -348,6 +366,7 @@ class Supervisor:
             env=self._environment,
             childFDs=child_fds,
         )
+        worker.pid = process.pid
         self._workers[number] = worker
         log.info(
             "worker {number} started (pid {pid})",
@@ -361,6 +380,8 @@ class Supervisor:
 
     def worker_ended(self, worker: _Worker, reason: Failure) -> None:
         self._workers.pop(worker.number, None)
+        if self._worker_ended is not None:
+            self._worker_ended(worker.pid)
         if self._stopping:
             return
         lived = self._clock.seconds() - worker.started

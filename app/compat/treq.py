@@ -7,6 +7,7 @@ fails, saying what moved, when a treq release changes it.
 from __future__ import annotations
 
 from treq.testing import StubTreq
+from twisted.web.iweb import IAgent
 from twisted.web.server import Site
 
 
@@ -17,3 +18,13 @@ def serve_through(client: StubTreq, site: Site) -> None:
     (C{StubTreq._agent._serverFactory}).
     """
     client._agent._serverFactory = site
+
+
+def undecoded_agent(client: StubTreq) -> IAgent:
+    """
+    The agent under C{client} (C{StubTreq._agent}), which sends the headers
+    it is given as they are: C{client} itself asks for gzip on every request
+    and hands back the body decompressed.
+    """
+    agent: IAgent = client._agent
+    return agent

@@ -20,7 +20,9 @@ a Twisted release changes one of them.
     L{send_wsgi_headers}.
   - Worker processes rebind what an endpoint string configured, which
     twisted's endpoints keep private: L{endpoint_tls_context},
-    L{endpoint_address}.
+    L{endpoint_address}.  A worker adopts the parent's UNIX socket with
+    L{adopt_unix_port}, whose port leaves the socket file to the parent
+    (twisted's removes it when it stops listening, in every worker).
   - A CGI script runs in a process group of its own, which Twisted's
     C{spawnProcess} offers only with a terminal: L{spawn_process_group}.
   - The reverse proxy sends its target exactly as given, and reads the
@@ -39,11 +41,12 @@ a Twisted release changes one of them.
 from __future__ import annotations
 
 import os
+import stat
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import tcp, unix
 from twisted.internet._producer_helpers import _PullToPush
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
@@ -223,6 +226,34 @@ def endpoint_address(
     number: int = getattr(endpoint, "_port", 0)
     backlog: int = getattr(endpoint, "_backlog", 50)
     return interface, number, backlog
+
+
+class _AdoptedUNIXPort(unix.Port):
+    """
+    A UNIX port on a socket another process bound and will remove.
+    """
+
+    def connectionLost(self, reason: Any) -> None:
+        # unix.Port.connectionLost without the unlink of the socket file.
+        if self.lockFile is not None:
+            self.lockFile.unlock()
+        tcp.Port.connectionLost(self, reason)
+
+
+def adopt_unix_port(reactor: Any, fd: int, factory: Any) -> Any:
+    """
+    Listen with C{factory} on the UNIX socket C{fd} (duplicated), as
+    C{reactor.adoptStreamPort} does, but leave the socket file in place when
+    the port stops, and its mode as it is (C{unix.Port._fromListeningDescriptor},
+    C{_bindPath}).
+    """
+    port = _AdoptedUNIXPort._fromListeningDescriptor(reactor, fd, factory)
+    path = port._bindPath
+    if path and path[:1] not in (b"\0", "\0"):
+        # startListening chmods the file to the port's mode, 0666 unless set.
+        port.mode = stat.S_IMODE(os.stat(path).st_mode)
+    port.startListening()
+    return port
 
 
 # -- the reverse proxy's HTTP client ----------------------------------------------

@@ -9,16 +9,24 @@ chose (request line, user, referer, user agent) is escaped as Apache's
 C{ap_escape_logitem} does (C{\\"}, C{\\\\}, C{\\n}, C{\\xHH}), so that no
 request can forge a line or a field.
 
+With C{--access-log-format json} each line is instead one JSON object with
+the same fields named, and C{duration_ms}: the time from the request's
+arrival (when the channel made its Request) to its line, on the site's clock.
+
 Each line goes to the file in one write, appended: several worker processes
 can share the file.  L{AccessLog.reopen} (on SIGHUP) lets logrotate move it.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import IO, Any
+from weakref import WeakKeyDictionary
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -26,7 +34,7 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
-from app.http.channel import Refusal
+from app.http.channel import Channel, Refusal
 from app.http.site import Site
 
 _MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
@@ -103,6 +111,55 @@ def _header(headers: Headers | None, name: bytes) -> str:
     return escape_field(values[-1]) if values else "-"
 
 
+def json_line(
+    *,
+    client: IAddress | None,
+    user: str | None,
+    seconds: float,
+    request_line: bytes | None,
+    status: int,
+    length: int,
+    headers: Headers | None,
+    duration: float | None,
+) -> str:
+    """
+    One JSON object a line, newline included: the Combined Log Format's
+    fields named (C{None} where the CLF has C{-}), the request line also
+    split into C{method}, C{target} and C{protocol}, and C{duration_ms}.
+    """
+    host = getattr(client, "host", None)
+    line = None if request_line is None else _text(request_line)
+    parts = line.split(" ") if line is not None else []
+    method, target, protocol = parts if len(parts) == 3 else (None, None, None)
+    record = {
+        "client": host if host else None,
+        "user": user or None,
+        "time": datetime.fromtimestamp(seconds, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "request": line,
+        "method": method,
+        "target": target,
+        "protocol": protocol,
+        "status": status,
+        "length": length,
+        "referer": _json_header(headers, b"referer"),
+        "user_agent": _json_header(headers, b"user-agent"),
+        "duration_ms": None if duration is None else round(duration * 1000, 3),
+    }
+    # ASCII escapes: control characters and all cannot break the line.
+    return json.dumps(record) + "\n"
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "backslashreplace")
+
+
+def _json_header(headers: Headers | None, name: bytes) -> str | None:
+    values = headers.getRawHeaders(name) if headers is not None else None
+    return _text(values[-1]) if values else None
+
+
 class AccessLog(Service):
     """
     Writes the access log of a site to a file, or to standard output for
@@ -110,10 +167,17 @@ class AccessLog(Service):
     """
 
     def __init__(
-        self, path: str, clock: IReactorTime, stdout: IO[str] | None = None
+        self,
+        path: str,
+        clock: IReactorTime,
+        stdout: IO[str] | None = None,
+        log_format: str = "combined",
     ) -> None:
         self.path = path
+        self.log_format = log_format
         self._clock = clock
+        #: When each request in progress arrived, by the site's clock.
+        self._arrivals: WeakKeyDictionary[Request, float] = WeakKeyDictionary()
         self._stdout = sys.stdout if stdout is None else stdout
         self._file: IO[bytes] | None = None if path == "-" else _open(path)
         self._closed = False
@@ -123,36 +187,84 @@ class AccessLog(Service):
         Log a finished request (twisted.web calls C{Site.log} from
         C{Request.finish}).
         """
-        self._write(
-            combined_line(
-                client=request.getClientAddress(),
-                user=getattr(request, "remote_user", None),
-                seconds=self._clock.seconds(),
-                request_line=b" ".join(
-                    (request.method, request.uri, request.clientproto)
-                ),
-                status=request.code,
-                length=request.sentLength,
-                headers=request.requestHeaders,
-            )
+        now = self._clock.seconds()
+        arrived = self._arrivals.pop(request, None)
+        self._entry(
+            client=request.getClientAddress(),
+            user=getattr(request, "remote_user", None),
+            seconds=now,
+            request_line=b" ".join((request.method, request.uri, request.clientproto)),
+            status=request.code,
+            length=request.sentLength,
+            headers=request.requestHeaders,
+            duration=None if arrived is None else now - arrived,
         )
+
+    def timed(
+        self, factory: Callable[[Channel], Request]
+    ) -> Callable[[Channel], Request]:
+        """
+        C{factory}, the site's request factory, noting when each request
+        it makes arrived.
+        """
+
+        def make(channel: Channel) -> Request:
+            request = factory(channel)
+            self._arrivals[request] = self._clock.seconds()
+            return request
+
+        return make
 
     def log_refusal(self, refusal: Refusal) -> None:
         """
         Log a request that the channel answered itself (400, 408, 413, 414,
         431), with as much of the request as had arrived.
         """
-        self._write(
-            combined_line(
-                client=refusal.client,
-                user=None,
-                seconds=self._clock.seconds(),
-                request_line=refusal.request_line,
-                status=refusal.code,
-                length=refusal.length,
-                headers=refusal.headers,
-            )
+        self._entry(
+            client=refusal.client,
+            user=None,
+            seconds=self._clock.seconds(),
+            request_line=refusal.request_line,
+            status=refusal.code,
+            length=refusal.length,
+            headers=refusal.headers,
+            duration=None,
         )
+
+    def _entry(
+        self,
+        *,
+        client: IAddress | None,
+        user: str | None,
+        seconds: float,
+        request_line: bytes | None,
+        status: int,
+        length: int,
+        headers: Headers | None,
+        duration: float | None,
+    ) -> None:
+        if self.log_format == "json":
+            line = json_line(
+                client=client,
+                user=user,
+                seconds=seconds,
+                request_line=request_line,
+                status=status,
+                length=length,
+                headers=headers,
+                duration=duration,
+            )
+        else:
+            line = combined_line(
+                client=client,
+                user=user,
+                seconds=seconds,
+                request_line=request_line,
+                status=status,
+                length=length,
+                headers=headers,
+            )
+        self._write(line)
 
     def reopen(self) -> None:
         """
@@ -201,14 +313,20 @@ class AccessLog(Service):
             )
 
 
-def install_access_log(site: Site, path: str, clock: IReactorTime) -> AccessLog:
+def install_access_log(
+    site: Site, path: str, clock: IReactorTime, log_format: str = "combined"
+) -> AccessLog:
     """
-    Give C{site} an access log written to C{path}, as a service of the site
-    named L{SERVICE_NAME}.
+    Give C{site} an access log written to C{path} in C{log_format}, as a
+    service of the site named L{SERVICE_NAME}.
     """
-    access_log = AccessLog(path, clock)
+    access_log = AccessLog(path, clock, log_format=log_format)
     access_log.setName(SERVICE_NAME)
     access_log.setServiceParent(site.service)
+    if log_format == "json":
+        site.requestFactory = access_log.timed(  # type: ignore[assignment]
+            site.requestFactory
+        )
     site.access_log = access_log.log_request
     site.refusal_log = access_log.log_refusal
     return access_log

@@ -1002,6 +1002,7 @@ def closing_response(
         (b"Content-Type", HTML_TYPE),
         (b"Content-Length", b"%d" % (len(body),)),
         (b"X-Content-Type-Options", b"nosniff"),
+        (b"Cache-Control", b"no-store"),
         (b"Connection", b"close"),
     ]
     if retry_after is not None:

@@ -43,6 +43,10 @@ _DETAILS = {
 }
 
 
+#: The way back from an error page.
+HOME_LINK = '<nav><a href="/">Home</a></nav>'
+
+
 def reason(code: int) -> str:
     """
     The standard reason phrase for C{code}.
@@ -53,6 +57,22 @@ def reason(code: int) -> str:
         return "Unknown Status"
 
 
+#: The one stylesheet of every page the server renders.  It is inlined, not
+#: linked: an error page (a 503 when the server is busy, a 404 under
+#: C{--no-demo} or another C{--static}) must not need a second request.
+STYLESHEET = (
+    "body{font-family:system-ui,sans-serif;max-width:42em;margin:2em auto;"
+    "padding:0 1em;line-height:1.5;color:#222;background:#fcfcfa}"
+    "h1{font-size:1.6em;margin:0 0 .5em}h2{font-size:1.15em;margin:1.5em 0 .3em}"
+    "a{color:#0b5cad}code,pre{background:#eef;padding:0 .2em}"
+    "pre{padding:.5em;overflow-x:auto}ul{padding-left:1.2em}"
+    "label{display:block;margin:.5em 0}input,textarea{font:inherit}"
+    "nav{margin-top:2em;padding-top:.5em;border-top:1px solid #ddd}"
+)
+#: The icon a browser would otherwise ask every page for at C{/favicon.ico}.
+_NO_ICON = '<link rel="icon" href="data:,">'
+
+
 def page(title: str, body_html: str) -> bytes:
     """
     A complete HTML document; C{title} is escaped, C{body_html} is not.
@@ -60,8 +80,9 @@ def page(title: str, body_html: str) -> bytes:
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{escape(title)}</title></head>\n"
-        f"<body>\n{body_html}\n</body></html>\n"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title>{_NO_ICON}<style>{STYLESHEET}</style>"
+        f"</head>\n<body>\n{body_html}\n</body></html>\n"
     ).encode()
 
 
@@ -71,7 +92,10 @@ def error_page(code: int, detail: str | None = None, extra_html: str = "") -> by
     """
     title = f"{code} {reason(code)}"
     text = detail if detail is not None else _DETAILS.get(code, reason(code))
-    return page(title, f"<h1>{escape(title)}</h1>\n<p>{escape(text)}</p>{extra_html}")
+    return page(
+        title,
+        f"<h1>{escape(title)}</h1>\n<p>{escape(text)}</p>{extra_html}\n{HOME_LINK}",
+    )
 
 
 def render_error(request: IRequest, code: int, detail: str | None = None) -> bytes:
@@ -100,6 +124,11 @@ def render_busy(request: IRequest) -> bytes:
     return body
 
 
+#: How long a redirect of the server's own may be reused: its target follows
+#: from the routes and the files served, which rarely move.
+REDIRECT_CACHE_CONTROL = b"max-age=300"
+
+
 def redirect(request: IRequest, path: str) -> bytes | None:
     """
     Set up C{request} as a redirect to C{path} (absolute, already quoted)
@@ -116,6 +145,7 @@ def redirect(request: IRequest, path: str) -> bytes | None:
     request.setResponseCode(301 if request.method in (b"GET", b"HEAD") else 308)
     request.setHeader(b"location", location)
     request.setHeader(b"content-type", HTML_TYPE)
+    request.setHeader(b"cache-control", REDIRECT_CACHE_CONTROL)
     target = escape(location.decode("ascii"))
     return page("Moved", f'<p>This page is at <a href="{target}">{target}</a>.</p>')
 

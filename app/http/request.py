@@ -17,7 +17,15 @@ from twisted.web import http, server
 from twisted.web.http_headers import Headers
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
-from app.compat.twisted import set_request_internals
+from app.compat.twisted import connection_gone, set_request_internals
+from app.http.compression import (
+    MIN_SIZE,
+    Compressor,
+    compresses,
+    compressible,
+    vary_on_encoding,
+    weak,
+)
 from app.http.forms import FormError, form_fields
 from app.http.limits import ALLOWED_METHODS
 from app.http.pages import HTML_TYPE, error_page
@@ -44,6 +52,8 @@ class Request(server.Request):
     _args: dict[bytes, list[bytes]]
     #: The Content-Type of a form body not parsed yet.
     _form_type: bytes | None = None
+    #: The gzip stream of a body being compressed (see app.http.compression).
+    _compressor: Compressor | None = None
 
     def __init__(self, channel: Channel, *args: Any, **kwargs: Any) -> None:
         # What twisted.web's http.Request and server.Request constructors
@@ -160,6 +170,73 @@ class Request(server.Request):
                 return reason
         return super().processingFailed(reason)  # type: ignore[no-any-return]
 
+    # The head is settled on the first write, the one place every response
+    # passes through: its freshness and its content coding.
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            data = self._settle_head(data)
+        elif self._compressor is not None:
+            data = self._compressor.compress(data)
+        server.Request.write(self, data)
+
+    def finish(self) -> None:
+        if not (self.startedWriting or self.finished or connection_gone(self)):
+            self.write(b"")
+        compressor = self._compressor
+        if compressor is not None:
+            self._compressor = None
+            if not connection_gone(self):
+                server.Request.write(self, compressor.finish())
+        server.Request.finish(self)
+
+    def _settle_head(self, data: bytes) -> bytes:
+        """
+        Before the head of the response goes out: state its freshness if no
+        one did, and compress its body if it should be (SPEC §15); return
+        what to write of C{data}.
+        """
+        headers = self.responseHeaders
+        # A gateway (CGI, WSGI, proxy) says none to have its upstream's
+        # headers sent as they are: those decide about caching.
+        if self.defaultContentType is not None and not headers.hasHeader(
+            b"cache-control"
+        ):
+            headers.setRawHeaders(b"cache-control", [b"no-store"])
+        code = self.code
+        if code < 200 or code in _UNCODED_STATUSES:
+            return data
+        lengths = headers.getRawHeaders(b"content-length")
+        size = None
+        if lengths is not None:
+            try:
+                size = int(lengths[0])
+            except ValueError:
+                return data
+            if size < MIN_SIZE:
+                return data
+        if headers.hasHeader(b"content-encoding"):
+            return data
+        types = headers.getRawHeaders(b"content-type")
+        content_type = types[0] if types else self.defaultContentType
+        if content_type is None or not compressible(content_type):
+            return data
+        vary_on_encoding(headers)
+        if not compresses(self.requestHeaders, self.method):
+            return data
+        headers.setRawHeaders(b"content-encoding", [b"gzip"])
+        etags = headers.getRawHeaders(b"etag")
+        if etags:
+            headers.setRawHeaders(b"etag", [weak(etags[0])])
+        if size is not None and len(data) == size:
+            # The whole body at once: sent with its compressed length.
+            data = Compressor.whole(data)
+            headers.setRawHeaders(b"content-length", [b"%d" % (len(data),)])
+            return data
+        headers.removeHeader(b"content-length")
+        compressor = self._compressor = Compressor()
+        return compressor.compress(data)
+
     def getSession(
         self, sessionInterface: Any = None, forceNotSecure: bool = False
     ) -> Any:
@@ -168,6 +245,10 @@ class Request(server.Request):
         # SameSite: see app.sessions.store.
         return request_session(self, sessionInterface, forceNotSecure)
 
+
+#: Statuses whose body, if any, is never compressed: a part of the
+#: representation (206), or none at all.
+_UNCODED_STATUSES = frozenset({204, 206, 304})
 
 #: Media types whose bodies become form fields.
 _FORM_TYPE = re.compile(

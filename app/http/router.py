@@ -15,6 +15,9 @@ the rules this server promises instead of Klein's defaults:
   - Unknown paths are 404, wrong methods 405 with C{Allow}, handler errors
     500 with one logged traceback: all as the server's own HTML pages.
   - A synchronous result is answered synchronously, without Deferreds.
+  - A request a route answers carries the route's template in C{route}
+    (C{/calendar/<int:year>}; a branch route's prefix, C{/static/}), for
+    the metrics; one no route answers carries none.
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ class _Found:
     #: For exact routes: the route's own function, ready to call with the
     #: request, skipping Klein's two wrappers (which do just this).
     direct: Callable[..., Any] | None = None
+    #: The rule as written (a branch route's: its prefix).
+    template: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ class _Layer:
     apps: dict[str, Klein]
     #: What Klein's executor of each endpoint would call, by endpoint.
     direct: dict[str, Callable[..., Any]]
+    #: The template of each endpoint's rule, by endpoint.
+    templates: dict[str, str]
     #: Routes without variables, by (path, method): what werkzeug would
     #: match for them, found without running its matcher.
     exact: dict[tuple[str, str], _Found]
@@ -113,6 +120,7 @@ class _Fast:
 
     function: Callable[..., Any]
     segment_count: int
+    template: str
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,7 @@ def _layer(apps: Sequence[Klein]) -> _Layer:
     url_map = Map(merge_slashes=False, converters=converters)
     owners: dict[str, Klein] = {}
     direct: dict[str, Callable[..., Any]] = {}
+    templates: dict[str, str] = {}
     exact: dict[tuple[str, str], _Found] = {}
     for index, app in enumerate(apps):
         for rule in app.url_map.iter_rules():
@@ -151,6 +160,7 @@ def _layer(apps: Sequence[Klein]) -> _Layer:
             )
             url_map.add(copy)
             owners[name] = app
+            templates[name] = _template(copy.rule)
             endpoint = str(rule.endpoint)
             call = _direct_call(app, endpoint)
             if call is not None and "__rest__" in copy.arguments:
@@ -158,11 +168,21 @@ def _layer(apps: Sequence[Klein]) -> _Layer:
             if call is not None:
                 direct[name] = call
             if _is_exact(copy):
-                found = _Found(app, endpoint, {}, call)
+                found = _Found(app, endpoint, {}, call, templates[name])
                 for method in copy.methods or ():
                     exact.setdefault((copy.rule, method), found)
     # Matching never looks at the host; bind once instead of per request.
-    return _Layer(url_map.bind("localhost"), owners, direct, exact)
+    return _Layer(url_map.bind("localhost"), owners, direct, templates, exact)
+
+
+def _template(rule: str) -> str:
+    """
+    How the metrics name the route of C{rule}: as written, a branch route by
+    its prefix.
+    """
+    if rule.endswith(_BRANCH):
+        return rule[: -len(_BRANCH)] + "/"
+    return rule
 
 
 def _fast_routes(layers: Sequence[_Layer]) -> dict[tuple[bytes, bytes], _Fast]:
@@ -186,7 +206,7 @@ def _fast_routes(layers: Sequence[_Layer]) -> dict[tuple[bytes, bytes], _Fast]:
                 continue
             handler = found.app.endpoints[found.endpoint]
             count: int = handler.segment_count  # type: ignore[attr-defined]
-            fast[key] = _Fast(found.direct, count)
+            fast[key] = _Fast(found.direct, count, found.template)
     return fast
 
 
@@ -303,6 +323,7 @@ class Router(Resource):
                 endpoint.partition(":")[2],
                 dict(arguments),
                 layer.direct.get(endpoint),
+                layer.templates[endpoint],
             )
         return None
 
@@ -335,6 +356,7 @@ class Router(Resource):
         if fast is None:
             body = self._dispatch(request)
         else:
+            request.route = fast.template  # type: ignore[attr-defined]
             _take_segments(request, fast.segment_count)
             body = self._call(request, fast.function, {})
         if body is NOT_DONE_YET or request.method != b"HEAD":
@@ -367,6 +389,7 @@ class Router(Resource):
             request.setHeader(b"allow", ", ".join(match.allowed).encode("ascii"))
             return self._error(request, 405)
 
+        request.route = match.template  # type: ignore[attr-defined]
         app = match.app
         handler = app.endpoints[match.endpoint]
         _take_segments(request, handler.segment_count)  # type: ignore[attr-defined]

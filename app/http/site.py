@@ -7,7 +7,7 @@ graceful stop.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
@@ -21,6 +21,9 @@ from app.config import Config
 from app.http.channel import Channel, Refusal
 from app.http.request import Request
 from app.sessions import Session, SessionStore, SessionSweep, new_uid
+
+if TYPE_CHECKING:
+    from app.http.metrics import SiteMetrics
 
 log = Logger()
 
@@ -71,6 +74,8 @@ class Site(server.Site):
         self.access_log: Callable[[server.Request], None] | None = None
         #: Called with every request the channel refuses itself, when set.
         self.refusal_log: Callable[[Refusal], None] | None = None
+        #: Told of every request routed, answered and refused, when set.
+        self.metrics: SiteMetrics | None = None
         self._all_closed: list[Deferred[None]] = []
 
     sessionFactory = Session
@@ -102,13 +107,23 @@ class Site(server.Site):
     def stopFactory(self) -> None:
         pass
 
+    def getResourceFor(self, request: server.Request) -> IResource:
+        if self.metrics is not None:
+            self.metrics.request_started(request)
+        resource: IResource = super().getResourceFor(request)
+        return resource
+
     def log(self, request: server.Request) -> None:  # type: ignore[override]
         if self.access_log is not None:
             self.access_log(request)
+        if self.metrics is not None:
+            self.metrics.request_done(request)
 
     def log_refusal(self, refusal: Refusal) -> None:
         if self.refusal_log is not None:
             self.refusal_log(refusal)
+        if self.metrics is not None:
+            self.metrics.request_refused(refusal)
 
     def channel_opened(self, channel: Channel) -> None:
         self.channels.add(channel)
@@ -138,7 +153,7 @@ class Site(server.Site):
                 waiter.callback(None)
 
     def shutdown(
-        self, ports: Iterable[IListeningPort], grace: float = 10.0
+        self, ports: Iterable[IListeningPort], grace: float = Config.grace
     ) -> Deferred[None]:
         """
         Stop listening, close idle connections, let requests in flight finish

@@ -435,6 +435,8 @@ class _Response(WSGIResponse):
         request.setResponseCode(500)
         request.setHeader(b"content-type", HTML_TYPE)
         request.setHeader(b"content-length", b"%d" % (len(body),))
+        # The server's own page, though the application's headers were due.
+        request.setHeader(b"cache-control", b"no-store")
         request.write(body)
         request.finish()
 

@@ -210,6 +210,8 @@ class UpstreamServer(Resource):
 
     def answer_large(self, request: Request) -> int:
         body = pattern(LARGE)
+        # Bytes, not text: relayed as they are, with their length.
+        request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", b"%d" % (LARGE,))
         request.write(body[:PIECE])
 

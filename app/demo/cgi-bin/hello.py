@@ -19,8 +19,9 @@ def page(title: str, body: str) -> bytes:
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title></head>\n"
-        f"<body>\n{body}\n</body></html>\n"
+        f"<title>{html.escape(title)}</title>"
+        '<link rel="stylesheet" href="/static/style.css"></head>\n'
+        f'<body>\n{body}\n<p><a href="/">Back to the index</a></p>\n</body></html>\n'
     ).encode()
 
 

@@ -66,6 +66,13 @@ class CGIDirectory(Resource):
         self._slots = slots
         self._directory = settings.root if directory is None else directory
 
+    @property
+    def slots(self) -> ScriptSlots:
+        """
+        The places for running scripts, and the queue for them.
+        """
+        return self._slots
+
     def getChild(self, path: bytes, request: IRequest) -> IResource:
         name = _plain_name(path)
         if name is None:

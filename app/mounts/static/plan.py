@@ -7,6 +7,12 @@ C{Content-Length} of a partial response.  Here C{Range} (GET only) is
 honoured so: one range is a 206 with the part's length, several disjoint
 ones a 206 C{multipart/byteranges}; a header to be ignored gets the whole
 file; an unsatisfiable set is 416 with C{Content-Range: bytes */SIZE}.
+
+A file is served with C{Cache-Control: no-cache} and its validators: kept
+by caches, checked before each use.  A C{FILE.gz} served in its place has
+C{Content-Encoding: gzip} and its own, weak, C{ETag}; a file that the
+request's rule (L{app.http.compression}) compresses on its way out has its
+C{ETag} made weak here too, so that a 304 carries the one a 200 would.
 """
 
 from __future__ import annotations
@@ -15,6 +21,13 @@ import secrets
 
 from twisted.web.server import Request
 
+from app.http.compression import (
+    MIN_SIZE,
+    compresses,
+    compressible,
+    vary_on_encoding,
+    weak,
+)
 from app.mounts.static.conditional import (
     OpenedFile,
     Ranges,
@@ -25,23 +38,40 @@ from app.mounts.static.conditional import (
 )
 from app.mounts.static.producer import Pieces
 
-__all__ = ["plan_response"]
+__all__ = ["CACHE_CONTROL", "plan_response"]
+
+#: A file may be kept, but is checked (by its validators) before each use:
+#: a file served may change at any moment.
+CACHE_CONTROL = b"no-cache"
 
 
 def plan_response(
-    request: Request, opened: OpenedFile, media_type: bytes
+    request: Request, opened: OpenedFile, media_type: bytes, *, gzipped: bool = False
 ) -> int | Pieces:
     """
     Set the headers of the answer to C{request} from C{opened}; return the
     pieces of the body, or the status (304, 412, 416) that answers instead.
+    C{gzipped}: C{opened} is the C{FILE.gz} beside the file asked for.
     """
     headers = request.responseHeaders
-    headers.setRawHeaders(b"etag", [opened.etag])
+    etag = opened.etag
+    if gzipped:
+        headers.setRawHeaders(b"content-encoding", [b"gzip"])
+        etag = weak(etag)
+    elif compressible(media_type) and opened.size >= MIN_SIZE:
+        # Compressed on its way out when the request allows it (the
+        # Request's rule): a 304 carries the Vary and ETag a 200 would.
+        vary_on_encoding(headers)
+        if compresses(request.requestHeaders, request.method):
+            etag = weak(etag)
+    headers.setRawHeaders(b"etag", [etag])
     headers.setRawHeaders(b"last-modified", [opened.last_modified])
     headers.setRawHeaders(b"accept-ranges", [b"bytes"])
     ranges = None
     if asks_conditionally(request.requestHeaders):
         precondition = preconditions(request, opened)
+        if precondition == 304:
+            headers.setRawHeaders(b"cache-control", [CACHE_CONTROL])
         if precondition is not None:
             return precondition
         if request.method == b"GET" and if_range_holds(request, opened):
@@ -52,6 +82,7 @@ def plan_response(
             request.setHeader(b"content-range", b"bytes */%d" % (opened.size,))
             return 416
 
+    headers.setRawHeaders(b"cache-control", [CACHE_CONTROL])
     pieces: Pieces
     if ranges is None:
         headers.setRawHeaders(b"content-type", [media_type])

@@ -17,6 +17,11 @@ response.  The rules live beside it, one job a module:
     A file asked for with another method than GET or HEAD is 405.
   - L{app.mounts.static.conditional}: C{ETag}, C{Last-Modified}, the
     C{If-*} headers and the reading of C{Range}.
+  - Here: a C{FILE.gz} beside the file, regular and not older, is served in
+    its place (as nginx's C{gzip_static}) to a C{GET} without C{Range} that
+    accepts gzip; a range, a C{HEAD}, or a client that does not accept gzip
+    gets the file itself.  Either way the answer says C{Vary:
+    Accept-Encoding}.  A C{.gz} asked for by name is served as itself.
   - L{app.mounts.static.plan}: the headers and the parts of the file that
     make the answer (206, C{multipart/byteranges}, 416).
   - L{app.mounts.static.producer}: the body, streamed from the file.
@@ -37,6 +42,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from app.http.compression import compresses, vary_on_encoding
 from app.http.pages import answer, redirect, render_busy, render_error
 from app.mounts.static.conditional import OpenedFile
 from app.mounts.static.lookup import (
@@ -115,7 +121,15 @@ class StaticDirectory(Resource):
             found = self._open_directly(request.postpath or [])
             if found is not None:
                 descriptor, status, name = found
-                return self._serve(request, descriptor, status, content_type(name))
+                try:
+                    beside = self._open_directly(_gzip_postpath(request.postpath or []))
+                except BaseException:
+                    os.close(descriptor)
+                    raise
+                gzipped = None if beside is None else beside[:2]
+                return self._serve(
+                    request, descriptor, status, content_type(name), gzipped
+                )
         return self._render_resolved(request)
 
     def _open_directly(
@@ -159,8 +173,14 @@ class StaticDirectory(Resource):
         if opened is None:
             return _error(request, 404)
         descriptor, status = opened
+        try:
+            beside = inside(root, real + ".gz")
+            gzipped = None if beside is None else open_regular(beside)
+        except BaseException:
+            os.close(descriptor)
+            raise
         return self._serve(
-            request, descriptor, status, content_type(os.path.basename(real))
+            request, descriptor, status, content_type(os.path.basename(real)), gzipped
         )
 
     def _serve(
@@ -169,13 +189,31 @@ class StaticDirectory(Resource):
         descriptor: int,
         status: os.stat_result,
         media_type: bytes,
+        gzipped: tuple[int, os.stat_result] | None = None,
     ) -> int:
         """
-        Answer C{request} with the file open as C{descriptor}, which this
-        closes or hands to the producer that streams it.
+        Answer C{request} with the file open as C{descriptor}, or with the
+        C{FILE.gz} beside it open as C{gzipped}; close what is not sent, and
+        close or hand to the producer that streams it what is.
         """
+        serve_gzipped = False
+        if gzipped is not None:
+            gzipped_descriptor, gzipped_status = gzipped
+            if gzipped_status.st_mtime_ns < status.st_mtime_ns:
+                # Older than the file: left over from an earlier version.
+                os.close(gzipped_descriptor)
+            else:
+                vary_on_encoding(request.responseHeaders)
+                if compresses(request.requestHeaders, request.method):
+                    os.close(descriptor)
+                    descriptor, status = gzipped_descriptor, gzipped_status
+                    serve_gzipped = True
+                else:
+                    os.close(gzipped_descriptor)
         try:
-            plan = plan_response(request, self._validators(status), media_type)
+            plan = plan_response(
+                request, self._validators(status), media_type, gzipped=serve_gzipped
+            )
         except BaseException:
             os.close(descriptor)
             raise
@@ -210,6 +248,15 @@ def _send(request: Request, descriptor: int, plan: int | Pieces) -> int:
 
 
 log = Logger()
+
+
+def _gzip_postpath(postpath: list[bytes]) -> list[bytes]:
+    """
+    The path of the C{FILE.gz} beside the file that C{postpath} names.
+    """
+    if not postpath or postpath[-1] == b"":
+        return [*postpath[:-1], INDEX.encode("ascii") + b".gz"]
+    return [*postpath[:-1], postpath[-1] + b".gz"]
 
 
 def _error(request: Request, code: int) -> int:

@@ -11,14 +11,15 @@ from typing import Any, cast
 import klein._app
 from klein import Klein, Response
 from treq.testing import StubTreq
-from twisted.web.iweb import IRequest
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 from twisted.web.test.requesthelper import DummyRequest
 
 from app.compat.klein import apply_response, bound_endpoint
-from app.compat.treq import serve_through
+from app.compat.treq import serve_through, undecoded_agent
 
 
 class Shelf:
@@ -109,3 +110,24 @@ def test_a_stub_client_serves_through_the_site_given() -> None:
     body = client.content(response.result)  # type: ignore[attr-defined]
     client.flush()
     assert body.result == b"ours"
+
+
+def test_the_agent_under_a_stub_client_sends_headers_as_given() -> None:
+    client = StubTreq(Data(b"stub", "text/plain"))
+    agent = undecoded_agent(client)
+    assert IAgent.providedBy(agent), "StubTreq._agent is no longer an agent"
+    seen: list[Any] = []
+    resource = Resource()
+
+    class Echo(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: IRequest) -> bytes:
+            seen.append(request.requestHeaders.getRawHeaders(b"accept-encoding"))
+            return b""
+
+    resource.putChild(b"", Echo())
+    serve_through(client, Site(resource))
+    agent.request(b"GET", b"http://example.invalid/", Headers())
+    client.flush()
+    assert seen == [None]

@@ -5,7 +5,11 @@ connection so that a Twisted release that moves it fails here, by name.
 
 from __future__ import annotations
 
+import os
+import socket
+import stat
 from io import BytesIO
+from pathlib import Path
 
 import pytest_twisted
 from twisted.internet import reactor
@@ -39,6 +43,7 @@ from zope.interface import Interface, implementer, provider
 
 from app.compat.twisted import (
     WSGIResponse,
+    adopt_unix_port,
     connection_gone,
     endpoint_address,
     endpoint_tls_context,
@@ -280,6 +285,26 @@ def test_a_tls_endpoint_tells_its_address_and_context() -> None:
     assert endpoint_tls_context(endpoint) is context, (
         "SSL4ServerEndpoint._sslContextFactory is gone"
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_adopted_unix_port_leaves_the_socket_file_and_its_mode(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "adopted.sock"
+    bound = socket.socket(socket.AF_UNIX)
+    bound.bind(str(path))
+    bound.listen()
+    os.chmod(path, 0o640)
+    try:
+        port = adopt_unix_port(reactor, bound.fileno(), ServerFactory())
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, (
+            "unix.Port._bindPath moved: the adopted port chmods the file"
+        )
+        await maybeDeferred(port.stopListening)
+        assert path.exists(), "unix.Port.connectionLost changed"
+    finally:
+        bound.close()
 
 
 # -- twisted.web.twcgi -----------------------------------------------------

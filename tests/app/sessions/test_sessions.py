@@ -36,7 +36,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from app.cli.options import config_from_args
-from app.http.pages import page
+from app.http.pages import HOME_LINK, page
 from app.http.request import Request
 from app.http.site import Site
 from app.sessions.store import (
@@ -180,7 +180,8 @@ def test_session_page_is_the_page_of_its_uid(client: StubTreq) -> None:
         "Session",
         f"<h1>Session</h1>\n<p>Your session id is <code>{uid}</code>.</p>\n"
         '<form method="POST" action="/session/expire">'
-        '<input type="submit" value="Expire it"></form>',
+        '<input type="submit" value="Expire it"></form>\n'
+        f"{HOME_LINK}",
     )
 
 
