@@ -66,6 +66,35 @@ def success_result_of(deferred: Deferred[_T]) -> _T:
     return SynchronousTestCase().successResultOf(deferred)
 
 
+#: The origin in-memory requests are addressed to.
+MEMORY_ORIGIN = "http://example.invalid"
+
+
+def fetch(client: StubTreq, method: str, path: str, **kwargs: Any) -> Any:
+    """
+    The response to a request that the site answers at once, in memory.
+    """
+    # StubTreq sets its methods at run time.
+    pending = client.request(method, MEMORY_ORIGIN + path, **kwargs)  # type: ignore[attr-defined]
+    return success_result_of(pending)
+
+
+def text_of(response: Any) -> str:
+    """
+    The body of a response fetched in memory, as text.
+    """
+    text: str = success_result_of(response.text())
+    return text
+
+
+def content_of(response: Any) -> bytes:
+    """
+    The body of a response fetched in memory.
+    """
+    content: bytes = success_result_of(response.content())
+    return content
+
+
 @pytest.fixture
 def captured_log() -> Iterator[list[LogEvent]]:
     """

@@ -89,9 +89,11 @@ def combined_line(
     status: int,
     length: int,
     headers: Headers | None,
+    duration: float | None = None,
 ) -> str:
     """
-    One line of the Combined Log Format, newline included.
+    One line of the Combined Log Format, newline included (the format has
+    no place for C{duration}).
     """
     host = getattr(client, "host", None)
     # The user is not quoted: unlike Apache, escape a space in it too, so
@@ -243,8 +245,9 @@ class AccessLog(Service):
         headers: Headers | None,
         duration: float | None,
     ) -> None:
-        if self.log_format == "json":
-            line = json_line(
+        line = json_line if self.log_format == "json" else combined_line
+        self._write(
+            line(
                 client=client,
                 user=user,
                 seconds=seconds,
@@ -254,17 +257,7 @@ class AccessLog(Service):
                 headers=headers,
                 duration=duration,
             )
-        else:
-            line = combined_line(
-                client=client,
-                user=user,
-                seconds=seconds,
-                request_line=request_line,
-                status=status,
-                length=length,
-                headers=headers,
-            )
-        self._write(line)
+        )
 
     def reopen(self) -> None:
         """

@@ -8,7 +8,6 @@ from __future__ import annotations
 import calendar
 import re
 import time
-from typing import Any
 
 import pytest
 import pytest_twisted
@@ -17,9 +16,8 @@ from twisted.internet.task import Clock
 
 from app.testing import LiveServer
 from routes.content import DEMO_PAGES
-from tests.conftest import memory_client, success_result_of
+from tests.conftest import content_of, fetch, memory_client, text_of
 
-BASE = "http://example.invalid"
 #: When the test's clock says it is: a whole second, as ctime shows it.
 NOW = 1_700_000_000.0
 
@@ -36,81 +34,62 @@ def client(clock: Clock) -> StubTreq:
     return memory_client(clock)
 
 
-def _fetch(client: StubTreq, method: str, path: str, **kwargs: Any) -> Any:
-    """
-    The response to a request that the site answers at once.
-    """
-    # StubTreq sets its methods at run time.
-    pending = client.request(method, BASE + path, **kwargs)  # type: ignore[attr-defined]
-    return success_result_of(pending)
-
-
-def _text(response: Any) -> str:
-    text: str = success_result_of(response.text())
-    return text
-
-
-def _content(response: Any) -> bytes:
-    content: bytes = success_result_of(response.content())
-    return content
-
-
 def test_index_links_every_demo(client: StubTreq) -> None:
-    response = _fetch(client, "GET", "/")
+    response = fetch(client, "GET", "/")
     assert response.code == 200
     assert response.headers.getRawHeaders(b"content-type") == [
         b"text/html; charset=utf-8"
     ]
-    links = set(re.findall(r'href="([^"]+)"', _text(response)))
+    links = set(re.findall(r'href="([^"]+)"', text_of(response)))
     assert {path.replace("&", "&amp;") for path, _ in DEMO_PAGES} <= links
 
 
 def test_health(client: StubTreq) -> None:
-    response = _fetch(client, "GET", "/health")
+    response = fetch(client, "GET", "/health")
     assert response.code == 200
-    assert _text(response) == "ok"
+    assert text_of(response) == "ok"
 
 
 @pytest.mark.parametrize("path", ["/", "/health", "/nowhere", "/pay"])
 def test_every_answer_carries_nosniff_and_an_unversioned_server(
     client: StubTreq, path: str
 ) -> None:
-    response = _fetch(client, "GET", path)
-    _content(response)
+    response = fetch(client, "GET", path)
+    content_of(response)
     assert response.headers.getRawHeaders(b"x-content-type-options") == [b"nosniff"]
     assert response.headers.getRawHeaders(b"server") == [b"app"]
 
 
 def test_clock_shows_the_site_clock_time(client: StubTreq) -> None:
-    response = _fetch(client, "GET", "/clock")
+    response = fetch(client, "GET", "/clock")
     assert response.code == 200
-    shown = re.search(r"The time is ([^<]+)\.", _text(response))
+    shown = re.search(r"The time is ([^<]+)\.", text_of(response))
     assert shown is not None
     assert shown.group(1) == time.ctime(NOW)
 
 
 def test_calendar(client: StubTreq) -> None:
-    response = _fetch(client, "GET", "/calendar/2026")
+    response = fetch(client, "GET", "/calendar/2026")
     assert response.code == 200
     assert response.headers.getRawHeaders(b"content-type") == [
         b"text/plain; charset=utf-8"
     ]
-    assert _text(response) == calendar.calendar(2026)
+    assert text_of(response) == calendar.calendar(2026)
 
 
 @pytest.mark.parametrize("year", ["1", "9999"])
 def test_calendar_bounds_served(client: StubTreq, year: str) -> None:
-    response = _fetch(client, "GET", f"/calendar/{year}")
+    response = fetch(client, "GET", f"/calendar/{year}")
     assert response.code == 200
-    assert _text(response) == calendar.calendar(int(year))
+    assert text_of(response) == calendar.calendar(int(year))
 
 
 @pytest.mark.parametrize(
     "year", ["0", "10000", "abc", "-1", "99999999999999999999999", "2026.5", ""]
 )
 def test_calendar_out_of_range_is_an_html_404(client: StubTreq, year: str) -> None:
-    response = _fetch(client, "GET", f"/calendar/{year}")
-    body = _text(response)
+    response = fetch(client, "GET", f"/calendar/{year}")
+    body = text_of(response)
     assert response.code == 404
     assert response.headers.getRawHeaders(b"content-type")[0].startswith(b"text/html")
     assert "404 Not Found" in body
@@ -118,27 +97,27 @@ def test_calendar_out_of_range_is_an_html_404(client: StubTreq, year: str) -> No
 
 
 def test_pay_is_402(client: StubTreq) -> None:
-    response = _fetch(client, "GET", "/pay")
+    response = fetch(client, "GET", "/pay")
     assert response.code == 402
-    assert "Please pay." in _text(response)
+    assert "Please pay." in text_of(response)
 
 
 def test_form_page_posts_the_field(client: StubTreq) -> None:
-    response = _fetch(client, "GET", "/form")
-    body = _text(response)
+    response = fetch(client, "GET", "/form")
+    body = text_of(response)
     assert response.code == 200
     assert 'method="POST"' in body
     assert 'name="the-field"' in body
 
 
 def test_form_post_urlencoded_is_escaped(client: StubTreq) -> None:
-    response = _fetch(
+    response = fetch(
         client,
         "POST",
         "/form",
         data={"the-field": "<script>alert('x')</script> & more"},
     )
-    body = _text(response)
+    body = text_of(response)
     assert response.code == 200
     assert (
         "You submitted: &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more"
@@ -157,7 +136,7 @@ def test_form_post_multipart(client: StubTreq) -> None:
         b"h\xc3\xa9llo <b>\r\n"
         b"--b0undary--\r\n"
     )
-    response = _fetch(
+    response = fetch(
         client,
         "POST",
         "/form",
@@ -165,7 +144,7 @@ def test_form_post_multipart(client: StubTreq) -> None:
         headers={"content-type": "multipart/form-data; boundary=b0undary"},
     )
     assert response.code == 200
-    assert "You submitted: héllo &lt;b&gt;" in _text(response)
+    assert "You submitted: héllo &lt;b&gt;" in text_of(response)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +153,7 @@ def test_form_post_multipart(client: StubTreq) -> None:
     ids=["empty", "missing", "not-utf8"],
 )
 def test_form_post_without_a_usable_field_is_400(client: StubTreq, data: bytes) -> None:
-    response = _fetch(
+    response = fetch(
         client,
         "POST",
         "/form",
@@ -182,13 +161,13 @@ def test_form_post_without_a_usable_field_is_400(client: StubTreq, data: bytes) 
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert response.code == 400
-    assert "400 Bad Request" in _text(response)
+    assert "400 Bad Request" in text_of(response)
 
 
 @pytest.mark.parametrize("method", ["PUT", "POST", "PATCH"])
 def test_echo_returns_the_body_and_its_type(client: StubTreq, method: str) -> None:
     payload = bytes(range(256)) * 4
-    response = _fetch(
+    response = fetch(
         client,
         method,
         "/echo",
@@ -197,36 +176,36 @@ def test_echo_returns_the_body_and_its_type(client: StubTreq, method: str) -> No
     )
     assert response.code == 200
     assert response.headers.getRawHeaders(b"content-type") == [b"application/x-demo"]
-    assert _content(response) == payload
+    assert content_of(response) == payload
 
 
 def test_echo_never_runs_as_a_page(client: StubTreq) -> None:
-    response = _fetch(
+    response = fetch(
         client,
         "POST",
         "/echo",
         data=b"<script>1</script>",
         headers={"content-type": "text/html"},
     )
-    _content(response)
+    content_of(response)
     assert response.headers.getRawHeaders(b"content-security-policy") == [b"sandbox"]
 
 
 def test_echo_refuses_get_with_allow(client: StubTreq) -> None:
-    response = _fetch(client, "GET", "/echo")
+    response = fetch(client, "GET", "/echo")
     assert response.code == 405
     allowed = response.headers.getRawHeaders(b"allow")[0].decode().split(", ")
     assert sorted(allowed) == ["PATCH", "POST", "PUT"]
-    assert "405 Method Not Allowed" in _text(response)
+    assert "405 Method Not Allowed" in text_of(response)
 
 
 def test_head_has_the_get_length_and_no_body(client: StubTreq) -> None:
-    get = _fetch(client, "GET", "/calendar/2026")
-    head = _fetch(client, "HEAD", "/calendar/2026")
+    get = fetch(client, "GET", "/calendar/2026")
+    head = fetch(client, "HEAD", "/calendar/2026")
     assert head.code == 200
-    assert _content(head) == b""
+    assert content_of(head) == b""
     assert head.headers.getRawHeaders(b"content-length") == [
-        str(len(_content(get))).encode()
+        str(len(content_of(get))).encode()
     ]
 
 

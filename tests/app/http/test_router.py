@@ -18,9 +18,7 @@ from twisted.logger import LogEvent, formatEvent
 from app.cli.options import config_from_args
 from app.site import build_site
 from app.testing import stub_treq
-from tests.conftest import failures, success_result_of
-
-BASE = "http://example.invalid"
+from tests.conftest import content_of, failures, fetch, text_of
 
 
 def _client(args: Sequence[str]) -> StubTreq:
@@ -38,58 +36,39 @@ def routed() -> StubTreq:
     return _client(["--routes", "tests.example_routes"])
 
 
-def _fetch(client: StubTreq, method: str, path: str, **kwargs: Any) -> Any:
-    """
-    The response to a request that the site answers at once.
-    """
-    # StubTreq sets its methods at run time.
-    pending = client.request(method, BASE + path, **kwargs)  # type: ignore[attr-defined]
-    return success_result_of(pending)
-
-
 def _no_redirects(client: StubTreq, method: str, path: str) -> Any:
-    return _fetch(client, method, path, allow_redirects=False)
-
-
-def _text(response: Any) -> str:
-    text: str = success_result_of(response.text())
-    return text
-
-
-def _content(response: Any) -> bytes:
-    content: bytes = success_result_of(response.content())
-    return content
+    return fetch(client, method, path, allow_redirects=False)
 
 
 def test_module_route_is_served(routed: StubTreq) -> None:
-    response = _fetch(routed, "GET", "/hello")
+    response = fetch(routed, "GET", "/hello")
     assert response.code == 200
-    assert _text(response) == "Hello from a route module"
+    assert text_of(response) == "Hello from a route module"
 
 
 def test_builtin_route_wins_a_clash(routed: StubTreq) -> None:
-    body = _text(_fetch(routed, "GET", "/clock"))
+    body = text_of(fetch(routed, "GET", "/clock"))
     assert "The time is" in body
     assert "module" not in body
 
 
 def test_coroutine_route(routed: StubTreq) -> None:
-    response = _fetch(routed, "GET", "/later")
+    response = fetch(routed, "GET", "/later")
     assert response.code == 200
-    assert _text(response) == "answered later"
+    assert text_of(response) == "answered later"
 
 
 def test_converter_route(routed: StubTreq) -> None:
-    response = _fetch(routed, "DELETE", "/items/7")
-    assert _text(response) == "item 7"
+    response = fetch(routed, "DELETE", "/items/7")
+    assert text_of(response) == "item 7"
 
 
 @pytest.mark.parametrize("path", ["/boom", "/later/boom"])
 def test_failing_handler_is_a_500_page_and_one_logged_traceback(
     routed: StubTreq, captured_log: list[LogEvent], path: str
 ) -> None:
-    response = _fetch(routed, "GET", path)
-    body = _text(response)
+    response = fetch(routed, "GET", path)
+    body = text_of(response)
     assert response.code == 500
     assert "500 Internal Server Error" in body
     assert "Traceback" not in body
@@ -102,8 +81,8 @@ def test_failing_handler_is_a_500_page_and_one_logged_traceback(
 
 def test_display_tracebacks_shows_the_escaped_traceback() -> None:
     client = _client(["--routes", "tests.example_routes", "--display-tracebacks"])
-    response = _fetch(client, "GET", "/boom")
-    body = _text(response)
+    response = fetch(client, "GET", "/boom")
+    body = text_of(response)
     assert response.code == 500
     assert "Traceback" in body
     assert "RuntimeError: deliberate failure" in body
@@ -126,7 +105,7 @@ def test_trailing_slash_redirects_keep_the_query(
     routed: StubTreq, method: str, path: str, code: int, location: bytes
 ) -> None:
     response = _no_redirects(routed, method, path)
-    _content(response)
+    content_of(response)
     assert response.code == code
     assert response.headers.getRawHeaders(b"location") == [location]
 
@@ -138,15 +117,15 @@ def test_double_slashes_are_not_merged_or_redirected_off_site(
     routed: StubTreq, path: str
 ) -> None:
     response = _no_redirects(routed, "GET", path)
-    _content(response)
+    content_of(response)
     assert response.code == 404
     assert response.headers.getRawHeaders(b"location") is None
 
 
 @pytest.mark.parametrize("path", ["/nowhere", "/calendar", "/hello/there", "/%ff"])
 def test_unknown_paths_are_html_404(routed: StubTreq, path: str) -> None:
-    response = _fetch(routed, "GET", path)
-    body = _text(response)
+    response = fetch(routed, "GET", path)
+    body = text_of(response)
     assert response.code in (400, 404)
     assert response.headers.getRawHeaders(b"content-type") == [
         b"text/html; charset=utf-8"
@@ -158,17 +137,17 @@ def test_unknown_paths_are_html_404(routed: StubTreq, path: str) -> None:
 def test_unknown_or_unsupported_methods_are_405_never_500(
     routed: StubTreq, method: str
 ) -> None:
-    response = _fetch(routed, method, "/pay")
-    _content(response)
+    response = fetch(routed, method, "/pay")
+    content_of(response)
     assert response.code == 405
     assert b"GET" in response.headers.getRawHeaders(b"allow")[0]
 
 
 def test_no_demo_keeps_health_and_module_index() -> None:
     client = _client(["--no-demo", "--routes", "tests.example_routes"])
-    assert _fetch(client, "GET", "/health").code == 200
-    assert _fetch(client, "GET", "/pay").code == 404
-    assert _text(_fetch(client, "GET", "/clock")) == "the module's clock"
+    assert fetch(client, "GET", "/health").code == 200
+    assert fetch(client, "GET", "/pay").code == 404
+    assert text_of(fetch(client, "GET", "/clock")) == "the module's clock"
 
 
 def test_exact_routes_match_what_werkzeug_matches() -> None:
@@ -226,7 +205,7 @@ def test_a_builtin_variable_route_wins_over_a_module_exact_route(
     routed: StubTreq,
 ) -> None:
     for _ in range(2):
-        body = _text(_fetch(routed, "GET", "/calendar/1999"))
+        body = text_of(fetch(routed, "GET", "/calendar/1999"))
         assert "1999" in body
         assert "module" not in body
 
@@ -294,11 +273,11 @@ def test_a_custom_converter_is_asked_for_every_request() -> None:
     assert router._matched is None
     client = StubTreq(router)
     for _ in range(2):
-        response = _fetch(client, "GET", "/even/4")
-        assert _text(response) == "4 is even"
-    response = _fetch(client, "GET", "/even/5")
+        response = fetch(client, "GET", "/even/4")
+        assert text_of(response) == "4 is even"
+    response = fetch(client, "GET", "/even/5")
     assert response.code == 404
-    _content(response)
+    content_of(response)
     assert asked == ["4", "4", "5"]
 
 
@@ -315,8 +294,8 @@ def test_branch_routes_see_the_segments_klein_gives_them(path: str) -> None:
     def branch(request: object) -> str:
         return repr(IKleinRequest(request).branch_segments)
 
-    ours = _text(_fetch(StubTreq(Router([app])), "GET", path))
-    klein = _text(_fetch(StubTreq(app.resource()), "GET", path))
+    ours = text_of(fetch(StubTreq(Router([app])), "GET", path))
+    klein = text_of(fetch(StubTreq(app.resource()), "GET", path))
     if path != "/b//z":  # Klein merges the two slashes; the router does not.
         assert ours == klein
     else:

@@ -49,10 +49,9 @@ from app.sessions.store import (
 from app.site import build_site
 from app.testing import stub_treq
 from routes.sessions import Counter, ICounter, register_counter, session_page
-from tests.conftest import port_number, success_result_of
+from tests.conftest import content_of, fetch, port_number, text_of
 from tests.rawhttp import parse_response
 
-BASE = "http://example.invalid"
 TIMEOUT = 60.0
 #: A step that is exact in binary floating point, so clock sums stay exact.
 EPSILON = 0.25
@@ -76,35 +75,16 @@ def _expiry_lines(events: list[LogEvent]) -> list[str]:
     ]
 
 
-def _fetch(client: StubTreq, method: str, path: str) -> Any:
-    """
-    The response to a request that the site answers at once.
-    """
-    # StubTreq sets its methods at run time.
-    pending = client.request(method, BASE + path)  # type: ignore[attr-defined]
-    return success_result_of(pending)
-
-
-def _text(response: Any) -> str:
-    text: str = success_result_of(response.text())
-    return text
-
-
-def _content(response: Any) -> bytes:
-    content: bytes = success_result_of(response.content())
-    return content
-
-
 def _uid(client: StubTreq) -> str:
-    response = _fetch(client, "GET", "/session")
+    response = fetch(client, "GET", "/session")
     assert response.code == 200
-    return _uid_in(_text(response))
+    return _uid_in(text_of(response))
 
 
 def _visit(client: StubTreq, path: str) -> str:
-    response = _fetch(client, "GET", path)
+    response = fetch(client, "GET", path)
     assert response.code == 200
-    return _text(response)
+    return text_of(response)
 
 
 def _exchange(site: Site, data: bytes) -> bytes:
@@ -160,22 +140,22 @@ def _site(clock: Clock, *args: str) -> Site:
 
 
 def test_session_page_shows_the_uid_of_the_cookie(site: Site, client: StubTreq) -> None:
-    response = _fetch(client, "GET", "/session")
+    response = fetch(client, "GET", "/session")
     assert response.code == 200
     assert response.headers.getRawHeaders(b"content-type") == [
         b"text/html; charset=utf-8"
     ]
     [cookie] = _cookies(response)
     value = cookie.split(b";")[0].partition(b"=")[2].decode()
-    assert _uid_in(_text(response)) == value
+    assert _uid_in(text_of(response)) == value
     assert list(site.sessions) == [value.encode()]
 
 
 def test_session_page_is_the_page_of_its_uid(client: StubTreq) -> None:
     uid = _uid(client)
-    again = _fetch(client, "GET", "/session")
+    again = fetch(client, "GET", "/session")
     assert _cookies(again) == []
-    assert _content(again) == session_page(uid)
+    assert content_of(again) == session_page(uid)
     assert session_page(uid) == page(
         "Session",
         f"<h1>Session</h1>\n<p>Your session id is <code>{uid}</code>.</p>\n"
@@ -196,8 +176,8 @@ def test_session_page_escapes_a_uid_that_is_not_plain(
 
 
 def test_cookie_flags_over_http(client: StubTreq) -> None:
-    response = _fetch(client, "GET", "/session")
-    _content(response)
+    response = fetch(client, "GET", "/session")
+    content_of(response)
     [cookie] = _cookies(response)
     name_value, *attributes = [part.strip() for part in cookie.split(b";")]
     assert name_value.startswith(COOKIE_NAME + b"=")
@@ -208,8 +188,8 @@ def test_cookie_flags_over_http(client: StubTreq) -> None:
 def test_cookie_value_is_256_random_bits_in_hex(site: Site) -> None:
     values = set()
     for _ in range(5):
-        response = _fetch(stub_treq(site), "GET", "/session")
-        _content(response)
+        response = fetch(stub_treq(site), "GET", "/session")
+        content_of(response)
         [cookie] = _cookies(response)
         value = cookie.split(b";")[0].partition(b"=")[2]
         assert re.fullmatch(b"[0-9a-f]{64}", value)
@@ -221,8 +201,8 @@ def test_a_client_keeps_its_session_and_gets_one_cookie(
     site: Site, client: StubTreq
 ) -> None:
     uid = _uid(client)
-    second = _fetch(client, "GET", "/session")
-    assert _uid_in(_text(second)) == uid
+    second = fetch(client, "GET", "/session")
+    assert _uid_in(text_of(second)) == uid
     assert _cookies(second) == []
     assert len(site.sessions) == 1
 
@@ -232,9 +212,9 @@ def test_counter_counts_per_session_and_restarts_after_expiry(
 ) -> None:
     for visit in (1, 2, 3):
         assert f"Visit #{visit} for you!" in _visit(client, "/counter")
-    response = _fetch(client, "POST", "/session/expire")
+    response = fetch(client, "POST", "/session/expire")
     assert response.code == 200
-    assert "Your session has expired." in _text(response)
+    assert "Your session has expired." in text_of(response)
     assert len(site.sessions) == 0
     assert "Visit #1 for you!" in _visit(client, "/counter")
     assert "Visit #2 for you!" in _visit(client, "/counter")
@@ -242,16 +222,16 @@ def test_counter_counts_per_session_and_restarts_after_expiry(
 
 def test_head_of_the_counter_does_not_count(client: StubTreq) -> None:
     assert "Visit #1 for you!" in _visit(client, "/counter")
-    head = _fetch(client, "HEAD", "/counter")
+    head = fetch(client, "HEAD", "/counter")
     assert head.code == 200
-    _content(head)
+    content_of(head)
     assert "Visit #2 for you!" in _visit(client, "/counter")
 
 
 def test_expire_tells_the_browser_to_drop_the_cookie(client: StubTreq) -> None:
     _uid(client)
-    response = _fetch(client, "GET", "/session/expire")
-    _content(response)
+    response = fetch(client, "GET", "/session/expire")
+    content_of(response)
     [cookie] = _cookies(response)
     assert cookie.startswith(COOKIE_NAME + b"=;")
     assert b"Max-Age=0" in cookie
@@ -272,9 +252,9 @@ def test_two_clients_do_not_share_a_session(site: Site) -> None:
 def test_expire_without_a_session_makes_none(
     site: Site, client: StubTreq, method: str
 ) -> None:
-    response = _fetch(client, method, "/session/expire")
+    response = fetch(client, method, "/session/expire")
     assert response.code == 200
-    assert "nothing to expire" in _text(response)
+    assert "nothing to expire" in text_of(response)
     assert _cookies(response) == []
     assert len(site.sessions) == 0
 
@@ -283,8 +263,8 @@ def test_expire_without_a_session_makes_none(
 def test_pages_that_use_no_session_make_none(
     site: Site, client: StubTreq, path: str
 ) -> None:
-    response = _fetch(client, "GET", path)
-    _content(response)
+    response = fetch(client, "GET", path)
+    content_of(response)
     assert _cookies(response) == []
     assert len(site.sessions) == 0
 
