@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.web import server
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, getChildForRequest
 
 from app.compat.twisted import pause_accepting, resume_accepting, watch_accepts
 from app.config import Config
@@ -108,9 +108,16 @@ class Site(server.Site):
         pass
 
     def getResourceFor(self, request: server.Request) -> IResource:
+        # As twisted.web's, which copies the request's empty prepath for
+        # sitepath and walks from the root: the root is the router, a leaf.
         if self.metrics is not None:
             self.metrics.request_started(request)
-        resource: IResource = super().getResourceFor(request)
+        request.site = self
+        request.sitepath = []  # type: ignore[attr-defined]  # twisted.web's, undeclared
+        root: IResource = self.resource
+        if root.isLeaf:
+            return root
+        resource: IResource = getChildForRequest(root, request)
         return resource
 
     def log(self, request: server.Request) -> None:  # type: ignore[override]
