@@ -122,6 +122,17 @@ def headers_of(raw: dict[bytes, list[bytes]]) -> Headers:
     return headers
 
 
+def raw_headers(headers: Headers) -> dict[bytes, list[bytes]]:
+    """
+    The dictionary behind C{headers}: names spelled as L{Headers} spells
+    them (C{Content-Type}, C{ETag}), each with its values.  Read through
+    it, a header costs one dictionary lookup instead of a name's encoding
+    and canonical spelling; what is set in it must be spelled so.  Reads
+    C{Headers._rawHeaders}.
+    """
+    return headers._rawHeaders
+
+
 def set_request_internals(request: http.Request) -> None:
     """
     Set on C{request} the private attributes that twisted.web's

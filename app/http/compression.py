@@ -26,6 +26,8 @@ from functools import lru_cache
 
 from twisted.web.http_headers import Headers
 
+from app.compat.twisted import raw_headers
+
 __all__ = [
     "MIN_SIZE",
     "Compressor",
@@ -54,6 +56,7 @@ _COMPRESSIBLE_TYPES = frozenset(
 )
 
 
+@lru_cache(maxsize=256)
 @lru_cache(maxsize=256)
 def compressible(content_type: bytes) -> bool:
     """
@@ -103,10 +106,10 @@ def accepts_gzip(request_headers: Headers) -> bool:
     C{Accept-Encoding} at all gets the identity body, as browsers and other
     servers expect, though RFC 9110 would allow any coding.
     """
-    values = request_headers.getRawHeaders(b"accept-encoding")
+    values = raw_headers(request_headers).get(b"Accept-Encoding")
     if not values:
         return False
-    return _gzip_acceptable(b",".join(values))
+    return _gzip_acceptable(values[0] if len(values) == 1 else b",".join(values))
 
 
 def compresses(request_headers: Headers, method: bytes) -> bool:
@@ -118,7 +121,7 @@ def compresses(request_headers: Headers, method: bytes) -> bool:
     """
     return (
         method == b"GET"
-        and not request_headers.hasHeader(b"range")
+        and not raw_headers(request_headers).get(b"Range")
         and accepts_gzip(request_headers)
     )
 
@@ -127,9 +130,10 @@ def vary_on_encoding(headers: Headers) -> None:
     """
     Add C{Accept-Encoding} to the C{Vary} of C{headers}, unless it is there.
     """
-    values = headers.getRawHeaders(b"vary")
-    if values is None:
-        headers.setRawHeaders(b"vary", [b"Accept-Encoding"])
+    raw = raw_headers(headers)
+    values = raw.get(b"Vary")
+    if not values:
+        raw[b"Vary"] = [b"Accept-Encoding"]
         return
     for value in values:
         for token in value.split(b","):

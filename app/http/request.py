@@ -17,7 +17,7 @@ from twisted.web import http, server
 from twisted.web.http_headers import Headers
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
-from app.compat.twisted import connection_gone, set_request_internals
+from app.compat.twisted import connection_gone, raw_headers, set_request_internals
 from app.http.compression import (
     MIN_SIZE,
     Compressor,
@@ -197,27 +197,28 @@ class Request(server.Request):
         what to write of C{data}.
         """
         headers = self.responseHeaders
+        # Read once per response, through the dictionary the names are
+        # spelled in (see app.compat.twisted.raw_headers).
+        raw = raw_headers(headers)
         # A gateway (CGI, WSGI, proxy) says none to have its upstream's
         # headers sent as they are: those decide about caching.
-        if self.defaultContentType is not None and not headers.hasHeader(
-            b"cache-control"
-        ):
-            headers.setRawHeaders(b"cache-control", [b"no-store"])
+        if self.defaultContentType is not None and not raw.get(b"Cache-Control"):
+            raw[b"Cache-Control"] = [b"no-store"]
         code = self.code
         if code < 200 or code in _UNCODED_STATUSES:
             return data
-        lengths = headers.getRawHeaders(b"content-length")
+        lengths = raw.get(b"Content-Length")
         size = None
-        if lengths is not None:
+        if lengths:
             try:
                 size = int(lengths[0])
             except ValueError:
                 return data
             if size < MIN_SIZE:
                 return data
-        if headers.hasHeader(b"content-encoding"):
+        if raw.get(b"Content-Encoding"):
             return data
-        types = headers.getRawHeaders(b"content-type")
+        types = raw.get(b"Content-Type")
         content_type = types[0] if types else self.defaultContentType
         if content_type is None or not compressible(content_type):
             return data

@@ -484,3 +484,15 @@ def test_a_client_accepted_out_of_descriptors_gets_the_busy_answer() -> None:
         for client in clients:
             client.close()
         server.close()
+
+
+def test_the_dictionary_behind_headers_spells_names_canonically() -> None:
+    from app.compat.twisted import raw_headers
+
+    headers = Headers({b"content-type": [b"text/plain"], b"etag": [b'"x"']})
+    raw = raw_headers(headers)
+    assert raw == {b"Content-Type": [b"text/plain"], b"ETag": [b'"x"']}, (
+        "Headers._rawHeaders no longer holds canonically spelled names"
+    )
+    raw[b"Vary"] = [b"Accept-Encoding"]
+    assert headers.getRawHeaders(b"vary") == [b"Accept-Encoding"]
