@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 from weakref import WeakKeyDictionary
@@ -80,21 +81,34 @@ def log_time(seconds: float) -> str:
     )
 
 
-def combined_line(
-    *,
-    client: IAddress | None,
-    user: str | None,
-    seconds: float,
-    request_line: bytes | None,
-    status: int,
-    length: int,
-    headers: Headers | None,
-    duration: float | None = None,
-) -> str:
+@dataclass(frozen=True)
+class LogEntry:
+    """
+    What the access log says of one request: the client, the user HTTP
+    authentication accepted, the time, the request line as it arrived
+    (C{None} where none did), the answer's status and body length, the
+    request's headers (for the referer and user agent) and, where known,
+    how long the answer took.
+    """
+
+    client: IAddress | None
+    user: str | None
+    seconds: float
+    request_line: bytes | None
+    status: int
+    length: int
+    headers: Headers | None
+    duration: float | None = None
+
+
+def combined_line(entry: LogEntry) -> str:
     """
     One line of the Combined Log Format, newline included (the format has
-    no place for C{duration}).
+    no place for the duration).
     """
+    client, user, seconds = entry.client, entry.user, entry.seconds
+    request_line, headers = entry.request_line, entry.headers
+    status, length = entry.status, entry.length
     host = getattr(client, "host", None)
     # The user is not quoted: unlike Apache, escape a space in it too, so
     # that the fields still split on spaces.
@@ -113,22 +127,15 @@ def _header(headers: Headers | None, name: bytes) -> str:
     return escape_field(values[-1]) if values else "-"
 
 
-def json_line(
-    *,
-    client: IAddress | None,
-    user: str | None,
-    seconds: float,
-    request_line: bytes | None,
-    status: int,
-    length: int,
-    headers: Headers | None,
-    duration: float | None,
-) -> str:
+def json_line(entry: LogEntry) -> str:
     """
     One JSON object a line, newline included: the Combined Log Format's
     fields named (C{None} where the CLF has C{-}), the request line also
     split into C{method}, C{target} and C{protocol}, and C{duration_ms}.
     """
+    client, user, seconds = entry.client, entry.user, entry.seconds
+    request_line, headers, duration = entry.request_line, entry.headers, entry.duration
+    status, length = entry.status, entry.length
     host = getattr(client, "host", None)
     line = None if request_line is None else _text(request_line)
     parts = line.split(" ") if line is not None else []
@@ -192,14 +199,18 @@ class AccessLog(Service):
         now = self._clock.seconds()
         arrived = self._arrivals.pop(request, None)
         self._entry(
-            client=request.getClientAddress(),
-            user=getattr(request, "remote_user", None),
-            seconds=now,
-            request_line=b" ".join((request.method, request.uri, request.clientproto)),
-            status=request.code,
-            length=request.sentLength,
-            headers=request.requestHeaders,
-            duration=None if arrived is None else now - arrived,
+            LogEntry(
+                client=request.getClientAddress(),
+                user=getattr(request, "remote_user", None),
+                seconds=now,
+                request_line=b" ".join(
+                    (request.method, request.uri, request.clientproto)
+                ),
+                status=request.code,
+                length=request.sentLength,
+                headers=request.requestHeaders,
+                duration=None if arrived is None else now - arrived,
+            )
         )
 
     def timed(
@@ -223,41 +234,21 @@ class AccessLog(Service):
         431), with as much of the request as had arrived.
         """
         self._entry(
-            client=refusal.client,
-            user=None,
-            seconds=self._clock.seconds(),
-            request_line=refusal.request_line,
-            status=refusal.code,
-            length=refusal.length,
-            headers=refusal.headers,
-            duration=None,
-        )
-
-    def _entry(
-        self,
-        *,
-        client: IAddress | None,
-        user: str | None,
-        seconds: float,
-        request_line: bytes | None,
-        status: int,
-        length: int,
-        headers: Headers | None,
-        duration: float | None,
-    ) -> None:
-        line = json_line if self.log_format == "json" else combined_line
-        self._write(
-            line(
-                client=client,
-                user=user,
-                seconds=seconds,
-                request_line=request_line,
-                status=status,
-                length=length,
-                headers=headers,
-                duration=duration,
+            LogEntry(
+                client=refusal.client,
+                user=None,
+                seconds=self._clock.seconds(),
+                request_line=refusal.request_line,
+                status=refusal.code,
+                length=refusal.length,
+                headers=refusal.headers,
+                duration=None,
             )
         )
+
+    def _entry(self, entry: LogEntry) -> None:
+        line = json_line if self.log_format == "json" else combined_line
+        self._write(line(entry))
 
     def reopen(self) -> None:
         """

@@ -42,6 +42,7 @@ from app.cli.options import config_from_args
 from app.config import Config, ConfigError
 from app.http.access_log import (
     AccessLog,
+    LogEntry,
     access_log_of,
     combined_line,
     escape_field,
@@ -117,13 +118,15 @@ def test_escape_field_escapes_as_apache_does() -> None:
 def test_no_field_can_forge_a_line(agent: bytes, target: bytes, user: str) -> None:
     headers = Headers({b"user-agent": [agent], b"referer": [target]})
     line = combined_line(
-        client=IPv4Address("TCP", "192.0.2.1", 1234),
-        user=user,
-        seconds=WHEN,
-        request_line=b"GET " + target + b" HTTP/1.1",
-        status=200,
-        length=5,
-        headers=headers,
+        LogEntry(
+            client=IPv4Address("TCP", "192.0.2.1", 1234),
+            user=user,
+            seconds=WHEN,
+            request_line=b"GET " + target + b" HTTP/1.1",
+            status=200,
+            length=5,
+            headers=headers,
+        )
     )
     assert line.endswith("\n")
     line = line[:-1]
@@ -150,13 +153,15 @@ def test_no_field_can_forge_a_line(agent: bytes, target: bytes, user: str) -> No
 )
 def test_the_host_is_unquoted_or_a_dash(client: object, host: str) -> None:
     line = combined_line(
-        client=client,  # type: ignore[arg-type]
-        user=None,
-        seconds=WHEN,
-        request_line=None,
-        status=400,
-        length=0,
-        headers=None,
+        LogEntry(
+            client=client,  # type: ignore[arg-type]
+            user=None,
+            seconds=WHEN,
+            request_line=None,
+            status=400,
+            length=0,
+            headers=None,
+        )
     )
     assert line == f'{host} - - {STAMP} "-" 400 - "-" "-"\n'
 

@@ -31,7 +31,7 @@ from app.cli.log import make_observer
 from app.cli.main import main, parse_endpoints
 from app.cli.options import build_parser, config_from_args, version
 from app.config import Config, ConfigError
-from app.http.access_log import access_log_of, json_line
+from app.http.access_log import LogEntry, access_log_of, json_line
 from app.site import build_site
 from app.testing import stub_treq
 from tests.conftest import success_result_of
@@ -228,14 +228,16 @@ def test_a_json_line_names_every_combined_log_format_field() -> None:
     from twisted.web.http_headers import Headers
 
     line = json_line(
-        client=IPv4Address("TCP", "192.0.2.1", 1234),
-        user="alice",
-        seconds=0.25,
-        request_line=b"GET /a?b HTTP/1.1",
-        status=200,
-        length=12,
-        headers=Headers({b"referer": [b"http://x/"], b"user-agent": [b"t/1"]}),
-        duration=0.0125,
+        LogEntry(
+            client=IPv4Address("TCP", "192.0.2.1", 1234),
+            user="alice",
+            seconds=0.25,
+            request_line=b"GET /a?b HTTP/1.1",
+            status=200,
+            length=12,
+            headers=Headers({b"referer": [b"http://x/"], b"user-agent": [b"t/1"]}),
+            duration=0.0125,
+        )
     )
     assert line.endswith("\n") and line.count("\n") == 1
     assert json.loads(line) == {
@@ -256,14 +258,16 @@ def test_a_json_line_names_every_combined_log_format_field() -> None:
 
 def test_a_json_line_cannot_be_split_by_what_a_client_sends() -> None:
     line = json_line(
-        client=None,
-        user=None,
-        seconds=0,
-        request_line=b'GET /"\n\xff HTTP/1.1',
-        status=400,
-        length=0,
-        headers=None,
-        duration=None,
+        LogEntry(
+            client=None,
+            user=None,
+            seconds=0,
+            request_line=b'GET /"\n\xff HTTP/1.1',
+            status=400,
+            length=0,
+            headers=None,
+            duration=None,
+        )
     )
     assert line.count("\n") == 1
     record = json.loads(line)
@@ -278,14 +282,16 @@ def test_a_json_line_cannot_be_split_by_what_a_client_sends() -> None:
 
 def test_a_refused_request_without_a_request_line_has_none_of_its_parts() -> None:
     line = json_line(
-        client=None,
-        user=None,
-        seconds=0,
-        request_line=None,
-        status=408,
-        length=0,
-        headers=None,
-        duration=None,
+        LogEntry(
+            client=None,
+            user=None,
+            seconds=0,
+            request_line=None,
+            status=408,
+            length=0,
+            headers=None,
+            duration=None,
+        )
     )
     record = json.loads(line)
     assert [record[name] for name in ("request", "method", "target", "protocol")] == [
