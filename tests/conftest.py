@@ -7,12 +7,18 @@ something to happen.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import bcrypt
 import pytest
 import pytest_twisted
+import treq
 from hypothesis import settings
 from treq.testing import StubTreq
 from twisted.internet import reactor
@@ -24,11 +30,14 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 from zope.interface import provider
 
+from app.compat.treq import undecoded_agent
 from app.config import Config
 from app.site import build_site
 from app.testing import LiveServer, stub_treq
+from tests.paths import ROOT
 
 _T = TypeVar("_T")
 
@@ -77,6 +86,36 @@ def fetch(client: StubTreq, method: str, path: str, **kwargs: Any) -> Any:
     # StubTreq sets its methods at run time.
     pending = client.request(method, MEMORY_ORIGIN + path, **kwargs)  # type: ignore[attr-defined]
     return success_result_of(pending)
+
+
+def fetch_undecoded(
+    client: StubTreq, path: str, method: bytes = b"GET", **headers: str
+) -> tuple[Any, bytes]:
+    """
+    The response to a request with C{headers} (C{accept_encoding="gzip"}
+    for C{Accept-Encoding}), in memory, and its body as sent: treq's own
+    client would ask for gzip and decode it.
+    """
+    raw = Headers({name.replace("_", "-"): [value] for name, value in headers.items()})
+    pending = undecoded_agent(client).request(
+        method, (MEMORY_ORIGIN + path).encode(), raw
+    )
+    client.flush()
+    response = success_result_of(pending)
+    body = treq.content(response)
+    client.flush()
+    return response, success_result_of(body)
+
+
+def process_gone(pid: int) -> bool:
+    """
+    Whether process C{pid} is gone, or a zombie (killed, not yet reaped).
+    """
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
 
 
 def text_of(response: Any) -> str:
@@ -194,3 +233,76 @@ def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
     monkeypatch.setattr(bcrypt, "checkpw", counting)
     return calls
+
+
+# -- the server as a process of its own ----------------------------------------
+
+#: What the server logs for every endpoint it listens on.
+LISTENING = re.compile(r"listening on (https?://[^/\s]+/)")
+
+
+@pytest.fixture
+def spawn() -> Iterator[list[subprocess.Popen[str]]]:
+    """
+    The processes a test starts with L{start_app}, killed after it.
+    """
+    processes: list[subprocess.Popen[str]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def start_app(
+    spawn: list[subprocess.Popen[str]], *argv: str, prelude: str | None = None
+) -> subprocess.Popen[str]:
+    """
+    C{python -m app ARGV} as a process of its own, its output piped; with
+    C{prelude}, Python code run in that process before the server starts.
+    """
+    command = [sys.executable, "-m", "app", *argv]
+    if prelude is not None:
+        command = [
+            sys.executable,
+            "-c",
+            f"{prelude}; import runpy, sys; sys.argv = ['app', *sys.argv[1:]];"
+            " runpy.run_module('app', run_name='__main__')",
+            *argv,
+        ]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    spawn.append(process)
+    return process
+
+
+def listening_url(process: subprocess.Popen[str], seen: list[str] | None = None) -> str:
+    """
+    The URL of the next endpoint C{process} says it listens on; the lines
+    read meanwhile go into C{seen}.
+    """
+    assert process.stdout is not None
+    for line in process.stdout:
+        if seen is not None:
+            seen.append(line)
+        found = LISTENING.search(line)
+        if found:
+            return found.group(1)
+    assert process.stderr is not None
+    raise AssertionError(f"no listening line; stderr: {process.stderr.read()}")
+
+
+def drain(process: subprocess.Popen[str], into: list[str]) -> None:
+    """
+    Read the rest of what C{process} logs into C{into}, in a thread, so that
+    neither of its pipes ever fills while a test keeps it busy.
+    """
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            threading.Thread(target=into.extend, args=(stream,), daemon=True).start()

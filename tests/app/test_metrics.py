@@ -26,8 +26,7 @@ from app.http.metrics import UNMATCHED, MetricsSite, SiteMetrics
 from app.http.site import Site
 from app.site import build_site
 from app.testing import stub_treq
-from tests.app.cli.test_options import _listening_url, _start, spawn  # noqa: F401
-from tests.conftest import success_result_of
+from tests.conftest import listening_url, start_app, success_result_of
 
 BASE = "http://example.invalid"
 METRICS = ["--metrics", "tcp:0:interface=127.0.0.1"]
@@ -237,9 +236,9 @@ def _metrics_url(process: subprocess.Popen[str]) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_one_scrape_counts_the_requests_of_every_worker(
-    spawn: list[subprocess.Popen[str]],  # noqa: F811
+    spawn: list[subprocess.Popen[str]],
 ) -> None:
-    process = _start(
+    process = start_app(
         spawn,
         "--workers",
         "2",
@@ -250,7 +249,7 @@ async def test_one_scrape_counts_the_requests_of_every_worker(
         "--routes",
         "tests.example_routes",
     )
-    url = _listening_url(process)
+    url = listening_url(process)
     metrics_url = _metrics_url(process)
     assert metrics_url != url
     assert (await treq.get(url + "metrics", persistent=False)).code == 404

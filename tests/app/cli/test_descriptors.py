@@ -5,18 +5,17 @@ The listen backlog and the open-files limit the command line sets up.
 from __future__ import annotations
 
 import http.client
-import re
 import resource
 import socket
 import subprocess
-import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from app.cli.main import BACKLOG, with_backlog, within_descriptor_limit
 from app.config import Config
-from tests.paths import ROOT
+from tests.conftest import listening_url, start_app
 
 
 @pytest.mark.parametrize(
@@ -65,43 +64,27 @@ def test_max_connections_stays_below_what_open_files_allow(
 
 
 def test_a_flood_of_idle_connections_under_a_low_descriptor_limit_breaks_nothing(
-    tmp_path: Path,
+    tmp_path: Path, spawn: list[subprocess.Popen[str]]
 ) -> None:
     # A server allowed 128 open files: its connections stop 64 short of
     # that, so the clients it has keep getting their files and scripts.
     static = tmp_path / "static"
     static.mkdir()
     (static / "index.html").write_text("<p>here</p>")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import resource, runpy, sys;"
-            "resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128));"
-            "sys.argv = ['app', *sys.argv[1:]];"
-            "runpy.run_module('app', run_name='__main__')",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--static",
-            str(static),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    server = start_app(
+        spawn,
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--static",
+        str(static),
+        prelude="import resource;"
+        " resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))",
     )
     flood: list[socket.socket] = []
-    before: list[str] = []
+    logged: list[str] = []
     try:
-        assert server.stdout is not None
-        port = 0
-        for line in server.stdout:
-            before.append(line)
-            found = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
-            if found:
-                port = int(found.group(1))
-                break
-        assert port
+        port = urlsplit(listening_url(server, logged)).port
+        assert port is not None
         keep = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         keep.request("GET", "/health")
         assert keep.getresponse().read() == b"ok"
@@ -123,6 +106,7 @@ def test_a_flood_of_idle_connections_under_a_low_descriptor_limit_breaks_nothing
         for sock in flood:
             sock.close()
         server.terminate()
-        output = "".join(before) + server.communicate(timeout=20)[0]
+        out, err = server.communicate(timeout=20)
+    output = "".join(logged) + out + err
     assert "Traceback" not in output
     assert "is more than 64 open files allow; using 64" in output

@@ -5,13 +5,10 @@ The command line: options, exit statuses, the listening line, signals.
 from __future__ import annotations
 
 import io
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,10 +18,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from app.cli.main import main
-from tests.paths import ROOT
+from tests.conftest import listening_url, start_app
 from tests.rawhttp import exchange, parse_response
-
-LISTENING = re.compile(r"listening on (https?://[^/\s]+/)")
 
 
 def _run_main(*argv: str) -> tuple[int, str]:
@@ -89,44 +84,10 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
         assert option in out
 
 
-@pytest.fixture
-def spawn() -> Iterator[list[subprocess.Popen[str]]]:
-    processes: list[subprocess.Popen[str]] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def _start(spawn: list[subprocess.Popen[str]], *argv: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", *argv],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    spawn.append(process)
-    return process
-
-
-def _listening_url(process: subprocess.Popen[str]) -> str:
-    assert process.stdout is not None
-    for line in process.stdout:
-        found = LISTENING.search(line)
-        if found:
-            return found.group(1)
-    assert process.stderr is not None
-    raise AssertionError(f"no listening line; stderr: {process.stderr.read()}")
-
-
 @pytest_twisted.ensureDeferred
 async def test_serves_and_stops_on_sigterm(spawn: list[subprocess.Popen[str]]) -> None:
-    process = _start(spawn, "--listen", "tcp:0:interface=127.0.0.1")
-    url = _listening_url(process)
+    process = start_app(spawn, "--listen", "tcp:0:interface=127.0.0.1")
+    url = listening_url(process)
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url)
     assert not url.endswith(":0/")
     response = await treq.get(url, persistent=False)
@@ -140,14 +101,14 @@ async def test_serves_and_stops_on_sigterm(spawn: list[subprocess.Popen[str]]) -
 async def test_one_listening_line_per_endpoint(
     spawn: list[subprocess.Popen[str]],
 ) -> None:
-    process = _start(
+    process = start_app(
         spawn,
         "--listen",
         "tcp:0:interface=127.0.0.1",
         "--listen",
         "tcp:0:interface=127.0.0.1",
     )
-    first, second = _listening_url(process), _listening_url(process)
+    first, second = listening_url(process), listening_url(process)
     assert first != second
     for url in (first, second):
         response = await treq.get(url + "health", persistent=False)
@@ -160,14 +121,14 @@ async def test_one_listening_line_per_endpoint(
 async def test_sigterm_lets_the_request_in_flight_finish(
     spawn: list[subprocess.Popen[str]],
 ) -> None:
-    process = _start(
+    process = start_app(
         spawn,
         "--listen",
         "tcp:0:interface=127.0.0.1",
         "--routes",
         "tests.example_routes",
     )
-    url = _listening_url(process)
+    url = listening_url(process)
     port = int(url.rstrip("/").rsplit(":", 1)[1])
     # A keep-alive request: the server must close it after answering.
     pending = Deferred.fromCoroutine(
@@ -191,7 +152,7 @@ def test_a_port_in_use_exits_1_naming_the_endpoint(
         taken.listen()
         port = taken.getsockname()[1]
         endpoint = f"tcp:{port}:interface=127.0.0.1"
-        process = _start(spawn, "--listen", endpoint)
+        process = start_app(spawn, "--listen", endpoint)
         assert process.wait(timeout=15) == 1
         assert process.stderr is not None
         err = process.stderr.read()
@@ -203,7 +164,7 @@ def test_a_port_in_use_exits_1_naming_the_endpoint(
 def test_a_bad_option_in_a_real_process_exits_2_without_traceback(
     spawn: list[subprocess.Popen[str]],
 ) -> None:
-    process = _start(spawn, "--max-body", "lots")
+    process = start_app(spawn, "--max-body", "lots")
     assert process.wait(timeout=15) == 2
     assert process.stderr is not None
     err = process.stderr.read()
@@ -229,7 +190,7 @@ def test_a_unix_endpoint_is_named_by_its_path(
     spawn: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
     path = tmp_path / "app.sock"
-    process = _start(spawn, "--listen", f"unix:{path}", "--no-demo")
+    process = start_app(spawn, "--listen", f"unix:{path}", "--no-demo")
     assert process.stdout is not None
     for line in process.stdout:
         if "listening on" in line:

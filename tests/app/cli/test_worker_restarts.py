@@ -26,9 +26,8 @@ from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 
 from app.cli.workers import Supervisor
-from tests.app.cli.test_options import _listening_url, spawn  # noqa: F401 - fixture
 from tests.app.cli.test_workers import _children
-from tests.conftest import eventually, success_result_of
+from tests.conftest import eventually, listening_url, success_result_of
 from tests.paths import ROOT
 
 
@@ -193,7 +192,7 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 
 def _socket_activated(
-    spawn: list[subprocess.Popen[str]],  # noqa: F811
+    spawn: list[subprocess.Popen[str]],
     listening: socket.socket,
     *argv: str,
 ) -> subprocess.Popen[str]:
@@ -213,7 +212,7 @@ def _socket_activated(
 
 @pytest_twisted.ensureDeferred
 async def test_workers_serve_a_socket_passed_by_systemd(
-    spawn: list[subprocess.Popen[str]],  # noqa: F811
+    spawn: list[subprocess.Popen[str]],
 ) -> None:
     listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listening.bind(("127.0.0.1", 0))
@@ -233,7 +232,7 @@ async def test_workers_serve_a_socket_passed_by_systemd(
     deadline = threading.Timer(30, process.kill)
     deadline.start()
     try:
-        url = _listening_url(process)
+        url = listening_url(process)
     finally:
         deadline.cancel()
     assert url == f"http://127.0.0.1:{port}/"

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest_twisted
 import treq
 
-from tests.app.cli.test_options import _listening_url, _start, spawn  # noqa: F401 - fixture
-from tests.conftest import eventually
+from tests.conftest import eventually, listening_url, start_app
 
 
 def _children(pid: int) -> set[int]:
@@ -23,9 +22,9 @@ def _children(pid: int) -> set[int]:
 
 @pytest_twisted.ensureDeferred
 async def test_workers_share_one_port_and_are_restarted(
-    spawn: list[subprocess.Popen[str]],  # noqa: F811
+    spawn: list[subprocess.Popen[str]],
 ) -> None:
-    process = _start(
+    process = start_app(
         spawn,
         "--listen",
         "tcp:0:interface=127.0.0.1",
@@ -35,7 +34,7 @@ async def test_workers_share_one_port_and_are_restarted(
         "--routes",
         "tests.example_routes",
     )
-    url = _listening_url(process)
+    url = listening_url(process)
     await eventually(
         lambda: len(_children(process.pid)) == 2, "two workers", timeout=15
     )
@@ -88,12 +87,12 @@ def _children_alive(pids: set[int]) -> set[int]:
 
 @pytest_twisted.ensureDeferred
 async def test_workers_stop_when_the_parent_is_killed(
-    spawn: list[subprocess.Popen[str]],  # noqa: F811
+    spawn: list[subprocess.Popen[str]],
 ) -> None:
-    process = _start(
+    process = start_app(
         spawn, "--listen", "tcp:0:interface=127.0.0.1", "--workers", "2", "--no-demo"
     )
-    _listening_url(process)
+    listening_url(process)
     await eventually(
         lambda: len(_children(process.pid)) == 2, "two workers", timeout=15
     )

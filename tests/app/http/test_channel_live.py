@@ -18,11 +18,11 @@ import re
 import select
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
@@ -37,12 +37,11 @@ from twisted.python.failure import Failure
 from app.cli.options import config_from_args
 from app.http.forms import form_fields
 from app.testing import LiveServer
-from tests.conftest import failures, stop_on_clock
+from tests.conftest import drain, failures, listening_url, start_app, stop_on_clock
 from tests.paths import ROOT
 from tests.rawhttp import RawClient, exchange, parse_response
 
 DEMO = ROOT / "app" / "demo"
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)/")
 
 #: Large enough for the 1 MiB bodies below, with room to spare.
 MAX_BODY = 2 * 1024 * 1024
@@ -247,32 +246,20 @@ def process_server(tmp_path: Path) -> Iterator[tuple[int, int]]:
     static = tmp_path / "static"
     static.mkdir()
     (static / "64k.bin").write_bytes(os.urandom(65536))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "--no-demo",
-            "--static",
-            str(static),
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+    started: list[subprocess.Popen[str]] = []
+    process = start_app(
+        started,
+        "--no-demo",
+        "--static",
+        str(static),
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
     )
     try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            found = LISTENING.search(line)
-            if found:
-                break
-        else:
-            raise AssertionError("the server never said it was listening")
-        yield process.pid, int(found.group(1))
+        port = urlsplit(listening_url(process)).port
+        assert port is not None
+        drain(process, [])
+        yield process.pid, port
     finally:
         process.kill()
         process.wait()

@@ -11,7 +11,6 @@ import gzip
 from typing import Any
 
 import pytest
-import treq
 from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
@@ -20,15 +19,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
 from app.cli.options import config_from_args
-from app.compat.treq import undecoded_agent
 from app.http.compression import accepts_gzip, compressible
 from app.site import build_site
 from app.testing import stub_treq
-from tests.conftest import success_result_of
+from tests.conftest import fetch_undecoded
 
 app = Klein()
 
-BASE = "http://example.invalid"
 TEXT = b"".join(b"line %d of a text long enough to compress\n" % n for n in range(100))
 STRONG_ETAG = b'"text-1"'
 
@@ -106,22 +103,6 @@ def client() -> StubTreq:
     return stub_treq(build_site(config_from_args(argv), MemoryReactor(), Clock()))
 
 
-def _fetch(
-    client: StubTreq, path: str, method: bytes = b"GET", **headers: str
-) -> tuple[Any, bytes]:
-    """
-    The response to a request with C{headers} (C{accept_encoding=...}), and
-    its body as sent.
-    """
-    raw = Headers({name.replace("_", "-"): [value] for name, value in headers.items()})
-    pending = undecoded_agent(client).request(method, (BASE + path).encode(), raw)
-    client.flush()
-    response = success_result_of(pending)
-    body = treq.content(response)
-    client.flush()
-    return response, success_result_of(body)
-
-
 def _length(response: Any) -> int | None:
     """
     The Content-Length of C{response} (which twisted's client keeps apart
@@ -142,7 +123,9 @@ def _header(response: Any, name: bytes) -> bytes | None:
 def test_a_large_text_body_is_gzipped_for_a_client_that_accepts_it(
     client: StubTreq,
 ) -> None:
-    response, body = _fetch(client, "/text", accept_encoding="gzip, deflate, br")
+    response, body = fetch_undecoded(
+        client, "/text", accept_encoding="gzip, deflate, br"
+    )
     assert _header(response, b"content-encoding") == b"gzip"
     assert gzip.decompress(body) == TEXT
     assert _header(response, b"vary") == b"Accept-Encoding"
@@ -151,18 +134,18 @@ def test_a_large_text_body_is_gzipped_for_a_client_that_accepts_it(
 def test_a_body_written_whole_is_sent_with_its_compressed_length(
     client: StubTreq,
 ) -> None:
-    response, body = _fetch(client, "/text", accept_encoding="gzip")
+    response, body = fetch_undecoded(client, "/text", accept_encoding="gzip")
     assert _length(response) == len(body)
     assert len(body) < len(TEXT)
 
 
 def test_a_gzipped_body_has_a_weak_etag(client: StubTreq) -> None:
-    response, _ = _fetch(client, "/text", accept_encoding="gzip")
+    response, _ = fetch_undecoded(client, "/text", accept_encoding="gzip")
     assert _header(response, b"etag") == b"W/" + STRONG_ETAG
 
 
 def test_a_plus_json_body_is_gzipped(client: StubTreq) -> None:
-    response, body = _fetch(client, "/json", accept_encoding="gzip")
+    response, body = fetch_undecoded(client, "/json", accept_encoding="gzip")
     assert _header(response, b"content-encoding") == b"gzip"
     assert gzip.decompress(body).startswith(b'{"items": ["item 0"')
 
@@ -170,14 +153,14 @@ def test_a_plus_json_body_is_gzipped(client: StubTreq) -> None:
 def test_a_body_of_unknown_length_is_gzipped_as_it_is_written(
     client: StubTreq,
 ) -> None:
-    response, body = _fetch(client, "/streamed", accept_encoding="gzip")
+    response, body = fetch_undecoded(client, "/streamed", accept_encoding="gzip")
     assert _header(response, b"content-encoding") == b"gzip"
     assert _length(response) is None
     assert gzip.decompress(body) == b"one two three"
 
 
 def test_the_demo_index_is_gzipped(client: StubTreq) -> None:
-    response, body = _fetch(client, "/", accept_encoding="gzip")
+    response, body = fetch_undecoded(client, "/", accept_encoding="gzip")
     assert _header(response, b"content-encoding") == b"gzip"
     assert gzip.decompress(body).startswith(b"<!DOCTYPE html>")
 
@@ -188,7 +171,7 @@ def test_the_demo_index_is_gzipped(client: StubTreq) -> None:
 def test_no_accept_encoding_gets_the_identity_body_with_vary(
     client: StubTreq,
 ) -> None:
-    response, body = _fetch(client, "/text")
+    response, body = fetch_undecoded(client, "/text")
     assert _header(response, b"content-encoding") is None
     assert body == TEXT
     assert _header(response, b"vary") == b"Accept-Encoding"
@@ -203,7 +186,7 @@ def test_no_accept_encoding_gets_the_identity_body_with_vary(
 def test_an_accept_encoding_refusing_gzip_gets_the_identity_body(
     client: StubTreq, accept_encoding: str
 ) -> None:
-    response, body = _fetch(client, "/text", accept_encoding=accept_encoding)
+    response, body = fetch_undecoded(client, "/text", accept_encoding=accept_encoding)
     assert _header(response, b"content-encoding") is None
     assert body == TEXT
     assert _header(response, b"vary") == b"Accept-Encoding"
@@ -216,20 +199,20 @@ def test_an_accept_encoding_refusing_gzip_gets_the_identity_body(
 def test_an_accept_encoding_allowing_gzip_gets_gzip(
     client: StubTreq, accept_encoding: str
 ) -> None:
-    response, body = _fetch(client, "/text", accept_encoding=accept_encoding)
+    response, body = fetch_undecoded(client, "/text", accept_encoding=accept_encoding)
     assert _header(response, b"content-encoding") == b"gzip"
     assert gzip.decompress(body) == TEXT
 
 
 def test_a_body_under_one_kib_is_sent_as_it_is(client: StubTreq) -> None:
-    response, body = _fetch(client, "/small", accept_encoding="gzip")
+    response, body = fetch_undecoded(client, "/small", accept_encoding="gzip")
     assert _header(response, b"content-encoding") is None
     assert _header(response, b"vary") is None
     assert body == TEXT[:1023]
 
 
 def test_the_health_check_is_sent_as_it_is(client: StubTreq) -> None:
-    response, body = _fetch(client, "/health", accept_encoding="gzip")
+    response, body = fetch_undecoded(client, "/health", accept_encoding="gzip")
     assert _header(response, b"content-encoding") is None
     assert body == b"ok"
 
@@ -237,14 +220,16 @@ def test_the_health_check_is_sent_as_it_is(client: StubTreq) -> None:
 def test_an_incompressible_type_is_sent_as_it_is_without_vary(
     client: StubTreq,
 ) -> None:
-    response, body = _fetch(client, "/png", accept_encoding="gzip")
+    response, body = fetch_undecoded(client, "/png", accept_encoding="gzip")
     assert _header(response, b"content-encoding") is None
     assert _header(response, b"vary") is None
     assert body == TEXT
 
 
 def test_a_head_gets_the_identity_head_with_vary(client: StubTreq) -> None:
-    response, body = _fetch(client, "/text", method=b"HEAD", accept_encoding="gzip")
+    response, body = fetch_undecoded(
+        client, "/text", method=b"HEAD", accept_encoding="gzip"
+    )
     assert _header(response, b"content-encoding") is None
     assert _header(response, b"vary") == b"Accept-Encoding"
     assert _header(response, b"etag") == STRONG_ETAG
@@ -252,34 +237,38 @@ def test_a_head_gets_the_identity_head_with_vary(client: StubTreq) -> None:
 
 
 def test_a_request_with_range_gets_the_identity_body(client: StubTreq) -> None:
-    response, body = _fetch(client, "/text", accept_encoding="gzip", range="bytes=0-9")
+    response, body = fetch_undecoded(
+        client, "/text", accept_encoding="gzip", range="bytes=0-9"
+    )
     assert _header(response, b"content-encoding") is None
     assert body == TEXT
 
 
 def test_a_206_is_never_gzipped(client: StubTreq) -> None:
-    response, body = _fetch(client, "/partial", accept_encoding="gzip")
+    response, body = fetch_undecoded(client, "/partial", accept_encoding="gzip")
     assert response.code == 206
     assert _header(response, b"content-encoding") is None
     assert body == TEXT
 
 
 def test_a_204_is_left_alone(client: StubTreq) -> None:
-    response, body = _fetch(client, "/empty", accept_encoding="gzip")
+    response, body = fetch_undecoded(client, "/empty", accept_encoding="gzip")
     assert response.code == 204
     assert _header(response, b"content-encoding") is None
     assert body == b""
 
 
 def test_a_body_already_encoded_is_sent_as_it_is(client: StubTreq) -> None:
-    response, body = _fetch(client, "/encoded", accept_encoding="gzip, br")
+    response, body = fetch_undecoded(client, "/encoded", accept_encoding="gzip, br")
     assert _header(response, b"content-encoding") == b"br"
     assert body == TEXT
 
 
 def test_accept_encoding_joins_a_vary_already_there(client: StubTreq) -> None:
     for accept_encoding in ("gzip", "identity"):
-        response, _ = _fetch(client, "/varied", accept_encoding=accept_encoding)
+        response, _ = fetch_undecoded(
+            client, "/varied", accept_encoding=accept_encoding
+        )
         assert _header(response, b"vary") == b"Cookie, Accept-Encoding"
 
 
@@ -332,22 +321,22 @@ def test_compressible_types(content_type: bytes, expected: bool) -> None:
 
 
 def test_a_dynamic_page_is_not_stored(client: StubTreq) -> None:
-    response, _ = _fetch(client, "/text")
+    response, _ = fetch_undecoded(client, "/text")
     assert _header(response, b"cache-control") == b"no-store"
 
 
 def test_an_error_page_is_not_stored(client: StubTreq) -> None:
-    response, _ = _fetch(client, "/nowhere")
+    response, _ = fetch_undecoded(client, "/nowhere")
     assert response.code == 404
     assert _header(response, b"cache-control") == b"no-store"
 
 
 def test_a_redirect_says_how_long_it_may_be_kept(client: StubTreq) -> None:
-    response, _ = _fetch(client, "/text/")
+    response, _ = fetch_undecoded(client, "/text/")
     assert response.code == 301
     assert _header(response, b"cache-control") == b"max-age=300"
 
 
 def test_a_route_keeps_the_cache_control_it_sets(client: StubTreq) -> None:
-    response, _ = _fetch(client, "/cached")
+    response, _ = fetch_undecoded(client, "/cached")
     assert _header(response, b"cache-control") == b"max-age=60"

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import subprocess
-import sys
 import venv
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import drain, listening_url, start_app
 from tests.paths import ROOT
 
 REDBOT_ENVIRONMENT = ROOT / ".venv-redbot"
@@ -43,30 +42,14 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stylesheet = b"body { color: #333; margin: 0 auto; }\n" * 100
     (static / "site.css").write_bytes(stylesheet)
     (static / "site.css.gz").write_bytes(gzip.compress(stylesheet))
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--static",
-            str(static),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    started: list[subprocess.Popen[str]] = []
+    server = start_app(
+        started, "--listen", "tcp:0:interface=127.0.0.1", "--static", str(static)
     )
     try:
-        assert server.stdout is not None
-        for line in server.stdout:
-            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)/", line)
-            if found:
-                yield found.group(1)
-                break
-        else:
-            raise AssertionError("the server never said it was listening")
+        url = listening_url(server)
+        drain(server, [])
+        yield url.rstrip("/")
     finally:
         server.terminate()
         server.wait(timeout=20)

@@ -31,7 +31,7 @@ from app.mounts.cgi import (
     split_head,
 )
 from app.testing import LiveServer
-from tests.conftest import eventually
+from tests.conftest import eventually, process_gone
 from tests.rawhttp import connect, exchange, parse_response
 
 #: What a script may find in its environment (RFC 3875 section 4.1, + PATH).
@@ -187,17 +187,6 @@ def _pid_from(path: Path) -> int | None:
         return int(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _dead(pid: int) -> bool:
-    """
-    The process is gone, or a zombie (killed, not yet reaped).
-    """
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
 
 
 # -- the environment ----------------------------------------------------------
@@ -514,12 +503,12 @@ async def test_script_without_headers_in_time_is_killed_with_504(
         # started the response before advance() returned.
         (request,) = [r for channel in live.site.channels for r in channel.requests]
         assert not request.startedWriting and not request.finished
-        assert answers == [] and not _dead(pid)
+        assert answers == [] and not process_gone(pid)
         clock.advance(0.1)
         response = await eventually(lambda: answers and answers[0], "the answer")
         assert response.code == 504
         assert "504 Gateway Timeout" in await response.text()
-        await eventually(lambda: _dead(pid), "the script to die")
+        await eventually(lambda: process_gone(pid), "the script to die")
     finally:
         await live.stop()
     logged = [text for text in _texts(captured_log) if "sleep.py" in text]
@@ -540,7 +529,7 @@ async def test_script_stalling_after_its_headers_is_killed_and_cut_off(
         clock.advance(5)
         with pytest.raises(ResponseFailed):
             await body
-        await eventually(lambda: _dead(pid), "the script to die")
+        await eventually(lambda: process_gone(pid), "the script to die")
     finally:
         await live.stop()
 
@@ -596,7 +585,7 @@ async def test_client_going_away_kills_the_script(
     pid = await eventually(lambda: _pid_from(cgi_dir / "sleep.pid"), "the script")
     client.close()
     await client.closed
-    await eventually(lambda: _dead(pid), "the script to die")
+    await eventually(lambda: process_gone(pid), "the script to die")
 
 
 @pytest_twisted.ensureDeferred
@@ -613,7 +602,7 @@ async def test_shutdown_past_its_grace_kills_the_script(cgi_dir: Path) -> None:
     )
     clock.advance(10)
     await eventually(lambda: stopped, "the shutdown")
-    await eventually(lambda: _dead(pid), "the script to die")
+    await eventually(lambda: process_gone(pid), "the script to die")
 
 
 # -- the demo scripts -----------------------------------------------------------

@@ -22,7 +22,7 @@ from app.compat.twisted import spawn_process_group
 from app.http.request import Request
 from app.mounts.cgi import MAX_WAITING
 from app.testing import LiveServer
-from tests.conftest import eventually, failures, stop_on_clock
+from tests.conftest import eventually, failures, process_gone, stop_on_clock
 from tests.rawhttp import RawClient, connect, parse_response
 
 #: Where the CGI mount finds the function that starts a script.
@@ -137,17 +137,6 @@ def _pids(path: Path) -> list[int] | None:
         return [int(word) for word in path.read_text().split()]
     except (OSError, ValueError):
         return None
-
-
-def _dead(pid: int) -> bool:
-    """
-    The process is gone, or a zombie (killed, not yet reaped).
-    """
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
 
 
 async def _start_gate(live: LiveServer, cgi_dir: Path) -> list[Any]:
@@ -302,8 +291,8 @@ async def test_a_script_timing_out_is_killed_with_its_children(
     clock.advance(5)
     response = await eventually(lambda: answers and answers[0], "the answer")
     assert response.code == 504
-    await eventually(lambda: _dead(script), "the script to die")
-    await eventually(lambda: _dead(child), "its child to die")
+    await eventually(lambda: process_gone(script), "the script to die")
+    await eventually(lambda: process_gone(child), "its child to die")
 
 
 @pytest_twisted.ensureDeferred
@@ -318,8 +307,8 @@ async def test_a_client_going_away_kills_the_script_and_its_children(
     )
     client.close()
     await client.closed
-    await eventually(lambda: _dead(script), "the script to die")
-    await eventually(lambda: _dead(child), "its child to die")
+    await eventually(lambda: process_gone(script), "the script to die")
+    await eventually(lambda: process_gone(child), "its child to die")
 
 
 # -- out of file descriptors ------------------------------------------------------

@@ -7,15 +7,14 @@ the mount.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
@@ -31,12 +30,18 @@ from app.mounts.proxy import Upstream
 from app.mounts.proxy.client import MAX_HEAD_BYTES, MAX_HEAD_LINES
 from app.mounts.proxy.policy import remove_dot_segments
 from app.testing import LiveServer
-from tests.conftest import failures, listen, port_number
+from tests.conftest import (
+    drain,
+    failures,
+    listen,
+    listening_url,
+    port_number,
+    start_app,
+)
 from tests.fakes.upstream import CannedUpstream, UpstreamServer
 from tests.rawhttp import exchange, parse_response
 
 ROOT = Path(__file__).resolve().parents[3]
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)/")
 PATIENCE = 10.0
 MIB = 1024 * 1024
 
@@ -242,32 +247,20 @@ def endless_head() -> Iterator[tuple[_EndlessHead, int, int]]:
     """
     upstream = _EndlessHead(lines=1_000_000)
     upstream.start()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "--no-demo",
-            "--proxy",
-            f"http://127.0.0.1:{upstream.port}/",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+    started: list[subprocess.Popen[str]] = []
+    process = start_app(
+        started,
+        "--no-demo",
+        "--proxy",
+        f"http://127.0.0.1:{upstream.port}/",
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
     )
     try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            found = LISTENING.search(line)
-            if found:
-                break
-        else:
-            raise AssertionError("the server never said it was listening")
-        yield upstream, process.pid, int(found.group(1))
+        port = urlsplit(listening_url(process)).port
+        assert port is not None
+        drain(process, [])
+        yield upstream, process.pid, port
     finally:
         process.kill()
         process.wait()

@@ -13,20 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import treq
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
-from twisted.web.http_headers import Headers
 
 from app.cli.options import config_from_args
-from app.compat.treq import undecoded_agent
 from app.http.compression import Compressor
 from app.site import build_site
 from app.testing import stub_treq
-from tests.conftest import success_result_of
+from tests.conftest import fetch_undecoded
 
-BASE = "http://example.invalid"
 MTIME = 1_700_000_000
 TEXT = b"".join(b"line %d of a page long enough to compress\n" % n for n in range(100))
 #: What the FILE.gz beside a file holds: not the file's own bytes, so that a
@@ -75,17 +71,9 @@ def _fetch(
     client: StubTreq, path: str, method: bytes = b"GET", **headers: str
 ) -> tuple[Any, bytes]:
     """
-    The response to a request with C{headers} (C{accept_encoding=...}), and
-    its body as sent.
+    A file below C{/static/}, its body as sent (see L{fetch_undecoded}).
     """
-    raw = Headers({name.replace("_", "-"): [value] for name, value in headers.items()})
-    url = (BASE + "/static/" + path).encode()
-    pending = undecoded_agent(client).request(method, url, raw)
-    client.flush()
-    response = success_result_of(pending)
-    body = treq.content(response)
-    client.flush()
-    return response, success_result_of(body)
+    return fetch_undecoded(client, "/static/" + path, method, **headers)
 
 
 def _header(response: Any, name: bytes) -> bytes | None:
