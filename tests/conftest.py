@@ -298,6 +298,16 @@ def listening_url(process: subprocess.Popen[str], seen: list[str] | None = None)
     raise AssertionError(f"no listening line; stderr: {process.stderr.read()}")
 
 
+def resident_kib(pid: int) -> int:
+    """
+    The resident memory of process C{pid}, in KiB.
+    """
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"VmRSS:\s+(\d+) kB", status)
+    assert found is not None
+    return int(found.group(1))
+
+
 def drain(process: subprocess.Popen[str], into: list[str]) -> None:
     """
     Read the rest of what C{process} logs into C{into}, in a thread, so that

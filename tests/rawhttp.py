@@ -8,6 +8,7 @@ on the test's reactor, so the server under test keeps running meanwhile.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,3 +109,19 @@ def parse_response(data: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
         name, _, value = line.partition(b":")
         headers[name.strip().lower()] = value.strip()
     return status, headers, body
+
+
+def blocking_get(port: int, target: bytes, *, timeout: float = 10.0) -> bytes:
+    """
+    Every byte the server on 127.0.0.1:C{port} answers to one C{GET target}
+    that asks it to close, read on a blocking socket: for a server that is a
+    process of its own, with no reactor in the test.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(
+            b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from app.config import DEMO_DIR
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "chromium"
 #: The demo as C{make run} serves it (the Makefile's DEMO_ARGS).
 DEMO_ARGS = (

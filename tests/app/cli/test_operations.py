@@ -10,7 +10,6 @@ import errno
 import importlib.metadata
 import io
 import json
-import os
 import signal
 import socket
 import stat
@@ -34,7 +33,7 @@ from app.config import Config, ConfigError
 from app.http.access_log import LogEntry, access_log_of, json_line
 from app.site import build_site
 from app.testing import stub_treq
-from tests.conftest import success_result_of
+from tests.conftest import start_app, success_result_of
 from tests.paths import ROOT
 
 #: What twisted's own messages would put in the log; none may appear.
@@ -432,16 +431,6 @@ def test_unix_sockets_are_mode_660_unless_given(
 # -- real processes ------------------------------------------------------------------
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app", *argv],
@@ -450,19 +439,6 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
-
-
-def _start(started: list[subprocess.Popen[str]], *argv: str) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", *argv],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    started.append(process)
-    return process
 
 
 def _until_listening(process: subprocess.Popen[str]) -> list[str]:
@@ -496,9 +472,9 @@ def test_help_ends_with_the_examples() -> None:
 
 
 def test_a_start_and_a_stop_log_no_twisted_chatter(
-    processes: list[subprocess.Popen[str]],
+    spawn: list[subprocess.Popen[str]],
 ) -> None:
-    process = _start(processes, "--no-demo", "--listen", "tcp:0:interface=127.0.0.1")
+    process = start_app(spawn, "--no-demo", "--listen", "tcp:0:interface=127.0.0.1")
     before = _until_listening(process)
     status, after, stderr = _stop(process)
     log = "".join(before) + after
@@ -513,10 +489,10 @@ def test_a_start_and_a_stop_log_no_twisted_chatter(
 
 
 def test_log_level_warn_leaves_out_the_listening_line(
-    processes: list[subprocess.Popen[str]],
+    spawn: list[subprocess.Popen[str]],
 ) -> None:
-    process = _start(
-        processes,
+    process = start_app(
+        spawn,
         "--no-demo",
         "--log-level",
         "warn",
@@ -530,14 +506,14 @@ def test_log_level_warn_leaves_out_the_listening_line(
 
 @pytest.mark.parametrize(("mode", "expected"), [(None, 0o660), ("600", 0o600)])
 def test_a_unix_socket_is_mode_660_unless_the_endpoint_gives_one(
-    processes: list[subprocess.Popen[str]],
+    spawn: list[subprocess.Popen[str]],
     tmp_path: Path,
     mode: str | None,
     expected: int,
 ) -> None:
     path = tmp_path / "app.sock"
     description = f"unix:{path}" + ("" if mode is None else f":mode={mode}")
-    process = _start(processes, "--no-demo", "--listen", description)
+    process = start_app(spawn, "--no-demo", "--listen", description)
     _until_listening(process)
     assert stat.S_IMODE(path.stat().st_mode) == expected
     assert _stop(process)[0] == 0
@@ -545,11 +521,11 @@ def test_a_unix_socket_is_mode_660_unless_the_endpoint_gives_one(
 
 
 def test_workers_behind_a_unix_socket_stop_without_an_error(
-    processes: list[subprocess.Popen[str]], tmp_path: Path
+    spawn: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
     path = tmp_path / "app.sock"
-    process = _start(
-        processes, "--no-demo", "--workers", "2", "--listen", f"unix:{path}"
+    process = start_app(
+        spawn, "--no-demo", "--workers", "2", "--listen", f"unix:{path}"
     )
     before = _until_listening(process)
     # The workers adopt the socket: its mode stays the parent's.
@@ -606,9 +582,9 @@ def _port_of(lines: list[str]) -> int:
 
 
 def test_grace_bounds_the_wait_for_requests_in_flight(
-    processes: list[subprocess.Popen[str]],
+    spawn: list[subprocess.Popen[str]],
 ) -> None:
-    process = _start(processes, "--grace", "1", "--listen", "tcp:0:interface=127.0.0.1")
+    process = start_app(spawn, "--grace", "1", "--listen", "tcp:0:interface=127.0.0.1")
     port = _port_of(_until_listening(process))
     with _slow_request(port, 20):
         started = time.monotonic()
@@ -618,9 +594,9 @@ def test_grace_bounds_the_wait_for_requests_in_flight(
 
 
 def test_a_request_in_flight_finishes_within_the_grace(
-    processes: list[subprocess.Popen[str]],
+    spawn: list[subprocess.Popen[str]],
 ) -> None:
-    process = _start(processes, "--grace", "5", "--listen", "tcp:0:interface=127.0.0.1")
+    process = start_app(spawn, "--grace", "5", "--listen", "tcp:0:interface=127.0.0.1")
     port = _port_of(_until_listening(process))
     with _slow_request(port, 1.5) as client:
         process.send_signal(signal.SIGTERM)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import re
 import select
 import socket
 import subprocess
@@ -37,9 +36,16 @@ from twisted.python.failure import Failure
 from app.cli.options import config_from_args
 from app.http.forms import form_fields
 from app.testing import LiveServer
-from tests.conftest import drain, failures, listening_url, start_app, stop_on_clock
+from tests.conftest import (
+    drain,
+    failures,
+    listening_url,
+    resident_kib,
+    start_app,
+    stop_on_clock,
+)
 from tests.paths import ROOT
-from tests.rawhttp import RawClient, exchange, parse_response
+from tests.rawhttp import RawClient, blocking_get, exchange, parse_response
 
 DEMO = ROOT / "app" / "demo"
 
@@ -218,22 +224,8 @@ CONNECTIONS = 4
 SENDING_SECONDS = 3.0
 
 
-def resident_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    found = re.search(r"VmRSS:\s+(\d+) kB", status)
-    assert found is not None
-    return int(found.group(1))
-
-
-def blocking_get(port: int, target: bytes) -> Response:
-    with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE) as sock:
-        sock.sendall(
-            b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    (response,) = responses(data)
+def one_response(port: int, target: bytes) -> Response:
+    (response,) = responses(blocking_get(port, target, timeout=PATIENCE))
     return response
 
 
@@ -269,7 +261,7 @@ def test_pipelining_without_reading_keeps_the_resident_set_bounded(
     process_server: tuple[int, int],
 ) -> None:
     pid, port = process_server
-    assert blocking_get(port, b"/static/64k.bin").status == 200
+    assert one_response(port, b"/static/64k.bin").status == 200
     before = resident_kib(pid)
     request = b"GET /static/64k.bin HTTP/1.1\r\nHost: x\r\n\r\n"
     pipeline = request * (PIPELINED_BYTES // len(request))
@@ -292,7 +284,7 @@ def test_pipelining_without_reading_keeps_the_resident_set_bounded(
                 except BlockingIOError:
                     pass
         assert all(sent.values())
-        health = blocking_get(port, b"/health")
+        health = one_response(port, b"/health")
         assert (health.status, health.body) == (200, b"ok")
         peak = before
         for _ in range(5):

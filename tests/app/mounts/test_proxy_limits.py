@@ -13,7 +13,6 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -36,12 +35,12 @@ from tests.conftest import (
     listen,
     listening_url,
     port_number,
+    resident_kib,
     start_app,
 )
 from tests.fakes.upstream import CannedUpstream, UpstreamServer
-from tests.rawhttp import exchange, parse_response
+from tests.rawhttp import blocking_get, exchange, parse_response
 
-ROOT = Path(__file__).resolve().parents[3]
 PATIENCE = 10.0
 MIB = 1024 * 1024
 
@@ -221,24 +220,6 @@ class _EndlessHead(threading.Thread):
         self.join(PATIENCE)
 
 
-def _resident_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    found = re.search(r"VmRSS:\s+(\d+) kB", status)
-    assert found is not None
-    return int(found.group(1))
-
-
-def _blocking_get(port: int, target: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE) as sock:
-        sock.sendall(
-            b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
-
-
 @pytest.fixture
 def endless_head() -> Iterator[tuple[_EndlessHead, int, int]]:
     """
@@ -273,9 +254,9 @@ def test_an_endless_head_is_502_closed_and_not_kept(
     # Measured on the live server's process: its resident set stays flat
     # while the upstream offers a million header lines (about 20 MiB).
     upstream, pid, port = endless_head
-    assert b"200 OK" in _blocking_get(port, b"/health")
-    before = _resident_kib(pid)
-    status, _, body = parse_response(_blocking_get(port, b"/proxy/x"))
+    assert b"200 OK" in blocking_get(port, b"/health", timeout=PATIENCE)
+    before = resident_kib(pid)
+    status, _, body = parse_response(blocking_get(port, b"/proxy/x", timeout=PATIENCE))
     assert status == 502
     assert b"502 Bad Gateway" in body
     upstream.join(PATIENCE)
@@ -284,7 +265,7 @@ def test_an_endless_head_is_502_closed_and_not_kept(
     peak = before
     for _ in range(3):
         time.sleep(0.1)
-        peak = max(peak, _resident_kib(pid))
+        peak = max(peak, resident_kib(pid))
     assert (peak - before) * 1024 < 8 * MIB
 
 
