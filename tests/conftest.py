@@ -134,6 +134,24 @@ def content_of(response: Any) -> bytes:
     return content
 
 
+def header_of(response: Any, name: bytes) -> bytes | None:
+    """
+    Every value of header C{name} in C{response}, joined by commas, or
+    C{None}.
+    """
+    values = response.headers.getRawHeaders(name)
+    return None if values is None else b",".join(values)
+
+
+def length_of(response: Any) -> int | None:
+    """
+    The Content-Length of C{response} (which twisted's client keeps apart
+    from its headers), or C{None}.
+    """
+    length = response.length
+    return length if isinstance(length, int) else None
+
+
 @pytest.fixture
 def captured_log() -> Iterator[list[LogEvent]]:
     """

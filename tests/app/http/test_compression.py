@@ -8,7 +8,6 @@ This module is also the route module (C{--routes}) that the tests ask.
 from __future__ import annotations
 
 import gzip
-from typing import Any
 
 import pytest
 from klein import Klein
@@ -22,7 +21,7 @@ from app.cli.options import config_from_args
 from app.http.compression import accepts_gzip, compressible
 from app.site import build_site
 from app.testing import stub_treq
-from tests.conftest import fetch_undecoded
+from tests.conftest import fetch_undecoded, header_of, length_of
 
 app = Klein()
 
@@ -103,20 +102,6 @@ def client() -> StubTreq:
     return stub_treq(build_site(config_from_args(argv), MemoryReactor(), Clock()))
 
 
-def _length(response: Any) -> int | None:
-    """
-    The Content-Length of C{response} (which twisted's client keeps apart
-    from its headers), or C{None}.
-    """
-    length = response.length
-    return length if isinstance(length, int) else None
-
-
-def _header(response: Any, name: bytes) -> bytes | None:
-    values = response.headers.getRawHeaders(name)
-    return None if values is None else b",".join(values)
-
-
 # -- what is compressed ------------------------------------------------------
 
 
@@ -126,27 +111,27 @@ def test_a_large_text_body_is_gzipped_for_a_client_that_accepts_it(
     response, body = fetch_undecoded(
         client, "/text", accept_encoding="gzip, deflate, br"
     )
-    assert _header(response, b"content-encoding") == b"gzip"
+    assert header_of(response, b"content-encoding") == b"gzip"
     assert gzip.decompress(body) == TEXT
-    assert _header(response, b"vary") == b"Accept-Encoding"
+    assert header_of(response, b"vary") == b"Accept-Encoding"
 
 
 def test_a_body_written_whole_is_sent_with_its_compressed_length(
     client: StubTreq,
 ) -> None:
     response, body = fetch_undecoded(client, "/text", accept_encoding="gzip")
-    assert _length(response) == len(body)
+    assert length_of(response) == len(body)
     assert len(body) < len(TEXT)
 
 
 def test_a_gzipped_body_has_a_weak_etag(client: StubTreq) -> None:
     response, _ = fetch_undecoded(client, "/text", accept_encoding="gzip")
-    assert _header(response, b"etag") == b"W/" + STRONG_ETAG
+    assert header_of(response, b"etag") == b"W/" + STRONG_ETAG
 
 
 def test_a_plus_json_body_is_gzipped(client: StubTreq) -> None:
     response, body = fetch_undecoded(client, "/json", accept_encoding="gzip")
-    assert _header(response, b"content-encoding") == b"gzip"
+    assert header_of(response, b"content-encoding") == b"gzip"
     assert gzip.decompress(body).startswith(b'{"items": ["item 0"')
 
 
@@ -154,14 +139,14 @@ def test_a_body_of_unknown_length_is_gzipped_as_it_is_written(
     client: StubTreq,
 ) -> None:
     response, body = fetch_undecoded(client, "/streamed", accept_encoding="gzip")
-    assert _header(response, b"content-encoding") == b"gzip"
-    assert _length(response) is None
+    assert header_of(response, b"content-encoding") == b"gzip"
+    assert length_of(response) is None
     assert gzip.decompress(body) == b"one two three"
 
 
 def test_the_demo_index_is_gzipped(client: StubTreq) -> None:
     response, body = fetch_undecoded(client, "/", accept_encoding="gzip")
-    assert _header(response, b"content-encoding") == b"gzip"
+    assert header_of(response, b"content-encoding") == b"gzip"
     assert gzip.decompress(body).startswith(b"<!DOCTYPE html>")
 
 
@@ -172,11 +157,11 @@ def test_no_accept_encoding_gets_the_identity_body_with_vary(
     client: StubTreq,
 ) -> None:
     response, body = fetch_undecoded(client, "/text")
-    assert _header(response, b"content-encoding") is None
+    assert header_of(response, b"content-encoding") is None
     assert body == TEXT
-    assert _header(response, b"vary") == b"Accept-Encoding"
-    assert _header(response, b"etag") == STRONG_ETAG
-    assert _length(response) == len(TEXT)
+    assert header_of(response, b"vary") == b"Accept-Encoding"
+    assert header_of(response, b"etag") == STRONG_ETAG
+    assert length_of(response) == len(TEXT)
 
 
 @pytest.mark.parametrize(
@@ -187,9 +172,9 @@ def test_an_accept_encoding_refusing_gzip_gets_the_identity_body(
     client: StubTreq, accept_encoding: str
 ) -> None:
     response, body = fetch_undecoded(client, "/text", accept_encoding=accept_encoding)
-    assert _header(response, b"content-encoding") is None
+    assert header_of(response, b"content-encoding") is None
     assert body == TEXT
-    assert _header(response, b"vary") == b"Accept-Encoding"
+    assert header_of(response, b"vary") == b"Accept-Encoding"
 
 
 @pytest.mark.parametrize(
@@ -200,20 +185,20 @@ def test_an_accept_encoding_allowing_gzip_gets_gzip(
     client: StubTreq, accept_encoding: str
 ) -> None:
     response, body = fetch_undecoded(client, "/text", accept_encoding=accept_encoding)
-    assert _header(response, b"content-encoding") == b"gzip"
+    assert header_of(response, b"content-encoding") == b"gzip"
     assert gzip.decompress(body) == TEXT
 
 
 def test_a_body_under_one_kib_is_sent_as_it_is(client: StubTreq) -> None:
     response, body = fetch_undecoded(client, "/small", accept_encoding="gzip")
-    assert _header(response, b"content-encoding") is None
-    assert _header(response, b"vary") is None
+    assert header_of(response, b"content-encoding") is None
+    assert header_of(response, b"vary") is None
     assert body == TEXT[:1023]
 
 
 def test_the_health_check_is_sent_as_it_is(client: StubTreq) -> None:
     response, body = fetch_undecoded(client, "/health", accept_encoding="gzip")
-    assert _header(response, b"content-encoding") is None
+    assert header_of(response, b"content-encoding") is None
     assert body == b"ok"
 
 
@@ -221,8 +206,8 @@ def test_an_incompressible_type_is_sent_as_it_is_without_vary(
     client: StubTreq,
 ) -> None:
     response, body = fetch_undecoded(client, "/png", accept_encoding="gzip")
-    assert _header(response, b"content-encoding") is None
-    assert _header(response, b"vary") is None
+    assert header_of(response, b"content-encoding") is None
+    assert header_of(response, b"vary") is None
     assert body == TEXT
 
 
@@ -230,9 +215,9 @@ def test_a_head_gets_the_identity_head_with_vary(client: StubTreq) -> None:
     response, body = fetch_undecoded(
         client, "/text", method=b"HEAD", accept_encoding="gzip"
     )
-    assert _header(response, b"content-encoding") is None
-    assert _header(response, b"vary") == b"Accept-Encoding"
-    assert _header(response, b"etag") == STRONG_ETAG
+    assert header_of(response, b"content-encoding") is None
+    assert header_of(response, b"vary") == b"Accept-Encoding"
+    assert header_of(response, b"etag") == STRONG_ETAG
     assert body == b""
 
 
@@ -240,27 +225,27 @@ def test_a_request_with_range_gets_the_identity_body(client: StubTreq) -> None:
     response, body = fetch_undecoded(
         client, "/text", accept_encoding="gzip", range="bytes=0-9"
     )
-    assert _header(response, b"content-encoding") is None
+    assert header_of(response, b"content-encoding") is None
     assert body == TEXT
 
 
 def test_a_206_is_never_gzipped(client: StubTreq) -> None:
     response, body = fetch_undecoded(client, "/partial", accept_encoding="gzip")
     assert response.code == 206
-    assert _header(response, b"content-encoding") is None
+    assert header_of(response, b"content-encoding") is None
     assert body == TEXT
 
 
 def test_a_204_is_left_alone(client: StubTreq) -> None:
     response, body = fetch_undecoded(client, "/empty", accept_encoding="gzip")
     assert response.code == 204
-    assert _header(response, b"content-encoding") is None
+    assert header_of(response, b"content-encoding") is None
     assert body == b""
 
 
 def test_a_body_already_encoded_is_sent_as_it_is(client: StubTreq) -> None:
     response, body = fetch_undecoded(client, "/encoded", accept_encoding="gzip, br")
-    assert _header(response, b"content-encoding") == b"br"
+    assert header_of(response, b"content-encoding") == b"br"
     assert body == TEXT
 
 
@@ -269,7 +254,7 @@ def test_accept_encoding_joins_a_vary_already_there(client: StubTreq) -> None:
         response, _ = fetch_undecoded(
             client, "/varied", accept_encoding=accept_encoding
         )
-        assert _header(response, b"vary") == b"Cookie, Accept-Encoding"
+        assert header_of(response, b"vary") == b"Cookie, Accept-Encoding"
 
 
 # -- the rules themselves ----------------------------------------------------
@@ -322,21 +307,21 @@ def test_compressible_types(content_type: bytes, expected: bool) -> None:
 
 def test_a_dynamic_page_is_not_stored(client: StubTreq) -> None:
     response, _ = fetch_undecoded(client, "/text")
-    assert _header(response, b"cache-control") == b"no-store"
+    assert header_of(response, b"cache-control") == b"no-store"
 
 
 def test_an_error_page_is_not_stored(client: StubTreq) -> None:
     response, _ = fetch_undecoded(client, "/nowhere")
     assert response.code == 404
-    assert _header(response, b"cache-control") == b"no-store"
+    assert header_of(response, b"cache-control") == b"no-store"
 
 
 def test_a_redirect_says_how_long_it_may_be_kept(client: StubTreq) -> None:
     response, _ = fetch_undecoded(client, "/text/")
     assert response.code == 301
-    assert _header(response, b"cache-control") == b"max-age=300"
+    assert header_of(response, b"cache-control") == b"max-age=300"
 
 
 def test_a_route_keeps_the_cache_control_it_sets(client: StubTreq) -> None:
     response, _ = fetch_undecoded(client, "/cached")
-    assert _header(response, b"cache-control") == b"max-age=60"
+    assert header_of(response, b"cache-control") == b"max-age=60"

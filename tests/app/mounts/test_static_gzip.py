@@ -21,7 +21,7 @@ from app.cli.options import config_from_args
 from app.http.compression import Compressor
 from app.site import build_site
 from app.testing import stub_treq
-from tests.conftest import fetch_undecoded
+from tests.conftest import fetch_undecoded, header_of, length_of
 
 MTIME = 1_700_000_000
 TEXT = b"".join(b"line %d of a page long enough to compress\n" % n for n in range(100))
@@ -76,20 +76,6 @@ def _fetch(
     return fetch_undecoded(client, "/static/" + path, method, **headers)
 
 
-def _header(response: Any, name: bytes) -> bytes | None:
-    values = response.headers.getRawHeaders(name)
-    return None if values is None else b",".join(values)
-
-
-def _length(response: Any) -> int | None:
-    """
-    The Content-Length of C{response} (which twisted's client keeps apart
-    from its headers), or C{None}.
-    """
-    length = response.length
-    return length if isinstance(length, int) else None
-
-
 # -- FILE.gz beside FILE -----------------------------------------------------
 
 
@@ -98,11 +84,11 @@ def test_a_fresher_gz_is_served_to_a_client_that_accepts_gzip(
 ) -> None:
     response, body = _fetch(client, "page.html", accept_encoding="gzip")
     assert response.code == 200
-    assert _header(response, b"content-encoding") == b"gzip"
-    assert _header(response, b"content-type") == b"text/html; charset=utf-8"
+    assert header_of(response, b"content-encoding") == b"gzip"
+    assert header_of(response, b"content-type") == b"text/html; charset=utf-8"
     assert gzip.decompress(body) == PRECOMPRESSED
-    assert _length(response) == len(body)
-    assert _header(response, b"vary") == b"Accept-Encoding"
+    assert length_of(response) == len(body)
+    assert header_of(response, b"vary") == b"Accept-Encoding"
 
 
 def test_a_gz_as_old_as_its_file_is_served(client: StubTreq) -> None:
@@ -113,8 +99,8 @@ def test_a_gz_as_old_as_its_file_is_served(client: StubTreq) -> None:
 def test_a_served_gz_has_its_own_weak_etag(client: StubTreq) -> None:
     gzipped, _ = _fetch(client, "page.html", accept_encoding="gzip")
     plain, _ = _fetch(client, "page.html")
-    gzipped_etag = _header(gzipped, b"etag")
-    plain_etag = _header(plain, b"etag")
+    gzipped_etag = header_of(gzipped, b"etag")
+    plain_etag = header_of(plain, b"etag")
     assert gzipped_etag is not None and gzipped_etag.startswith(b'W/"')
     assert plain_etag is not None and plain_etag.startswith(b'"')
     assert gzipped_etag != b"W/" + plain_etag
@@ -122,28 +108,28 @@ def test_a_served_gz_has_its_own_weak_etag(client: StubTreq) -> None:
 
 def test_the_weak_etag_of_a_served_gz_revalidates(client: StubTreq) -> None:
     first, _ = _fetch(client, "page.html", accept_encoding="gzip")
-    etag = _header(first, b"etag")
+    etag = header_of(first, b"etag")
     assert etag is not None
     response, body = _fetch(
         client, "page.html", accept_encoding="gzip", if_none_match=etag.decode()
     )
     assert response.code == 304
     assert body == b""
-    assert _header(response, b"etag") == etag
-    assert _header(response, b"vary") == b"Accept-Encoding"
-    assert _header(response, b"cache-control") == b"no-cache"
+    assert header_of(response, b"etag") == etag
+    assert header_of(response, b"vary") == b"Accept-Encoding"
+    assert header_of(response, b"cache-control") == b"no-cache"
 
 
 def test_a_client_without_gzip_gets_the_file_with_vary(client: StubTreq) -> None:
     response, body = _fetch(client, "page.html", accept_encoding="identity")
-    assert _header(response, b"content-encoding") is None
+    assert header_of(response, b"content-encoding") is None
     assert body == TEXT
-    assert _header(response, b"vary") == b"Accept-Encoding"
+    assert header_of(response, b"vary") == b"Accept-Encoding"
 
 
 def test_a_gz_older_than_its_file_is_ignored(client: StubTreq) -> None:
     response, body = _fetch(client, "stale.css", accept_encoding="gzip")
-    assert _header(response, b"content-encoding") == b"gzip"
+    assert header_of(response, b"content-encoding") == b"gzip"
     # The file itself, compressed on its way out.
     assert gzip.decompress(body) == TEXT
 
@@ -168,25 +154,25 @@ def test_a_range_is_served_from_the_file_itself(client: StubTreq) -> None:
         client, "page.html", accept_encoding="gzip", range="bytes=0-9"
     )
     assert response.code == 206
-    assert _header(response, b"content-encoding") is None
+    assert header_of(response, b"content-encoding") is None
     assert body == TEXT[:10]
-    assert _header(response, b"vary") == b"Accept-Encoding"
+    assert header_of(response, b"vary") == b"Accept-Encoding"
 
 
 def test_a_head_gets_the_file_s_head(client: StubTreq) -> None:
     response, body = _fetch(client, "page.html", b"HEAD", accept_encoding="gzip")
     assert response.code == 200
-    assert _header(response, b"content-encoding") is None
-    assert _header(response, b"vary") == b"Accept-Encoding"
-    etag = _header(response, b"etag")
+    assert header_of(response, b"content-encoding") is None
+    assert header_of(response, b"vary") == b"Accept-Encoding"
+    etag = header_of(response, b"etag")
     assert etag is not None and etag.startswith(b'"')
     assert body == b""
 
 
 def test_a_gz_asked_for_by_name_is_served_as_itself(client: StubTreq) -> None:
     response, body = _fetch(client, "archive.tar.gz", accept_encoding="gzip")
-    assert _header(response, b"content-encoding") is None
-    assert _header(response, b"content-type") == b"application/gzip"
+    assert header_of(response, b"content-encoding") is None
+    assert header_of(response, b"content-type") == b"application/gzip"
     assert gzip.decompress(body) == TEXT
 
 
@@ -198,36 +184,36 @@ def test_a_text_file_without_gz_is_compressed_with_a_weak_etag(
 ) -> None:
     plain, _ = _fetch(client, "plain.txt")
     response, body = _fetch(client, "plain.txt", accept_encoding="gzip")
-    assert _header(response, b"content-encoding") == b"gzip"
+    assert header_of(response, b"content-encoding") == b"gzip"
     assert gzip.decompress(body) == TEXT
-    assert _length(response) == len(body)
-    assert _header(response, b"etag") == b"W/" + (_header(plain, b"etag") or b"")
+    assert length_of(response) == len(body)
+    assert header_of(response, b"etag") == b"W/" + (header_of(plain, b"etag") or b"")
 
 
 def test_a_304_for_a_compressed_file_has_its_weak_etag_and_vary(
     client: StubTreq,
 ) -> None:
     first, _ = _fetch(client, "plain.txt", accept_encoding="gzip")
-    etag = _header(first, b"etag")
+    etag = header_of(first, b"etag")
     assert etag is not None
     response, _ = _fetch(
         client, "plain.txt", accept_encoding="gzip", if_none_match=etag.decode()
     )
     assert response.code == 304
-    assert _header(response, b"etag") == etag
-    assert _header(response, b"vary") == b"Accept-Encoding"
+    assert header_of(response, b"etag") == etag
+    assert header_of(response, b"vary") == b"Accept-Encoding"
 
 
 def test_a_small_file_is_sent_as_it_is(client: StubTreq) -> None:
     response, body = _fetch(client, "small.txt", accept_encoding="gzip")
-    assert _header(response, b"content-encoding") is None
-    assert _header(response, b"vary") is None
+    assert header_of(response, b"content-encoding") is None
+    assert header_of(response, b"vary") is None
     assert body == TEXT[:100]
 
 
 def test_an_image_is_sent_as_it_is(client: StubTreq) -> None:
     response, body = _fetch(client, "picture.png", accept_encoding="gzip")
-    assert _header(response, b"content-encoding") is None
+    assert header_of(response, b"content-encoding") is None
     assert body == TEXT
 
 
@@ -243,8 +229,8 @@ def test_a_mebibyte_file_is_compressed_as_it_streams(
 
     monkeypatch.setattr(Compressor, "compress", counted)
     response, body = _fetch(client, "big.txt", accept_encoding="gzip")
-    assert _header(response, b"content-encoding") == b"gzip"
-    assert _length(response) is None
+    assert header_of(response, b"content-encoding") == b"gzip"
+    assert length_of(response) is None
     assert gzip.decompress(body) == MEBIBYTE
     assert len(pieces) >= 16
     assert max(pieces) <= 64 * 1024
@@ -260,17 +246,17 @@ def test_a_file_is_kept_only_with_validation(
 ) -> None:
     response, _ = _fetch(client, path, accept_encoding=accept_encoding)
     assert response.code == 200
-    assert _header(response, b"cache-control") == b"no-cache"
-    assert _header(response, b"last-modified") is not None
+    assert header_of(response, b"cache-control") == b"no-cache"
+    assert header_of(response, b"last-modified") is not None
 
 
 def test_a_missing_file_is_not_stored(client: StubTreq) -> None:
     response, _ = _fetch(client, "nothing.txt")
     assert response.code == 404
-    assert _header(response, b"cache-control") == b"no-store"
+    assert header_of(response, b"cache-control") == b"no-store"
 
 
 def test_a_directory_redirect_says_how_long_it_may_be_kept(client: StubTreq) -> None:
     response, _ = _fetch(client, "sub")
     assert response.code == 301
-    assert _header(response, b"cache-control") == b"max-age=300"
+    assert header_of(response, b"cache-control") == b"max-age=300"
