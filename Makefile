@@ -26,12 +26,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m app $(DEMO_ARGS) $(RUN_ARGS)
 
-# Programs the tests run for real: Apache's htpasswd and htdigest, curl, and
-# a headless Chromium for the demo's browser test.
+# Programs the tests run for real: Apache's htpasswd and htdigest, curl, a
+# headless Chromium for the demo's browser test, and Redis for the shared
+# session store (each test that needs it starts its own).
 test-tools:
 	@command -v htpasswd >/dev/null && command -v curl >/dev/null \
-		&& command -v chromium >/dev/null || { apt-get update -qq \
-		&& apt-get install -y -qq apache2-utils curl chromium >/dev/null; }
+		&& command -v chromium >/dev/null && command -v redis-server >/dev/null \
+		|| { apt-get update -qq \
+		&& apt-get install -y -qq apache2-utils curl chromium redis-server >/dev/null; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CHECKED) tests bench

@@ -19,8 +19,12 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"
 DEMO_STATIC = DEMO_DIR / "static"
 DEMO_CGI = DEMO_DIR / "cgi-bin"
 DEMO_WSGI = "app.demo_wsgi:application"
-#: Environment variable with the HMAC key (hex) of Digest nonces, which every
-#: worker of one server must share; unset, each site makes a random one.
+#: Environment variable with the server's secret (hex): the HMAC key of Digest
+#: nonces and of session records, which every worker and every host of one
+#: server must share; unset, the parent of the workers makes one at random
+#: (a single process makes its own).
+SECRET_KEY_VARIABLE = "APP_SECRET_KEY"  # noqa: S105 (a name, not a key)
+#: Its older name, still read when the new one is unset.
 DIGEST_KEY_VARIABLE = "APP_DIGEST_KEY"
 
 
@@ -59,9 +63,14 @@ class Config:
     htdigest: Path | None = None
     realm: str = "app"
     homes: Path | None = None
-    #: HMAC key of Digest nonces; workers of one server must share it
-    #: (None: a random key made when the site is built).
-    digest_key: bytes | None = field(default=None, compare=False, repr=False)
+    #: The server's secret: HMAC key of Digest nonces and session records;
+    #: workers and hosts of one server must share it (None: a random key
+    #: made when the site is built).
+    secret_key: bytes | None = field(default=None, compare=False, repr=False)
+    #: Where sessions are kept: C{memory}, C{sqlite:PATH}, C{redis://…} or
+    #: C{redis+unix://…} (None: memory, or with several workers a SQLite file
+    #: in a private directory that the parent makes).
+    sessions: str | None = None
     session_timeout: float = 900.0
     max_sessions: int = 100_000
     max_body: int = 1_048_576

@@ -4,6 +4,7 @@ Site assembly: one function from a L{Config} to a ready L{Site}.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from klein import Klein
@@ -15,6 +16,7 @@ from app.http.access_log import install_access_log
 from app.http.metrics import SiteMetrics
 from app.http.router import Router
 from app.http.site import Site
+from app.sessions.shared import open_backend
 from auth import HashPool
 from routes.asynchronous import AsynchronousRoutes
 from routes.content import ContentRoutes, HealthRoutes
@@ -89,7 +91,12 @@ def build_site(config: Config, reactor: Any, clock: IReactorTime | None = None) 
         if metrics is not None:
             pool = wsgi.pool
             metrics.add_queue("wsgi", lambda: pool.waiting, "/wsgi/")
-    guard = build_guard(config, reactor, clock, site.service)
+    secret = config.secret_key or os.urandom(32)
+    backend = None
+    if config.sessions not in (None, "memory"):
+        backend = open_backend(config.sessions, config.max_sessions)
+        site.share_sessions(backend, secret)
+    guard = build_guard(config, reactor, clock, site.service, secret, backend)
     if guard is not None:
         builtin.append(PrivateRoutes(guard).app)
         if metrics is not None and HashPool.name in site.service.namedServices:

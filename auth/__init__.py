@@ -9,7 +9,14 @@ from auth._checkers import (
     DigestChecker,
     VerifiedCache,
 )
-from auth._digest import DigestCredentialFactory, DigestCredentials, NonceCounts
+from auth._digest import (
+    NONCE_LIFETIME,
+    Claims,
+    DigestCredentialFactory,
+    DigestCredentials,
+    NonceCounts,
+    SharedNonceCounts,
+)
 from auth._errors import HashPoolBusy, NoSuchRealm, PasswordFileError, StaleNonce
 from auth._guard import Guard
 from auth._htdigest import DigestUser, digest_owner, ha1, parse_htdigest, sha256_tag
@@ -26,9 +33,11 @@ from auth._realm import HomeRealm
 
 __all__ = [
     "BCRYPT_MAX_PASSWORD",
+    "NONCE_LIFETIME",
     "BasicCredentialFactory",
     "BasicCredentials",
     "BcryptChecker",
+    "Claims",
     "DigestChecker",
     "DigestCredentialFactory",
     "DigestCredentials",
@@ -44,6 +53,7 @@ __all__ = [
     "NoSuchRealm",
     "NonceCounts",
     "PasswordFileError",
+    "SharedNonceCounts",
     "StaleNonce",
     "VerifiedCache",
     "digest_owner",

@@ -217,7 +217,7 @@ class DigestChecker:
     ) -> Deferred[bytes | tuple[()]]:
         return _deferred(self.check, credentials)
 
-    def check(self, credentials: IDigestCredentials) -> bytes:
+    def check(self, credentials: IDigestCredentials) -> bytes | Deferred[bytes]:
         username: bytes = credentials.username
         user = self._users.get(username.decode("utf-8"))
         known = user is not None
@@ -229,7 +229,9 @@ class DigestChecker:
         assert secret is not None
         if not credentials.check_ha1(secret) or not known:
             raise UnauthorizedLogin()
-        credentials.accept_once()
+        accepted: Deferred[None] | None = credentials.accept_once()
+        if accepted is not None:
+            return accepted.addCallback(lambda _: username)
         return username
 
     def still_good(self, credentials: IDigestCredentials) -> None:

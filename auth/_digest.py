@@ -7,6 +7,8 @@ workers cannot share.  Here a nonce is its issue time and some random bytes,
 signed with HMAC under a key every worker is given: any worker can check a
 nonce another one issued.  Each (nonce, nonce-count) pair is accepted once,
 in any order; what is remembered of the counts is bounded (L{NonceCounts}).
+With a shared store, each pair is also claimed in it, so that it is accepted
+once across every worker and host (L{SharedNonceCounts}).
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Protocol
 
 from twisted.cred.error import LoginFailed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from app.sessions.backend import settled
 from auth._basic import quoted
 from auth._errors import StaleNonce
 from auth._interfaces import IChallenger, IDigestCredentials
@@ -118,9 +123,10 @@ class NonceCounts:
         self._seen: OrderedDict[str, _Counts] = OrderedDict()
         self._horizon = -1
 
-    def accept(self, nonce: str, issued: int, count: int) -> None:
+    def accept(self, nonce: str, issued: int, count: int) -> Deferred[None] | None:
         """
-        Record C{count} for C{nonce}, issued at C{issued}.
+        Record C{count} for C{nonce}, issued at C{issued}.  (Answered at once:
+        L{None}.)
 
         @raise LoginFailed: when the pair was seen before.
         @raise StaleNonce: when C{nonce} can no longer be tracked.
@@ -147,9 +153,61 @@ class NonceCounts:
         run = (~above & (above + 1)).bit_length() - 1
         counts.floor += run
         counts.above = above >> run
+        return None
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+class Claims(Protocol):
+    """
+    Keys claimed once across every process that shares the store
+    (L{app.sessions.backend.Backend.claim}).
+    """
+
+    def claim(self, key: bytes, now: float, lifetime: float) -> Deferred[bool]: ...
+
+
+class SharedNonceCounts(NonceCounts):
+    """
+    L{NonceCounts} that also claim each (nonce, nonce-count) in a store
+    that every worker and host shares: the first to claim a pair accepts
+    it, all others refuse it as replayed.
+
+    @param lifetime: how long a claim is kept: at least as long as a nonce
+        is good for.
+    """
+
+    def __init__(
+        self, claims: Claims, clock: IReactorTime, lifetime: float, **kwargs: int
+    ) -> None:
+        super().__init__(**kwargs)
+        self._claims = claims
+        self._clock = clock
+        self._lifetime = lifetime
+
+    def accept(self, nonce: str, issued: int, count: int) -> Deferred[None] | None:
+        """
+        Record C{count} for C{nonce} here, then claim it in the store.
+
+        @return: L{None} when the claim was decided at once, else a Deferred
+            that fails as below when it is.
+        @raise LoginFailed: when the pair was seen before, here or elsewhere.
+        @raise StaleNonce: when C{nonce} can no longer be tracked.
+        @raise app.sessions.backend.StoreUnavailable: when the store cannot
+            be reached.
+        """
+        super().accept(nonce, issued, count)
+        key = b"nc:%s:%08x" % (nonce.encode("ascii"), count)
+        claimed = self._claims.claim(key, self._clock.seconds(), self._lifetime)
+        decided = claimed.addCallback(_first_claim)
+        done, _ = settled(decided)
+        return None if done else decided
+
+
+def _first_claim(first: bool) -> None:
+    if not first:
+        raise LoginFailed("nonce count replayed")
 
 
 @implementer(IDigestCredentials)
@@ -189,10 +247,10 @@ class DigestCredentials:
         )
         return hmac.compare_digest(expected, fields["response"].lower())
 
-    def accept_once(self) -> None:
+    def accept_once(self) -> Deferred[None] | None:
         if self._expired:
             raise StaleNonce("nonce expired")
-        self._counts.accept(
+        return self._counts.accept(
             self._fields["nonce"], self._issued, int(self._fields["nc"], 16)
         )
 

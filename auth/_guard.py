@@ -40,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from app.compat.twisted import connection_gone
 from app.http.pages import render_busy, render_error
 from app.http.request import request_uri
+from app.sessions.backend import StoreUnavailable
 from auth._errors import HashPoolBusy, StaleNonce
 from auth._interfaces import IChallenger, IImmediateChecker
 
@@ -237,7 +238,7 @@ class Guard(HTTPAuthSessionWrapper):
             body = self._unauthorized(request, stale=True)
         elif failure.check(LoginFailed, Unauthorized):
             body = self._unauthorized(request)
-        elif failure.check(HashPoolBusy):
+        elif failure.check(HashPoolBusy, StoreUnavailable):
             body = self._body(request, render_busy(request))
         else:
             self._failed(failure, request)

@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials
+from twisted.internet.defer import Deferred
 from twisted.web.iweb import ICredentialFactory
 from zope.interface import Attribute
 
@@ -40,12 +41,15 @@ class IDigestCredentials(ICredentials):
         in constant time.
         """
 
-    def accept_once() -> None:
+    def accept_once() -> Deferred[None] | None:
         """
-        Record this response's (nonce, nonce-count).
+        Record this response's (nonce, nonce-count): at once (L{None}), or
+        when a shared store answers (a Deferred that fails as below).
 
         @raise twisted.cred.error.LoginFailed: when it was seen before.
         @raise auth._errors.StaleNonce: when the nonce is too old.
+        @raise app.sessions.backend.StoreUnavailable: when the shared store
+            cannot be reached.
         """
 
 

@@ -69,6 +69,9 @@ import hostile
 from hostile import rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.engines import RedisServer  # noqa: E402
+
 LISTENING = re.compile(r"listening on (http://[^/\s]+)/")
 PEERS = ROOT / "bench" / "peers"
 PEER_PACKAGES = ("aiohttp", "starlette", "uvicorn", "httptools", "uvloop")
@@ -139,13 +142,18 @@ def make_fixtures(tmp: Path) -> dict[str, Path]:
         "homes": homes,
         "htpasswd": htpasswd,
         "htdigest": htdigest,
+        "redis": tmp,
     }
 
 
-def session_cookie(base: str) -> dict[str, str]:
-    with urllib.request.urlopen(base + "/session") as response:
+def session_cookie(base: str, page: str = "/session") -> dict[str, str]:
+    with urllib.request.urlopen(base + page) as response:
         cookie = response.headers["Set-Cookie"].split(";", 1)[0]
     return {"Cookie": cookie}
+
+
+def counter_cookie(base: str) -> dict[str, str]:
+    return session_cookie(base, "/counter")
 
 
 def digest_script(base: str, tmp: Path, seconds: float) -> Path:
@@ -202,6 +210,7 @@ def cases(fixtures: dict[str, Path]) -> list[Case]:
     static = ["--static", str(fixtures["static"])]
     basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     guarded = ["--homes", str(fixtures["homes"])]
+    redis = ["--sessions", f"redis+unix://{fixtures['redis'] / 'redis.sock'}"]
     return [
         Case("plain twisted.web hello", "/", plain=True),
         Case("aiohttp hello", "/health", peer="aiohttp_hello.py"),
@@ -231,6 +240,35 @@ def cases(fixtures: dict[str, Path]) -> list[Case]:
             versus=("/health",),
         ),
         Case("/session without a cookie", "/session", versus=("/health",)),
+        # The session stores (SPEC §13): the same visitor counting on one
+        # worker in memory, two workers sharing a SQLite file, one with Redis.
+        Case("/counter", "/counter", prepare=counter_cookie),
+        Case(
+            "/counter --workers 2 (SQLite)",
+            "/counter",
+            ["--workers", "2"],
+            prepare=counter_cookie,
+            versus=("/counter",),
+        ),
+        Case(
+            "/counter Redis",
+            "/counter",
+            redis,
+            prepare=counter_cookie,
+            versus=("/counter",),
+        ),
+        Case(
+            "/session no cookie, SQLite",
+            "/session",
+            ["--workers", "2"],
+            versus=("/session without a cookie",),
+        ),
+        Case(
+            "/session no cookie, Redis",
+            "/session",
+            redis,
+            versus=("/session without a cookie",),
+        ),
         Case("/wsgi/", "/wsgi/"),
         Case("/health --workers 2", "/health", ["--workers", "2"], versus=("/health",)),
     ]
@@ -397,12 +435,16 @@ def flat_memory(rate: float, options: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def ensure_wrk() -> None:
-    if shutil.which("wrk"):
+def ensure_tools() -> None:
+    """
+    Install wrk, and Redis for the Redis session store, when missing.
+    """
+    missing = [name for name in ("wrk", "redis-server") if not shutil.which(name)]
+    if not missing:
         return
-    print("installing wrk (Debian package)...", flush=True)
+    print(f"installing {', '.join(missing)} (Debian packages)...", flush=True)
     subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
 
 
 def peer_versions(python: Path) -> dict[str, str]:
@@ -529,7 +571,7 @@ def main() -> int:
         help="the Python of the bench's environment, which runs the peers",
     )
     options = parser.parse_args()
-    ensure_wrk()
+    ensure_tools()
     versions = None
     if options.peer_python.exists():
         versions = peer_versions(options.peer_python)
@@ -542,10 +584,18 @@ def main() -> int:
         tmp = Path(directory)
         fixtures = make_fixtures(tmp)
         all_cases = cases(fixtures)
-        for case in chosen(all_cases, options.only, versions is not None):
-            result = run_case(case, options, tmp, options.peer_python)
-            results[case.name] = result
-            print(f"  {case.name}: {result.requests_per_second:.0f} req/s", flush=True)
+        redis = RedisServer(fixtures["redis"])
+        redis.start()
+        try:
+            for case in chosen(all_cases, options.only, versions is not None):
+                result = run_case(case, options, tmp, options.peer_python)
+                results[case.name] = result
+                print(
+                    f"  {case.name}: {result.requests_per_second:.0f} req/s",
+                    flush=True,
+                )
+        finally:
+            redis.stop()
         for hostile_case in hostile_cases(fixtures):
             if options.only and not any(o in hostile_case.name for o in options.only):
                 continue

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import bcrypt
 import soak_streams as streams
-from run import LISTENING, ROOT, ensure_wrk, rss_kib
+from run import LISTENING, ROOT, ensure_tools, rss_kib
 from soak_streams import BUSY, Tally, Window
 
 DEMO = ROOT / "app" / "demo"
@@ -718,7 +718,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--connections", type=int, default=50)
     options = parser.parse_args()
-    ensure_wrk()
+    ensure_tools()
     findings = Findings()
     port = free_port()
     with tempfile.TemporaryDirectory() as directory, streams.EndlessUpstream() as up:

@@ -68,6 +68,37 @@ def session_page(uid_html: str) -> bytes:
 _SESSION_PAGE_HEAD, _SESSION_PAGE_TAIL = session_page("\0").split(b"\0")
 
 
+class IExpiryLogged(Interface):
+    """
+    Whether an expiry logger was registered for a session (by whichever
+    process: with a shared store, the callback stays in the process that
+    registered it, and this mark, kept in the session, tells the others).
+    """
+
+    registered = Attribute("True once an ExpiryLogger is registered (a bool).")
+
+
+@implementer(IExpiryLogged)
+class ExpiryLogged:
+    """
+    The L{IExpiryLogged} mark of a session.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.registered = False
+
+
+def register_expiry_logged() -> None:
+    """
+    Make L{ExpiryLogged} the L{IExpiryLogged} of every session, once.
+    """
+    if getAdapterFactory(Session, IExpiryLogged, None) is None:
+        registerAdapter(ExpiryLogged, Session, IExpiryLogged)
+
+
+register_expiry_logged()
+
+
 class ExpiryLogger:
     """
     An expiry callback that logs that a session expired.  It keeps the uid
@@ -102,7 +133,7 @@ class SessionRoutes:
     @app.route("/session/expire", methods=["GET", "POST"])
     def expire(self, request: IRequest) -> bytes:
         request.setHeader(b"cache-control", b"no-store")
-        if forget_session(request):  # type: ignore[arg-type]
+        if forget_session(request):
             text = "Your session has expired."
         else:
             text = "You had no session; there was nothing to expire."
@@ -132,8 +163,10 @@ class SessionRoutes:
     def logme(self, request: IRequest) -> bytes:
         request.setHeader(b"cache-control", b"no-store")
         session = request.getSession()
-        if not any(isinstance(c, ExpiryLogger) for c in session.expireCallbacks):
+        logged = IExpiryLogged(session)
+        if not logged.registered:
             session.notifyOnExpire(ExpiryLogger(session.uid.decode("ascii")))
+            logged.registered = True
         return page(
             "Session endings",
             "<h1>Session endings</h1>\n"

@@ -36,7 +36,12 @@ LOG_LEVELS = {
 }
 _LEGACY = "log_legacy"
 #: Namespaces whose info events are start and stop chatter.
-_CHATTY = ("twisted.internet.base",)
+_CHATTY = (
+    "twisted.internet.base",
+    # The Redis session store's connections retrying, a line per attempt and
+    # connection: the store says once that it cannot be reached instead.
+    "twisted.application._client_service",
+)
 
 
 def text_observer(stream: IO[str]) -> ILogObserver:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import gc
 import resource
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -318,6 +320,12 @@ def supervise(
     status = [0]
     ports: list[IListeningPort] = []
     supervisors: list[Supervisor] = []
+    private = None
+    if config.sessions is None:
+        # The workers share their sessions in a SQLite file of their own,
+        # removed when the server stops.
+        private = tempfile.mkdtemp(prefix="app-sessions-")
+        argv = [*argv, "--sessions", f"sqlite:{private}/sessions.sqlite3"]
     shared = None if metrics is None else WorkerMetrics()
     metrics_ports: list[IListeningPort] = []
 
@@ -375,4 +383,6 @@ def supervise(
     reactor.run()
     if shared is not None:
         shared.remove()
+    if private is not None:
+        shutil.rmtree(private, ignore_errors=True)
     return status[0]

@@ -27,11 +27,13 @@ from app.config import (
     DEMO_STATIC,
     DEMO_WSGI,
     DIGEST_KEY_VARIABLE,
+    SECRET_KEY_VARIABLE,
     Config,
     ConfigError,
     import_module,
     load_object,
 )
+from app.sessions.locations import parse_redis_url
 from app.site import reserved_prefixes
 from auth import (
     NoSuchRealm,
@@ -55,8 +57,10 @@ command:
       (prompted for twice on a terminal), never given as an argument
 
 environment:
-  {DIGEST_KEY_VARIABLE}  the HMAC key (at least 32 hex digits) of Digest nonces;
-      the workers of one server share it (default: a random key per start)
+  {SECRET_KEY_VARIABLE}  the server's secret (at least 32 hex digits): the HMAC
+      key of Digest nonces and session records, which every worker and host
+      of one server must share (default: a random key per start; the older
+      name {DIGEST_KEY_VARIABLE} is still read)
 
 examples:
   the demo with its users and their home pages:
@@ -214,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="idle time after which a session expires "
         f"(default: {_DEFAULT.session_timeout:g})",
+    )
+    add(
+        "--sessions",
+        metavar="STORE",
+        help="where sessions are kept: memory, sqlite:PATH, "
+        "redis://[:PASSWORD@]HOST[:PORT][/DB] or redis+unix:///PATH.sock[?db=N] "
+        "(default: memory; with --workers, a SQLite file of the server's own)",
     )
     add(
         "--max-sessions",
@@ -433,18 +444,54 @@ def _access_log(text: str) -> str:
     return str(path)
 
 
-def _digest_key() -> bytes | None:
-    # A parent process hands its workers one Digest nonce key this way.
-    text = os.environ.get(DIGEST_KEY_VARIABLE)
+def _secret_key() -> bytes | None:
+    # A parent process hands its workers one secret this way, and the hosts
+    # of one server are each given the same.
+    name = SECRET_KEY_VARIABLE
+    text = os.environ.get(name)
     if text is None:
-        return None
+        name = DIGEST_KEY_VARIABLE
+        text = os.environ.get(name)
+        if text is None:
+            return None
     try:
         key = bytes.fromhex(text)
     except ValueError:
         key = b""
     if len(key) < 16:
-        raise ConfigError(DIGEST_KEY_VARIABLE, "expected at least 32 hex digits")
+        raise ConfigError(name, "expected at least 32 hex digits")
     return key
+
+
+def _sessions(text: str) -> str:
+    """
+    The session store C{--sessions} names, checked: C{memory},
+    C{sqlite:PATH} (made absolute; its directory must exist), or a Redis URL.
+    """
+    if text == "memory":
+        return text
+    if text.startswith("sqlite:"):
+        name = text.removeprefix("sqlite:")
+        if not name:
+            raise ConfigError("--sessions", "expected sqlite:PATH")
+        path = Path(name).expanduser().resolve()
+        if not path.parent.is_dir():
+            raise ConfigError(
+                "--sessions", f"directory {str(path.parent)!r} does not exist"
+            )
+        if path.is_dir():
+            raise ConfigError("--sessions", f"{str(path)!r} is a directory")
+        return f"sqlite:{path}"
+    if text.startswith(("redis://", "redis+unix://")):
+        try:
+            parse_redis_url(text)
+        except ValueError as error:
+            raise ConfigError("--sessions", str(error)) from None
+        return text
+    raise ConfigError(
+        "--sessions",
+        f"expected memory, sqlite:PATH, redis://… or redis+unix://…, got {text!r}",
+    )
 
 
 def _check_password_files(
@@ -523,7 +570,8 @@ def config_from_args(argv: Sequence[str]) -> Config:
         htdigest=htdigest,
         realm=realm,
         homes=homes,
-        digest_key=_digest_key(),
+        secret_key=_secret_key(),
+        sessions=_sessions(args.sessions) if args.sessions else None,
         session_timeout=args.session_timeout,
         max_sessions=args.max_sessions,
         max_body=args.max_body,

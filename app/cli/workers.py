@@ -57,7 +57,7 @@ from app.compat.twisted import (
     endpoint_address,
     endpoint_tls_context,
 )
-from app.config import DIGEST_KEY_VARIABLE
+from app.config import DIGEST_KEY_VARIABLE, SECRET_KEY_VARIABLE
 
 WORKER_OPTION = "--worker-sockets"
 #: The environment variable naming the descriptor a worker says "ready" on.
@@ -336,11 +336,15 @@ class Supervisor:
         self.ready: Deferred[None] = Deferred()
         #: The descriptor workers write "ready" to, clear of inherited ones.
         self.ready_fd = max([s.fd for s in sockets] + [2]) + 1
-        # Every worker must accept the Digest nonces the others hand out.
+        # Every worker must accept the Digest nonces the others hand out, and
+        # open the session records the others seal: one secret for all.
         self._environment = dict(os.environ)
         for name in _ACTIVATION_VARIABLES:
             self._environment.pop(name, None)
-        self._environment.setdefault(DIGEST_KEY_VARIABLE, os.urandom(32).hex())
+        self._environment.setdefault(
+            SECRET_KEY_VARIABLE,
+            self._environment.get(DIGEST_KEY_VARIABLE) or os.urandom(32).hex(),
+        )
         self._environment[READY_VARIABLE] = str(self.ready_fd)
         self._environment.update(environment or {})
         #: Called with the pid of each worker that ends.

@@ -15,6 +15,8 @@ a Twisted release changes one of them.
     L{pull_to_push}, L{headers_of}, L{set_request_internals},
     L{kept_session} and L{keep_session}, L{session_clock},
     L{connection_gone}.
+  - A shared session store keeps what a session's C{getComponent} made:
+    L{adapters_of} and L{set_adapters}.
   - The WSGI mount replaces parts of twisted.web.wsgi's response, whose
     class is private: L{WSGIResponse}, L{wsgi_input}, L{wsgi_errors},
     L{send_wsgi_headers}.
@@ -55,6 +57,7 @@ from twisted.internet.interfaces import IAddress, IPullProducer, IReactorTime
 from twisted.internet.process import Process
 from twisted.internet.ssl import ContextFactory
 from twisted.logger import ILogObserver, LogEvent, Logger
+from twisted.python import components
 from twisted.web import http, server
 from twisted.web._newclient import (
     HEADER,
@@ -525,3 +528,20 @@ def _accept_loop() -> None:
 
     accept.ours = True  # type: ignore[attr-defined]
     tcp._accept = accept
+
+
+def adapters_of(component: components.Componentized) -> dict[str, Any]:
+    """
+    The adapters that C{component} made and keeps, by the qualified name of
+    their interface (twisted's C{Componentized._adapterCache}, which
+    C{getComponent} fills and reads).
+    """
+    adapters: dict[str, Any] = component._adapterCache
+    return adapters
+
+
+def set_adapters(component: components.Componentized, adapters: dict[str, Any]) -> None:
+    """
+    Give C{component} the adapters C{adapters}, as L{adapters_of} reads them.
+    """
+    component._adapterCache = adapters

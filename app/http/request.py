@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
@@ -29,7 +30,11 @@ from app.http.compression import (
 from app.http.forms import FormError, form_fields
 from app.http.limits import ALLOWED_METHODS
 from app.http.pages import HTML_TYPE, error_page
-from app.sessions import request_session
+from app.sessions.backend import Loaded
+from app.sessions.records import UnpicklableAdapter
+from app.sessions.shared import RETRY_AFTER
+
+log = Logger()
 
 if TYPE_CHECKING:
     from app.http.channel import Channel
@@ -54,6 +59,18 @@ class Request(server.Request):
     _form_type: bytes | None = None
     #: The gzip stream of a body being compressed (see app.http.compression).
     _compressor: Compressor | None = None
+    #: With a shared session store: the records its cookies name, fetched
+    #: before it was routed, and whether a session it used is to be saved
+    #: before its answer is written (see app.sessions.shared).
+    session_records: dict[bytes, Loaded | Failure | None] | None = None
+    session_pending = False
+    #: What the handler wrote while its sessions were being saved, and
+    #: whether it finished meanwhile.
+    _held: list[bytes] | None = None
+    _finish_held = False
+    #: Set once the handler's answer was replaced by an error page: what it
+    #: writes after that is dropped.
+    _discarding = False
 
     def __init__(self, channel: Channel, *args: Any, **kwargs: Any) -> None:
         # What twisted.web's http.Request and server.Request constructors
@@ -136,14 +153,28 @@ class Request(server.Request):
         # (Channel.writeHeaders).  The root resource is the router, never an
         # encoding resource, so there is no encoder to look for either.
         site = self.site = self.channel.site
-        path = self.path
-        if path == b"*":
+        if self.path == b"*":
             # OPTIONS * (the channel refuses any other method with *).
             self.setHeader(b"allow", ALLOWED_METHODS)
             self.setHeader(b"content-length", b"0")
             self.write(b"")
             self.finish()
             return
+        if site.sessions.prefetches:
+            # The store answers later: the session the cookie names is
+            # fetched first, so that getSession() can answer at once.
+            fetching = site.sessions.prefetch(self)
+            if fetching is not None:
+                fetching.addCallback(self._route_unless_gone)
+                return
+        self._route()
+
+    def _route_unless_gone(self, _: object) -> None:
+        if not connection_gone(self):
+            self._route()
+
+    def _route(self) -> None:
+        path = self.path
         segments = path[1:].split(b"/")
         self.prepath = []
         self.postpath = (
@@ -152,7 +183,7 @@ class Request(server.Request):
             else segments
         )
         try:
-            self.render(site.getResourceFor(self))
+            self.render(self.site.getResourceFor(self))
         except BaseException:
             self.processingFailed(Failure())
 
@@ -175,12 +206,27 @@ class Request(server.Request):
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
+            if self._held is not None:
+                self._held.append(data)
+                return
+            if self.session_pending:
+                held = self._save_sessions(data)
+                if held is None:
+                    return
+                data = held
             data = self._settle_head(data)
+        elif self._discarding:
+            return
         elif self._compressor is not None:
             data = self._compressor.compress(data)
         server.Request.write(self, data)
 
     def finish(self) -> None:
+        if self._held is not None:
+            self._finish_held = True
+            return
+        if self._discarding and self.finished:
+            return
         if not (self.startedWriting or self.finished or connection_gone(self)):
             self.write(b"")
         compressor = self._compressor
@@ -189,6 +235,75 @@ class Request(server.Request):
             if not connection_gone(self):
                 server.Request.write(self, compressor.finish())
         server.Request.finish(self)
+
+    # With a shared store, the sessions a handler used are saved before its
+    # answer goes out (SPEC §13): the client's next request, on whichever
+    # process or host, finds them.
+
+    def _save_sessions(self, data: bytes) -> bytes | None:
+        """
+        Save the sessions used; return what to write of C{data} now, or
+        L{None} to hold it (and what follows) until they are saved.
+        """
+        self.session_pending = False
+        try:
+            saving = self.site.sessions.settle(self)
+        except HTTPException as error:
+            return self._answer_instead(error.code or 503)
+        except UnpicklableAdapter as error:
+            log.error(
+                "Saving the session of {uri} failed: {error}",
+                uri=request_uri(self),
+                error=str(error),
+            )
+            return self._answer_instead(500)
+        if saving is None:
+            return data
+        self._held = [data]
+        saving.addCallbacks(self._release, self._release_failed)
+        return None
+
+    def _release(self, _: object) -> None:
+        held, self._held = self._held or [], None
+        if connection_gone(self):
+            return
+        for data in held:
+            self.write(data)
+        if self._finish_held:
+            self.finish()
+
+    def _release_failed(self, failure: Failure) -> None:
+        self._held = None
+        if connection_gone(self):
+            return
+        error = failure.value
+        if isinstance(error, HTTPException):
+            body = self._answer_instead(error.code or 503)
+        else:
+            log.failure(
+                "Saving the session of {uri} failed", failure, uri=request_uri(self)
+            )
+            body = self._answer_instead(500)
+        self.write(body)
+        if self._finish_held:
+            self.finish()
+
+    def _answer_instead(self, code: int) -> bytes:
+        """
+        Replace the handler's answer, not yet written, by the error page of
+        C{code}; what the handler writes after it is dropped.
+        """
+        self.responseHeaders = Headers()
+        self.cookies = []
+        self.setResponseCode(code)
+        self.setHeader(b"content-type", HTML_TYPE)
+        self.setHeader(b"cache-control", b"no-store")
+        if code == 503:
+            self.setHeader(b"retry-after", RETRY_AFTER)
+        body = error_page(code)
+        self.setHeader(b"content-length", b"%d" % (len(body),))
+        self._discarding = True
+        return body
 
     def _settle_head(self, data: bytes) -> bytes:
         """
@@ -243,8 +358,8 @@ class Request(server.Request):
     ) -> Any:
         # twisted.web's touches a session found by its cookie only on the
         # second lookup within a request, and its cookie lacks HttpOnly and
-        # SameSite: see app.sessions.store.
-        return request_session(self, sessionInterface, forceNotSecure)
+        # SameSite: see app.sessions.store and app.sessions.shared.
+        return self.site.sessions.session_for(self, sessionInterface, forceNotSecure)
 
 
 #: Statuses whose body, if any, is never compressed: a part of the

@@ -21,6 +21,10 @@ from app.config import Config
 from app.http.channel import Channel, Refusal
 from app.http.request import Request
 from app.sessions import Session, SessionStore, SessionSweep, new_uid
+from app.sessions.backend import Backend
+from app.sessions.records import Sealer
+from app.sessions.shared import SessionWatch, SharedStore
+from app.sessions.store import Sessions
 
 if TYPE_CHECKING:
     from app.http.metrics import SiteMetrics
@@ -65,11 +69,14 @@ class Site(server.Site):
         self.stopping = False
         #: Started by whoever starts the server, stopped after the last request.
         self.service = MultiService()
-        #: The live sessions, least recently used first.
-        self.sessions: SessionStore = SessionStore(  # type: ignore[assignment]
-            reactor, session_timeout, max_sessions
-        )
-        SessionSweep(self.sessions).setServiceParent(self.service)
+        self._clock = reactor
+        self._session_timeout = session_timeout
+        #: The live sessions, least recently used first (held here until
+        #: share_sessions is called).
+        self.held_sessions = SessionStore(reactor, session_timeout, max_sessions)
+        self.sessions: Sessions = self.held_sessions  # type: ignore[assignment]
+        self._sweep = SessionSweep(self.held_sessions)
+        self._sweep.setServiceParent(self.service)
         #: Called with every finished request (the access log), when set.
         self.access_log: Callable[[server.Request], None] | None = None
         #: Called with every request the channel refuses itself, when set.
@@ -79,6 +86,18 @@ class Site(server.Site):
         self._all_closed: list[Deferred[None]] = []
 
     sessionFactory = Session
+
+    def share_sessions(self, backend: Backend, secret: bytes) -> None:
+        """
+        Keep sessions in C{backend}, shared with every process that opens
+        it, their records sealed under C{secret}, instead of in this process.
+        """
+        shared = SharedStore(
+            self, backend, Sealer(secret), self._clock, self._session_timeout
+        )
+        self.sessions = shared
+        self._sweep.disownServiceParent()
+        SessionWatch(shared).setServiceParent(self.service)
 
     def make_uid(self) -> bytes:
         """
@@ -90,11 +109,11 @@ class Site(server.Site):
     def makeSession(self) -> Session:
         # As twisted.web's, without the timer per session: the store sweeps.
         uid = self.make_uid()
-        session = self.sessions[uid] = self.sessionFactory(self, uid)
+        session = self.held_sessions[uid] = self.sessionFactory(self, uid)
         return session
 
     def getSession(self, uid: bytes) -> Session:
-        return self.sessions[uid]
+        return self.held_sessions[uid]
 
     def buildProtocol(self, addr: Any) -> Channel:  # type: ignore[override]
         return Channel(self)

@@ -36,6 +36,7 @@ from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any, Protocol
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web import server
@@ -44,13 +45,36 @@ from twisted.web.http_headers import Headers
 from app.compat.twisted import keep_session, kept_session, session_clock
 
 
+class Sessions(Protocol):
+    """
+    What requests ask of a site's sessions, held here (L{SessionStore}) or
+    shared with other processes (L{app.sessions.shared.SharedStore}).
+    """
+
+    #: Whether the records a request's cookies name are fetched before the
+    #: request is routed.
+    prefetches: bool
+
+    def session_for(
+        self, request: Any, interface: Any = None, force_not_secure: bool = False
+    ) -> Any: ...
+
+    def forget(self, request: Any, force_not_secure: bool = False) -> bool: ...
+
+    def prefetch(self, request: Any) -> Deferred[None] | None: ...
+
+    def settle(self, request: Any) -> Deferred[None] | None: ...
+
+    def __len__(self) -> int: ...
+
+
 class Site(Protocol):
     """
     What the store asks of the site it serves (L{app.http.site.Site}).
     """
 
     @property
-    def sessions(self) -> SessionStore: ...
+    def held_sessions(self) -> SessionStore: ...
 
     def makeSession(self) -> Session: ...
 
@@ -108,7 +132,7 @@ class Session(server.Session):
 
     @property
     def sessionTimeout(self) -> float:  # type: ignore[override]
-        return self.site.sessions.timeout
+        return self.site.held_sessions.timeout
 
     def startCheckingExpiration(self) -> None:
         # The store's sweep watches every session it holds.
@@ -120,14 +144,14 @@ class Session(server.Session):
         the most recently used.  A session already past its deadline expires
         instead (an expired session is never brought back).
         """
-        self.site.sessions.use(self, session_clock(self).seconds())
+        self.site.held_sessions.use(self, session_clock(self).seconds())
 
     def expire(self) -> None:
         """
         End the session: drop it from the store and run its expiry callbacks
         once each.  Expiring it again does nothing.
         """
-        self.site.sessions.discard(self)
+        self.site.held_sessions.discard(self)
         callbacks, self.expireCallbacks = self.expireCallbacks, []
         for callback in callbacks:
             try:
@@ -262,6 +286,26 @@ class SessionStore(MutableMapping[bytes, Session]):
         if self.holds(session):
             del self[session.uid]
 
+    # -- what requests ask (as a shared store answers them too) --------------
+
+    #: Nothing is fetched before a request is routed.
+    prefetches = False
+
+    def session_for(
+        self, request: Request, interface: Any = None, force_not_secure: bool = False
+    ) -> Any:
+        return request_session(request, interface, force_not_secure)
+
+    def forget(self, request: Request, force_not_secure: bool = False) -> bool:
+        return _forget_held_session(request, force_not_secure)
+
+    def prefetch(self, request: Request) -> None:
+        return None
+
+    def settle(self, request: Request) -> None:
+        # A held session is saved as it changes.
+        return None
+
     # -- the sweep ----------------------------------------------------------
 
     def pause(self) -> None:
@@ -365,7 +409,10 @@ def cookie_uids(headers: Sequence[bytes], name: bytes) -> list[bytes]:
     return uids
 
 
-def _cookie_name(secure: bool) -> bytes:
+def cookie_name(secure: bool) -> bytes:
+    """
+    The name of the session cookie over TLS (C{secure}) or plain HTTP.
+    """
     return SECURE_COOKIE_NAME if secure else COOKIE_NAME
 
 
@@ -373,7 +420,7 @@ def _cookie(secure: bool, value: bytes, *attributes: bytes) -> bytes:
     # Request.addCookie writes "SameSite=lax"; browsers take any case, but
     # the attribute is spelled Lax everywhere else, so the line is built here
     # (the name and the hex value need no quoting).
-    parts = [_cookie_name(secure) + b"=" + value, b"Path=/", *attributes]
+    parts = [cookie_name(secure) + b"=" + value, b"Path=/", *attributes]
     parts += [b"HttpOnly", b"SameSite=Lax"]
     if secure:
         parts.append(b"Secure")
@@ -385,6 +432,21 @@ _UID_COOKIES = {name: _uid_cookie(name) for name in (COOKIE_NAME, SECURE_COOKIE_
 _NEW_COOKIE = {
     secure: tuple(_cookie(secure, b"\0").split(b"\0")) for secure in (False, True)
 }
+
+
+def new_cookie(secure: bool, uid: bytes) -> bytes:
+    """
+    The C{Set-Cookie} value that gives a browser the new session C{uid}.
+    """
+    head, tail = _NEW_COOKIE[secure]
+    return head + uid + tail
+
+
+def ending_cookie(secure: bool) -> bytes:
+    """
+    The C{Set-Cookie} value that tells a browser to drop its session cookie.
+    """
+    return _cookie(secure, b"", b"Max-Age=0")
 
 
 def _is_secure(request: Request, force_not_secure: bool) -> bool:
@@ -413,7 +475,7 @@ def _named_session(
     """
     headers = request.requestHeaders.getRawHeaders(b"cookie")
     if headers is not None:
-        for uid in cookie_uids(headers, _cookie_name(secure)):
+        for uid in cookie_uids(headers, cookie_name(secure)):
             session = store.live(uid, now)
             if session is not None:
                 return session
@@ -428,7 +490,7 @@ def existing_session(
     earlier C{getSession()} of the same request), or L{None}; never makes
     one, nor touches or promotes it (a C{getSession()} of the request does).
     """
-    store = request.site.sessions
+    store = request.site.held_sessions
     secure = _is_secure(request, force_not_secure)
     session = _kept(request, store, secure)
     if session is None:
@@ -445,7 +507,7 @@ def request_session(
     session is kept on the request, where twisted.web's own getSession keeps
     it, for the next lookup.
     """
-    store = request.site.sessions
+    store = request.site.held_sessions
     secure = not force_not_secure and request.isSecure()
     # One reading of the clock both finds the session live and restarts its
     # idle time, as Session.touch would.
@@ -457,23 +519,27 @@ def request_session(
         session = _named_session(request, store, secure, now)
         if session is None or not store.use(session, now, promote=True):
             session = request.site.makeSession()
-            head, tail = _NEW_COOKIE[secure]
-            request.cookies.append(head + session.uid + tail)
+            request.cookies.append(new_cookie(secure, session.uid))
         keep_session(request, secure, session)
     if interface is not None:
         return session.getComponent(interface)
     return session
 
 
-def forget_session(request: Request, force_not_secure: bool = False) -> bool:
+def forget_session(request: Any, force_not_secure: bool = False) -> bool:
     """
     Expire the request's session, if it has one, and tell the browser to
     drop its cookie.  Returns whether there was a session.
     """
+    sessions: Sessions = request.site.sessions
+    return sessions.forget(request, force_not_secure)
+
+
+def _forget_held_session(request: Request, force_not_secure: bool = False) -> bool:
     session = existing_session(request, force_not_secure)
     if session is None:
         return False
     session.expire()
     secure = _is_secure(request, force_not_secure)
-    request.cookies.append(_cookie(secure, b"", b"Max-Age=0"))
+    request.cookies.append(ending_cookie(secure))
     return True

@@ -132,7 +132,7 @@ def test_live_sessions_are_read_when_scraped() -> None:
     assert _value(metrics.text(), "http_live_sessions") == 0
     for _ in range(3):
         _fetch(stub_treq(site), "GET", "/session")
-    assert len(site.sessions) == 3
+    assert len(site.held_sessions) == 3
     assert _value(metrics.text(), "http_live_sessions") == 3
 
 

@@ -710,6 +710,47 @@ async def test_sites_given_one_key_accept_each_others_nonces(
         await second.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_sites_sharing_a_store_accept_each_digest_answer_once(
+    monkeypatch: pytest.MonkeyPatch, homes: Path, clock: Clock, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("APP_SECRET_KEY", "cd" * 32)
+    store = f"sqlite:{tmp_path / 'shared.sqlite3'}"
+    argv = ("--htdigest", HTDIGEST, "--homes", str(homes), "--sessions", store)
+    first = await _start(*argv, clock=clock)
+    second = await _start(*argv, clock=clock)
+    try:
+        _, headers, _ = await _get(first, "/private/")
+        challenge = headers.getRawHeaders("www-authenticate")[0]
+        answer = digest_authorization(
+            challenge, "GET", "/private/", "alice", "wonderland"
+        )
+        assert (await _get(first, "/private/", answer))[0] == 200
+        # The same (nonce, nonce-count), replayed at the other site.
+        assert (await _get(second, "/private/", answer))[0] == 401
+        later = digest_authorization(
+            challenge, "GET", "/private/", "alice", "wonderland", nc=2
+        )
+        assert (await _get(second, "/private/", later))[0] == 200
+        assert (await _get(first, "/private/", later))[0] == 401
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+@pytest.mark.parametrize("name", ["APP_SECRET_KEY", "APP_DIGEST_KEY"])
+def test_bad_secret_key_variable_is_a_bad_option_value(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    from app.cli.main import main
+
+    monkeypatch.delenv("APP_SECRET_KEY", raising=False)
+    monkeypatch.setenv(name, "ab" * 15)
+    stderr = io.StringIO()
+    assert main(["--htdigest", HTDIGEST], reactor, io.StringIO(), stderr) == 2
+    assert name in stderr.getvalue()
+
+
 def test_bad_digest_key_variable_is_a_bad_option_value(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -96,15 +96,15 @@ def _uid(client: StubTreq) -> str:
 def test_a_new_session_is_on_probation(clock: Clock) -> None:
     site = _site(clock)
     session: Session = _request(site).getSession()
-    assert site.sessions.holds(session)
-    assert not site.sessions.is_protected(session)
+    assert site.held_sessions.holds(session)
+    assert not site.held_sessions.is_protected(session)
 
 
 def test_a_later_request_with_its_cookie_protects_a_session(clock: Clock) -> None:
     site = _site(clock)
     session: Session = _request(site).getSession()
     _revisit(site, session)
-    assert site.sessions.is_protected(session)
+    assert site.held_sessions.is_protected(session)
 
 
 def test_lookups_within_the_request_that_made_it_do_not_protect(
@@ -116,7 +116,7 @@ def test_lookups_within_the_request_that_made_it_do_not_protect(
     session.touch()
     assert request.getSession() is session
     assert existing_session(request) is session
-    assert not site.sessions.is_protected(session)
+    assert not site.held_sessions.is_protected(session)
 
 
 def test_finding_a_session_without_using_it_does_not_protect(
@@ -126,7 +126,7 @@ def test_finding_a_session_without_using_it_does_not_protect(
     session = site.makeSession()
     assert site.getSession(session.uid) is session
     assert existing_session(_request(site, session)) is session
-    assert not site.sessions.is_protected(session)
+    assert not site.held_sessions.is_protected(session)
 
 
 def test_a_request_that_looked_first_then_uses_the_session_protects_it(
@@ -137,7 +137,7 @@ def test_a_request_that_looked_first_then_uses_the_session_protects_it(
     request = _request(site, session)
     assert existing_session(request) is session
     assert request.getSession() is session
-    assert site.sessions.is_protected(session)
+    assert site.held_sessions.is_protected(session)
 
 
 # -- eviction -----------------------------------------------------------------
@@ -153,8 +153,8 @@ def test_a_session_used_twice_survives_a_flood_of_new_sessions(
     once_uid = _uid(once)
     flood = [_uid(stub_treq(site)) for _ in range(100)]
     assert len(set(flood)) == 100
-    assert len(site.sessions) == 3
-    assert set(site.sessions) == {uid.encode(), *(u.encode() for u in flood[-2:])}
+    assert len(site.held_sessions) == 3
+    assert set(site.held_sessions) == {uid.encode(), *(u.encode() for u in flood[-2:])}
     assert _uid(once) != once_uid
     assert _uid(returning) == uid
 
@@ -174,7 +174,7 @@ def test_probation_sessions_go_first_least_recently_used_first(
     assert ended == [second.uid]
     fourth = site.makeSession()
     assert ended == [second.uid, first.uid]
-    assert list(site.sessions) == [protected.uid, third.uid, fourth.uid]
+    assert list(site.held_sessions) == [protected.uid, third.uid, fourth.uid]
 
 
 def test_with_every_session_protected_the_least_recently_used_goes(
@@ -191,8 +191,8 @@ def test_with_every_session_protected_the_least_recently_used_goes(
     clock.advance(1)
     newest = site.makeSession()
     assert ended == [sessions[1].uid]
-    assert len(site.sessions) == 3
-    assert list(site.sessions) == [sessions[2].uid, sessions[0].uid, newest.uid]
+    assert len(site.held_sessions) == 3
+    assert list(site.held_sessions) == [sessions[2].uid, sessions[0].uid, newest.uid]
 
 
 def test_eviction_runs_the_expiry_callbacks_once(clock: Clock) -> None:
@@ -208,8 +208,8 @@ def test_eviction_runs_the_expiry_callbacks_once(clock: Clock) -> None:
     assert ended == [probation.uid, protected.uid]
     clock.advance(10 * TIMEOUT)
     assert ended == [probation.uid, protected.uid]
-    assert not site.sessions.holds(probation)
-    assert not site.sessions.holds(protected)
+    assert not site.held_sessions.holds(probation)
+    assert not site.held_sessions.holds(protected)
 
 
 def test_the_total_is_bounded_across_both_segments(clock: Clock) -> None:
@@ -218,9 +218,9 @@ def test_the_total_is_bounded_across_both_segments(clock: Clock) -> None:
         session = site.makeSession()
         _revisit(site, session)
         site.makeSession()
-        assert len(site.sessions) <= 5
-    assert len(site.sessions) == 5
-    assert len(list(site.sessions)) == 5
+        assert len(site.held_sessions) <= 5
+    assert len(site.held_sessions) == 5
+    assert len(list(site.held_sessions)) == 5
 
 
 # -- expiry on the clock ------------------------------------------------------
@@ -231,13 +231,13 @@ def test_a_promoted_session_left_idle_expires_on_the_clock(clock: Clock) -> None
     session = site.makeSession()
     clock.advance(4)
     _revisit(site, session)
-    assert site.sessions.is_protected(session)
+    assert site.held_sessions.is_protected(session)
     ended = _ended([session])
     clock.advance(TIMEOUT - EPSILON)
     assert ended == []
     clock.advance(EPSILON)
     assert ended == [session.uid]
-    assert len(site.sessions) == 0
+    assert len(site.held_sessions) == 0
     assert clock.getDelayedCalls() == []
 
 
@@ -251,7 +251,7 @@ def test_the_sweep_expires_both_segments_at_their_own_deadlines(
     clock.advance(2)
     late = site.makeSession()
     ended = _ended([promoted, early, late])
-    assert list(site.sessions) == [early.uid, promoted.uid, late.uid]
+    assert list(site.held_sessions) == [early.uid, promoted.uid, late.uid]
     clock.advance(5)
     assert ended == [early.uid]
     clock.advance(3)

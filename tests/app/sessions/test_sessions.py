@@ -148,7 +148,7 @@ def test_session_page_shows_the_uid_of_the_cookie(site: Site, client: StubTreq) 
     [cookie] = _cookies(response)
     value = cookie.split(b";")[0].partition(b"=")[2].decode()
     assert _uid_in(text_of(response)) == value
-    assert list(site.sessions) == [value.encode()]
+    assert list(site.held_sessions) == [value.encode()]
 
 
 def test_session_page_is_the_page_of_its_uid(client: StubTreq) -> None:
@@ -204,7 +204,7 @@ def test_a_client_keeps_its_session_and_gets_one_cookie(
     second = fetch(client, "GET", "/session")
     assert _uid_in(text_of(second)) == uid
     assert _cookies(second) == []
-    assert len(site.sessions) == 1
+    assert len(site.held_sessions) == 1
 
 
 def test_counter_counts_per_session_and_restarts_after_expiry(
@@ -215,7 +215,7 @@ def test_counter_counts_per_session_and_restarts_after_expiry(
     response = fetch(client, "POST", "/session/expire")
     assert response.code == 200
     assert "Your session has expired." in text_of(response)
-    assert len(site.sessions) == 0
+    assert len(site.held_sessions) == 0
     assert "Visit #1 for you!" in _visit(client, "/counter")
     assert "Visit #2 for you!" in _visit(client, "/counter")
 
@@ -245,7 +245,7 @@ def test_two_clients_do_not_share_a_session(site: Site) -> None:
     assert "Visit #1 " in _visit(bob, "/counter")
     assert "Visit #3 " in _visit(alice, "/counter")
     assert _uid(alice) != _uid(bob)
-    assert len(site.sessions) == 2
+    assert len(site.held_sessions) == 2
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
@@ -256,7 +256,7 @@ def test_expire_without_a_session_makes_none(
     assert response.code == 200
     assert "nothing to expire" in text_of(response)
     assert _cookies(response) == []
-    assert len(site.sessions) == 0
+    assert len(site.held_sessions) == 0
 
 
 @pytest.mark.parametrize("path", ["/", "/clock", "/health", "/pay", "/nowhere"])
@@ -266,7 +266,7 @@ def test_pages_that_use_no_session_make_none(
     response = fetch(client, "GET", path)
     content_of(response)
     assert _cookies(response) == []
-    assert len(site.sessions) == 0
+    assert len(site.held_sessions) == 0
 
 
 @pytest.mark.parametrize(
@@ -299,7 +299,7 @@ def test_a_forged_or_garbage_cookie_gets_a_fresh_session(
     assert re.fullmatch(b"[0-9a-f]{64}", value)
     assert value not in cookie
     assert value.decode() in body.decode()
-    assert list(site.sessions) == [value]
+    assert list(site.held_sessions) == [value]
 
 
 def test_the_live_one_among_several_same_name_cookies_is_used(
@@ -316,7 +316,7 @@ def test_the_live_one_among_several_same_name_cookies_is_used(
     assert status == 200
     assert b"set-cookie" not in headers
     assert b"Visit #1 for you!" in body
-    assert list(site.sessions) == [uid]
+    assert list(site.held_sessions) == [uid]
 
 
 # -- TLS -------------------------------------------------------------------------
@@ -427,9 +427,9 @@ def test_a_session_ends_exactly_one_timeout_after_the_last_request(
     clock.advance(TIMEOUT / 2)
     assert _uid(client) == uid
     clock.advance(TIMEOUT - EPSILON)
-    assert list(timed.sessions) == [uid.encode()]
+    assert list(timed.held_sessions) == [uid.encode()]
     clock.advance(EPSILON)
-    assert len(timed.sessions) == 0
+    assert len(timed.held_sessions) == 0
     assert _uid(client) != uid
 
 
@@ -440,7 +440,7 @@ def test_logme_logs_the_expiry_once_exactly_at_the_end(
     uid = _uid(client)
     for _ in range(3):
         _visit(client, "/session/logme")
-    [session] = timed.sessions.values()
+    [session] = timed.held_sessions.values()
     assert len(session.expireCallbacks) == 1
     clock.advance(TIMEOUT - EPSILON)
     assert _expiry_lines(captured_log) == []
@@ -455,7 +455,7 @@ def test_logme_logs_the_expiry_once_exactly_at_the_end(
 def test_the_logme_callback_keeps_only_the_uid(site: Site, client: StubTreq) -> None:
     uid = _uid(client)
     _visit(client, "/session/logme")
-    [session] = site.sessions.values()
+    [session] = site.held_sessions.values()
     [callback] = session.expireCallbacks
     kept = [ref for ref in gc.get_referents(callback) if ref is not type(callback)]
     assert kept == [uid]
@@ -484,10 +484,10 @@ def test_past_max_sessions_the_least_recently_used_expires(
     # The first is used again, so the second is now the least recent.
     assert _uid(first) == uids["first"]
     uids["fourth"] = _uid(fourth)
-    assert len(site.sessions) == 3
+    assert len(site.held_sessions) == 3
     [line] = _expiry_lines(captured_log)
     assert uids["second"] in line
-    assert set(site.sessions) == {
+    assert set(site.held_sessions) == {
         uids[name].encode() for name in ("first", "third", "fourth")
     }
     assert _uid(first) == uids["first"]
@@ -504,7 +504,7 @@ def test_one_sweep_timer_and_none_without_sessions(clock: Clock) -> None:
     assert len(clock.getDelayedCalls()) == 1
     for session in sessions:
         session.expire()
-    assert len(site.sessions) == 0
+    assert len(site.held_sessions) == 0
     assert clock.getDelayedCalls() == []
 
 
@@ -541,10 +541,10 @@ def test_the_sweep_fires_when_the_clock_reads_the_deadline(
     deadline = start + min(timeout, MAX_SWEEP_DELAY)
     clock.rightNow = math.nextafter(deadline, 0.0)
     clock.advance(0)
-    assert len(site.sessions) == 1
+    assert len(site.held_sessions) == 1
     clock.rightNow = deadline
     clock.advance(0)
-    assert len(site.sessions) == (1 if timeout > MAX_SWEEP_DELAY else 0)
+    assert len(site.held_sessions) == (1 if timeout > MAX_SWEEP_DELAY else 0)
 
 
 def test_touch_slides_the_deadline_and_reorders(clock: Clock) -> None:
@@ -552,9 +552,9 @@ def test_touch_slides_the_deadline_and_reorders(clock: Clock) -> None:
     first, second = site.makeSession(), site.makeSession()
     clock.advance(6)
     first.touch()
-    assert list(site.sessions) == [second.uid, first.uid]
+    assert list(site.held_sessions) == [second.uid, first.uid]
     clock.advance(4)
-    assert list(site.sessions) == [first.uid]
+    assert list(site.held_sessions) == [first.uid]
     clock.advance(6 - EPSILON)
     assert site.getSession(first.uid) is first
     clock.advance(EPSILON)
@@ -587,7 +587,7 @@ def test_eviction_runs_the_callbacks_of_the_least_recently_used(
     first.touch()
     third = site.makeSession()
     assert ended == [second.uid]
-    assert list(site.sessions) == [first.uid, third.uid]
+    assert list(site.held_sessions) == [first.uid, third.uid]
 
 
 def test_expiring_twice_runs_callbacks_once(clock: Clock) -> None:
@@ -623,8 +623,8 @@ def test_the_sweep_stops_and_resumes_with_the_site(clock: Clock) -> None:
     assert clock.getDelayedCalls() == []
     site.service.startService()
     clock.advance(10)
-    assert len(site.sessions) == 0
-    assert session.uid not in site.sessions
+    assert len(site.held_sessions) == 0
+    assert session.uid not in site.held_sessions
     site.service.stopService()
 
 
@@ -634,7 +634,7 @@ def test_a_long_timeout_does_not_overflow_the_timer(clock: Clock) -> None:
     [call] = clock.getDelayedCalls()
     assert call.getTime() <= 3600
     clock.advance(3600)
-    assert len(site.sessions) == 1
+    assert len(site.held_sessions) == 1
     assert len(clock.getDelayedCalls()) == 1
 
 
@@ -677,7 +677,7 @@ def test_a_thousand_sessions_cost_under_two_kib_each(clock: Clock) -> None:
         after = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    assert len(site.sessions) == count
+    assert len(site.held_sessions) == count
     assert (after - before) / count < 2048
 
 
@@ -717,12 +717,12 @@ def test_any_cookie_header_gets_its_session_or_a_fresh_one(
     names_it = re.compile(rb"(?:^|;)\s*app_session=" + live.uid + rb"\s*(?:;|$)")
     request = _request(site, headers)
     session = request.getSession()
-    assert session.uid in site.sessions
+    assert session.uid in site.held_sessions
     assert (session is live) == any(names_it.search(h) for h in headers)
     if session is not live:
         [cookie] = request.cookies
         assert cookie.startswith(COOKIE_NAME + b"=" + session.uid + b";")
-        assert len(site.sessions) == 2
+        assert len(site.held_sessions) == 2
     else:
         assert request.cookies == []
 
@@ -839,10 +839,10 @@ def test_a_session_found_by_its_cookie_is_touched(clock: Clock) -> None:
     request = _request(site, [COOKIE_NAME + b"=" + session.uid])
     assert request.getSession() is session
     assert session.lastModified == 4
-    assert list(site.sessions) == [first.uid, session.uid]
+    assert list(site.held_sessions) == [first.uid, session.uid]
     assert request.cookies == []
     clock.advance(10 - EPSILON)
-    assert list(site.sessions) == [session.uid]
+    assert list(site.held_sessions) == [session.uid]
 
 
 def test_a_session_that_ends_within_a_request_is_replaced(clock: Clock) -> None:
@@ -855,7 +855,7 @@ def test_a_session_that_ends_within_a_request_is_replaced(clock: Clock) -> None:
     fresh = request.getSession()
     assert fresh is not session
     assert ended == [True]
-    assert list(site.sessions) == [fresh.uid]
+    assert list(site.held_sessions) == [fresh.uid]
     assert [cookie.split(b";")[0] for cookie in request.cookies] == [
         COOKIE_NAME + b"=" + session.uid,
         COOKIE_NAME + b"=" + fresh.uid,

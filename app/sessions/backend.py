@@ -1,0 +1,143 @@
+"""
+What a shared session store asks of the engine that keeps its records:
+SQLite (L{app.sessions.sqlite}) or Redis (L{app.sessions.redis}).
+
+Every operation answers with a L{Deferred}.  SQLite's have fired by the time
+they are returned (a local file answers in microseconds, and a request can
+then be served without a turn of the reactor); Redis's fire when its answer
+arrives, so a request that presents a session cookie has its record fetched
+before it is routed (see L{app.sessions.shared}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from twisted.internet.defer import Deferred, FirstError
+from twisted.python.failure import Failure
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """
+    The engine of a shared store could not be reached, or failed to answer.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """
+    A session record as an engine holds it.
+
+    @ivar record: the sealed record (L{app.sessions.records}).
+    @ivar expires: when it expires, on the site's clock (L{None} where the
+        engine keeps the time to live itself).
+    @ivar promoted: whether a later request than the one that made it has
+        used it (the engine evicts sessions that were not first).
+    """
+
+    record: bytes
+    expires: float | None = None
+    promoted: bool = True
+
+
+class Backend(Protocol):
+    """
+    The records of sessions and the claims of Digest nonce counts, shared by
+    every process that opens the same engine.
+    """
+
+    #: Whether answers can come later than the call (a request's record is
+    #: then fetched before the request is routed).
+    asynchronous: bool
+
+    def load(self, uid: bytes, now: float) -> Deferred[Loaded | None]:
+        """
+        The record of the session C{uid}, if it is live at C{now}.
+        """
+
+    def save(
+        self, uid: bytes, record: bytes, now: float, timeout: float, new: bool
+    ) -> Deferred[None]:
+        """
+        Keep C{record} as the session C{uid}'s, live until C{now} plus
+        C{timeout}; a C{new} session may evict the least recently used ones
+        past the engine's limit.
+        """
+
+    def touch(self, uid: bytes, now: float, timeout: float) -> Deferred[None]:
+        """
+        Make the session C{uid} live until C{now} plus C{timeout}, and mark
+        it used by a later request than the one that made it.
+        """
+
+    def delete(self, uid: bytes) -> Deferred[None]:
+        """
+        End the session C{uid}.
+        """
+
+    def alive(self, uids: Iterable[bytes], now: float) -> Deferred[set[bytes]]:
+        """
+        Which of C{uids} are sessions live at C{now}.
+        """
+
+    def claim(self, key: bytes, now: float, lifetime: float) -> Deferred[bool]:
+        """
+        Claim C{key} for C{lifetime} seconds: C{True} for the first claim of
+        it (by any process), C{False} for every later one.
+        """
+
+    def sweep(self, now: float) -> Deferred[None]:
+        """
+        Drop what expired before C{now}, where the engine does not do so
+        itself.
+        """
+
+    def count(self) -> int:
+        """
+        About how many sessions the engine holds (for metrics; an engine that
+        cannot tell cheaply says 0).
+        """
+
+    def close(self) -> None:
+        """
+        Let go of the engine.
+        """
+
+
+def settled(deferred: Deferred[T]) -> tuple[bool, T | None]:
+    """
+    Whether C{deferred} has fired, and its result if so.
+
+    @raise Exception: what it failed with, if it has.
+    """
+    box: list[T | Failure] = []
+    deferred.addBoth(box.append)
+    if not box:
+        # Not yet: give the result to whoever waits next.
+        deferred.addCallback(_pass_on, box)
+        return False, None
+    result = box[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return True, result
+
+
+def _pass_on(_: object, box: list[T | Failure]) -> T:
+    result = box[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+def first_error(failure: Failure) -> Failure:
+    """
+    The failure of the first Deferred that failed in a C{gatherResults}.
+    """
+    error = failure.value
+    if isinstance(error, FirstError):
+        return error.subFailure
+    return failure

@@ -1,0 +1,97 @@
+"""
+Session records: what a shared store keeps of a session, sealed.
+
+A record is a session's adapters (what C{getComponent} made and kept, by
+interface name) pickled, behind an HMAC-SHA256 tag over the session's uid
+and the pickle, under the server's secret.  The tag is checked before
+anything is unpickled, so a record that was forged, tampered with, or moved
+to another uid is no session at all: the store's contents are never trusted
+further than the secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import pickle
+from typing import Any
+
+#: Bytes of the tag in front of each record.
+TAG_BYTES = 32
+
+
+class UnpicklableAdapter(Exception):
+    """
+    An adapter of a session cannot be pickled, so the session cannot be
+    kept in a shared store.
+    """
+
+    def __init__(self, adapter: object, error: Exception) -> None:
+        kind = type(adapter)
+        self.kind = f"{kind.__module__}.{kind.__qualname__}"
+        super().__init__(
+            f"the session adapter {self.kind} cannot be pickled: "
+            f"{type(error).__name__}: {error}"
+        )
+
+
+class Sealer:
+    """
+    Seals and opens the records of one server's sessions.
+
+    @param key: the server's secret (at least 16 bytes).
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+
+    def _tag(self, uid: bytes, payload: bytes) -> bytes:
+        mac = self._mac.copy()
+        mac.update(b"%d:%s:" % (len(uid), uid))
+        mac.update(payload)
+        return mac.digest()
+
+    def seal(self, uid: bytes, adapters: dict[str, Any]) -> bytes:
+        """
+        The record of the session C{uid} holding C{adapters}.
+
+        @raise UnpicklableAdapter: naming the first adapter that cannot be
+            pickled.
+        """
+        try:
+            payload = pickle.dumps(adapters, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:
+            raise UnpicklableAdapter(_unpicklable(adapters), error) from None
+        return self._tag(uid, payload) + payload
+
+    def open(self, uid: bytes, record: bytes) -> dict[str, Any] | None:
+        """
+        The adapters in C{record} if it is a record this server sealed for
+        C{uid}, else L{None}.
+        """
+        tag, payload = record[:TAG_BYTES], record[TAG_BYTES:]
+        if len(tag) != TAG_BYTES or not hmac.compare_digest(
+            tag, self._tag(uid, payload)
+        ):
+            return None
+        try:
+            # Unpickled only once the tag proved this server sealed it.
+            adapters = pickle.loads(payload)  # noqa: S301
+        except Exception:
+            # Sealed by this server, yet unreadable: an adapter's class was
+            # renamed or removed since.  Such a session starts afresh.
+            return None
+        return adapters if isinstance(adapters, dict) else None
+
+
+def _unpicklable(adapters: dict[str, Any]) -> object:
+    """
+    The first of C{adapters} that cannot be pickled on its own (or the
+    dictionary, if each can).
+    """
+    for adapter in adapters.values():
+        try:
+            pickle.dumps(adapter, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            return adapter
+    return adapters

@@ -1,0 +1,501 @@
+"""
+Sessions shared by many processes: twisted.web's L{Session} API over
+records kept in SQLite or Redis (L{app.sessions.backend}).
+
+  - A request's session is loaded when the request first asks for it
+    (C{getSession()}): by its cookie, from the engine.  With Redis, whose
+    answers come later, the record named by a request's cookie is fetched
+    before the request is routed (L{SharedStore.prefetch}), so that
+    C{getSession()} stays synchronous as handlers expect.
+  - Its adapters are saved, sealed (L{app.sessions.records}), once the
+    handler has produced its answer and before the answer is written, and
+    only if they changed: the client's next request, on any process or
+    host, sees them.  A session used but unchanged has its time to live
+    slid instead, and SQLite only writes that when a second has passed.
+  - C{expire()} deletes the record; the answer waits for the deletion.
+  - C{notifyOnExpire} callbacks stay in the process that registered them,
+    which asks the engine every L{WATCH_INTERVAL} seconds whether their
+    sessions still live, and runs those of ended ones once.
+  - An engine that cannot be reached makes C{getSession()} raise a 503 with
+    C{Retry-After} (pages that do not use sessions are untouched), and the
+    log says so once per outage, and once when it is back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.http_headers import Headers
+from werkzeug.exceptions import ServiceUnavailable
+
+from app.compat.twisted import adapters_of, keep_session, kept_session, set_adapters
+from app.sessions.backend import (
+    Backend,
+    Loaded,
+    StoreUnavailable,
+    first_error,
+    settled,
+)
+from app.sessions.records import Sealer
+from app.sessions.sqlite import SQLiteBackend
+from app.sessions.store import (
+    COOKIE_NAME,
+    SECURE_COOKIE_NAME,
+    cookie_name,
+    cookie_uids,
+    ending_cookie,
+    new_cookie,
+    new_uid,
+)
+
+log = Logger()
+
+#: Seconds between two checks of whether watched sessions still live.
+WATCH_INTERVAL = 2.0
+#: Checks between two sweeps of expired records (where the engine needs it).
+SWEEP_EVERY = 15
+#: What C{Retry-After} says while the engine cannot be reached.
+RETRY_AFTER = b"5"
+#: A session used but unchanged has its deadline written again only when
+#: it would move by more than this (seconds).
+TOUCH_SLACK = 1.0
+#: Uids a request's cookies may name that are looked up, at most.
+MAX_LOOKUPS = 4
+
+
+class Request(Protocol):
+    """
+    What the shared store asks of a request (L{app.http.request.Request}).
+    """
+
+    @property
+    def requestHeaders(self) -> Headers: ...
+
+    @property
+    def cookies(self) -> list[bytes]: ...
+
+    #: The records its cookies name, fetched before it was routed.
+    session_records: dict[bytes, Loaded | Failure | None] | None
+    #: Whether a session was used, to be saved before the answer is written.
+    session_pending: bool
+
+    def isSecure(self) -> bool: ...
+
+    def setHeader(self, name: bytes, value: bytes) -> None: ...
+
+
+class SessionsUnavailable(ServiceUnavailable):
+    """
+    The page needs the session store, which cannot be reached now.
+    """
+
+    description = "Sessions cannot be reached just now; try again shortly."
+
+
+class SharedSession(server.Session):
+    """
+    A session whose state lives in a shared store: this object lasts one
+    request, the record in the engine lasts as the session does.
+
+    @ivar loaded: the record it was loaded from, or L{None} if it is new.
+    @ivar ended: whether C{expire()} was called.
+    """
+
+    def __init__(
+        self,
+        store: SharedStore,
+        uid: bytes,
+        loaded: Loaded | None = None,
+        adapters: dict[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.loaded = loaded
+        self.ended = False
+        #: The deletion that C{expire()} started, until it is done.
+        self.ending: Deferred[None] | None = None
+        super().__init__(store.site, uid, reactor=store.clock)
+        if adapters:
+            set_adapters(self, adapters)
+        self.expireCallbacks = store.callbacks.get(uid, self.expireCallbacks)
+
+    @property
+    def sessionTimeout(self) -> float:  # type: ignore[override]
+        return self.store.timeout
+
+    def startCheckingExpiration(self) -> None:
+        # The engine keeps the deadline; the store watches for its end.
+        pass
+
+    def notifyOnExpire(self, callback: Callable[[], object]) -> None:
+        """
+        Run C{callback} once, in this process, when the session ends here
+        or anywhere else.
+        """
+        self.expireCallbacks.append(callback)
+        self.store.callbacks[self.uid] = self.expireCallbacks
+
+    def expire(self) -> None:
+        """
+        End the session everywhere, and run this process's expiry callbacks
+        of it now.
+        """
+        if not self.ended:
+            self.ended = True
+            self.ending = self.store.end(self)
+
+
+class SharedStore:
+    """
+    The sessions of a site, kept by C{backend} and sealed by C{sealer}.
+
+    @ivar callbacks: the expiry callbacks registered in this process, by the
+        uid of their session.
+    """
+
+    def __init__(
+        self,
+        site: Any,
+        backend: Backend,
+        sealer: Sealer,
+        clock: IReactorTime,
+        timeout: float,
+    ) -> None:
+        self.site = site
+        self.backend = backend
+        self.sealer = sealer
+        self.clock = clock
+        self.timeout = timeout
+        self.prefetches = backend.asynchronous
+        self.callbacks: dict[bytes, list[Callable[[], object]]] = {}
+        self.available = True
+        #: Uids of new sessions whose first save is under way.
+        self._unsaved: set[bytes] = set()
+        self._checks = 0
+
+    def __len__(self) -> int:
+        return self.backend.count()
+
+    # -- the engine's health ----------------------------------------------
+
+    def _failed(self, error: BaseException) -> None:
+        if self.available:
+            self.available = False
+            log.warn(
+                "The session store cannot be reached; pages that use sessions"
+                " answer 503 until it can: {error}",
+                error=error,
+            )
+
+    def _answered(self) -> None:
+        if not self.available:
+            self.available = True
+            log.info("The session store can be reached again")
+
+    def _watch_outcome(self, deferred: Deferred[Any]) -> Deferred[Any]:
+        def answered(result: object) -> object:
+            self._answered()
+            return result
+
+        def failed(failure: Failure) -> Failure:
+            self._failed(_error(failure))
+            return failure
+
+        return deferred.addCallbacks(answered, failed)
+
+    def _unavailable(self, request: Request, error: BaseException) -> Exception:
+        self._failed(error)
+        request.setHeader(b"retry-after", RETRY_AFTER)
+        return SessionsUnavailable()
+
+    # -- requests -----------------------------------------------------------
+
+    def prefetch(self, request: Request) -> Deferred[None] | None:
+        """
+        Fetch the records that C{request}'s session cookies name, before it
+        is routed; L{None} when it names none.
+        """
+        headers = request.requestHeaders.getRawHeaders(b"cookie")
+        if headers is None:
+            return None
+        uids = session_uids(headers)
+        if not uids:
+            return None
+        records: dict[bytes, Loaded | Failure | None] = {}
+        request.session_records = records
+        now = self.clock.seconds()
+        loads = []
+        for uid in uids[:MAX_LOOKUPS]:
+            load = self._watch_outcome(self.backend.load(uid, now))
+            load.addBoth(_keep, records, uid)
+            loads.append(load)
+        return gatherResults(loads).addCallback(lambda _: None)
+
+    def _load(self, request: Request, uid: bytes) -> Loaded | None:
+        records = request.session_records
+        if records is not None:
+            found = records.get(uid)
+            if isinstance(found, Failure):
+                raise self._unavailable(request, _error(found))
+            return found
+        if self.backend.asynchronous:
+            return None  # past MAX_LOOKUPS: not looked up
+        try:
+            _, loaded = settled(self.backend.load(uid, self.clock.seconds()))
+        except StoreUnavailable as error:
+            raise self._unavailable(request, error) from None
+        self._answered()
+        return loaded
+
+    def _found(self, request: Request, secure: bool) -> SharedSession | None:
+        """
+        The session that C{request}'s cookie names, if it is live and its
+        record was sealed for it by this server.
+        """
+        headers = request.requestHeaders.getRawHeaders(b"cookie")
+        if headers is None:
+            return None
+        for uid in cookie_uids(headers, cookie_name(secure))[:MAX_LOOKUPS]:
+            loaded = self._load(request, uid)
+            if loaded is not None:
+                adapters = self.sealer.open(uid, loaded.record)
+                if adapters is not None:
+                    return SharedSession(self, uid, loaded, adapters)
+        return None
+
+    def session_for(
+        self, request: Request, interface: Any = None, force_not_secure: bool = False
+    ) -> Any:
+        """
+        C{request.getSession()}: the session its cookie names, or a new one
+        with its cookie set; adapted to C{interface} when one is given.
+
+        @raise SessionsUnavailable: when the engine cannot be reached.
+        """
+        secure = not force_not_secure and request.isSecure()
+        session = kept_session(request, secure)
+        if not isinstance(session, SharedSession) or session.ended:
+            session = self._found(request, secure)
+            if session is None:
+                session = SharedSession(self, new_uid())
+                request.cookies.append(new_cookie(secure, session.uid))
+            keep_session(request, secure, session)
+            request.session_pending = True
+        else:
+            session.touch()
+        if interface is not None:
+            return session.getComponent(interface)
+        return session
+
+    def forget(self, request: Request, force_not_secure: bool = False) -> bool:
+        """
+        Expire C{request}'s session, if it has one, and tell the browser to
+        drop its cookie.  Returns whether there was a session.
+        """
+        secure = not force_not_secure and request.isSecure()
+        session = kept_session(request, secure)
+        if not isinstance(session, SharedSession) or session.ended:
+            session = self._found(request, secure)
+            if session is None:
+                return False
+            keep_session(request, secure, session)
+            request.session_pending = True
+        session.expire()
+        request.cookies.append(ending_cookie(secure))
+        return True
+
+    def settle(self, request: Request) -> Deferred[None] | None:
+        """
+        Save the sessions C{request} used, before its answer is written:
+        L{None} when that is done (or nothing was to do), else a Deferred
+        that fires when it is.
+
+        @raise SessionsUnavailable: when the engine cannot be reached.
+        @raise app.sessions.records.UnpicklableAdapter: when a session's
+            adapter cannot be pickled.
+        """
+        waits = []
+        for secure in (False, True):
+            session = kept_session(request, secure)
+            if isinstance(session, SharedSession):
+                saving = self._save(session)
+                if saving is not None:
+                    waits.append(saving)
+        pending = []
+        for saving in waits:
+            try:
+                done, _ = settled(saving)
+            except StoreUnavailable as error:
+                raise self._unavailable(request, error) from None
+            if not done:
+                pending.append(saving)
+        if not pending:
+            return None
+        both: Deferred[Any] = gatherResults(pending, consumeErrors=True)
+
+        def unwrap(failure: Failure) -> Failure:
+            failure = first_error(failure)
+            if failure.check(StoreUnavailable):
+                raise self._unavailable(request, _error(failure))
+            return failure
+
+        return both.addCallbacks(lambda _: None, unwrap)
+
+    def _save(self, session: SharedSession) -> Deferred[None] | None:
+        if session.ended:
+            return session.ending
+        now = self.clock.seconds()
+        uid = session.uid
+        record = self.sealer.seal(uid, adapters_of(session))
+        loaded = session.loaded
+        backend = self.backend
+        if loaded is None:
+            self._unsaved.add(uid)
+            saving = backend.save(uid, record, now, self.timeout, new=True)
+            saving.addBoth(_passing(self._unsaved.discard, uid))
+        elif record != loaded.record:
+            saving = backend.save(uid, record, now, self.timeout, new=False)
+        elif loaded.expires is None:
+            # The engine keeps the deadline: slide it, without waiting.
+            touching = self._watch_outcome(backend.touch(uid, now, self.timeout))
+            touching.addErrback(lambda failure: None)
+            return None
+        elif loaded.promoted and loaded.expires >= now + self.timeout - TOUCH_SLACK:
+            return None
+        else:
+            saving = backend.touch(uid, now, self.timeout)
+        return self._watch_outcome(saving)
+
+    # -- endings ------------------------------------------------------------
+
+    def end(self, session: SharedSession) -> Deferred[None] | None:
+        """
+        Delete C{session}'s record and run this process's callbacks of it.
+        """
+        deleting = self._watch_outcome(self.backend.delete(session.uid))
+        callbacks = self.callbacks.pop(session.uid, session.expireCallbacks)
+        _run(callbacks)
+        session.expireCallbacks = []
+        try:
+            done, _ = settled(deleting)
+        except StoreUnavailable:
+            return deleting
+        return None if done else deleting
+
+    def check(self) -> Deferred[None] | None:
+        """
+        Run the callbacks of watched sessions that ended elsewhere (and,
+        now and then, sweep expired records).
+        """
+        now = self.clock.seconds()
+        self._checks += 1
+        if self._checks % SWEEP_EVERY == 0:
+            self._watch_outcome(self.backend.sweep(now)).addErrback(lambda _: None)
+        uids = [uid for uid in self.callbacks if uid not in self._unsaved]
+        if not uids:
+            return None
+        alive = self._watch_outcome(self.backend.alive(uids, now))
+
+        def run_ended(live: set[bytes]) -> None:
+            for uid in uids:
+                if uid not in live and uid not in self._unsaved:
+                    callbacks = self.callbacks.pop(uid, None)
+                    if callbacks is not None:
+                        _run(callbacks)
+
+        return alive.addCallbacks(run_ended, lambda _: None)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _keep(
+    found: Loaded | Failure | None,
+    records: dict[bytes, Loaded | Failure | None],
+    uid: bytes,
+) -> None:
+    records[uid] = found
+
+
+def _error(failure: Failure) -> BaseException:
+    error = failure.value
+    assert error is not None
+    return error
+
+
+def _run(callbacks: list[Callable[[], object]]) -> None:
+    pending = list(callbacks)
+    del callbacks[:]
+    for callback in pending:
+        try:
+            callback()
+        except Exception:
+            log.failure("An expiry callback of a session failed")
+
+
+def _passing(function: Callable[[bytes], object], uid: bytes) -> Callable[[Any], Any]:
+    def call(result: Any) -> Any:
+        function(uid)
+        return result
+
+    return call
+
+
+class SessionWatch(Service):
+    """
+    Checks, while the site runs, whether the sessions this process watches
+    have ended (L{SharedStore.check}).
+    """
+
+    def __init__(self, store: SharedStore, interval: float = WATCH_INTERVAL) -> None:
+        self.store = store
+        self._loop = LoopingCall(store.check)
+        self._loop.clock = store.clock
+        self._interval = interval
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=False).addErrback(
+            lambda failure: log.failure("Watching sessions failed", failure)
+        )
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        self.store.close()
+
+
+def open_backend(spec: str, limit: int) -> Backend:
+    """
+    The engine that C{--sessions} names: C{sqlite:PATH}, C{redis://…} or
+    C{redis+unix://…}.
+
+    @raise ValueError: when C{spec} names none.
+    @raise StoreUnavailable: when a SQLite file cannot be opened.
+    """
+    if spec.startswith("sqlite:"):
+        return SQLiteBackend(Path(spec.removeprefix("sqlite:")), limit)
+    if spec.startswith(("redis://", "redis+unix://")):
+        # txredisapi installs the global reactor when it is imported: it is
+        # imported only for a Redis store.
+        from app.sessions.locations import parse_redis_url
+        from app.sessions.redis import RedisBackend
+
+        return RedisBackend(parse_redis_url(spec))
+    raise ValueError(f"unknown session store {spec!r}")
+
+
+def session_uids(headers: Sequence[bytes]) -> list[bytes]:
+    """
+    The session uids a request's C{Cookie} headers name, both cookies.
+    """
+    return cookie_uids(headers, COOKIE_NAME) + cookie_uids(headers, SECURE_COOKIE_NAME)

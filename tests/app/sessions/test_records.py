@@ -1,0 +1,88 @@
+"""
+Sealed session records: what a shared store keeps is opened only if this
+server sealed it, for that session.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+
+import pytest
+
+from app.sessions.records import TAG_BYTES, Sealer, UnpicklableAdapter
+from routes.sessions import Counter, ICounter
+
+KEY = bytes(range(32))
+UID = b"a" * 64
+
+
+def _counter(value: int) -> dict[str, object]:
+    counter = Counter(None)  # type: ignore[arg-type]
+    counter.value = value
+    return {ICounter.__module__ + ".ICounter": counter}
+
+
+def test_a_sealed_record_opens_to_its_adapters() -> None:
+    sealer = Sealer(KEY)
+    opened = sealer.open(UID, sealer.seal(UID, _counter(7)))
+    assert opened is not None
+    assert opened["routes.sessions.ICounter"].value == 7
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(
+            lambda record: record[:-1] + bytes([record[-1] ^ 1]), id="payload"
+        ),
+        pytest.param(lambda record: bytes([record[0] ^ 1]) + record[1:], id="tag"),
+        pytest.param(lambda record: record[:TAG_BYTES], id="no-payload"),
+        pytest.param(lambda record: record[:5], id="short"),
+        pytest.param(lambda record: b"", id="empty"),
+        pytest.param(
+            lambda record: b"\0" * TAG_BYTES + pickle.dumps({"x": 1}), id="forged"
+        ),
+    ],
+)
+def test_a_tampered_or_forged_record_is_no_session(damage: object) -> None:
+    sealer = Sealer(KEY)
+    record = sealer.seal(UID, _counter(1))
+    assert sealer.open(UID, damage(record)) is None  # type: ignore[operator]
+
+
+def test_a_record_moved_to_another_uid_is_no_session() -> None:
+    sealer = Sealer(KEY)
+    record = sealer.seal(UID, _counter(1))
+    assert sealer.open(b"b" * 64, record) is None
+
+
+def test_a_record_sealed_under_another_secret_is_no_session() -> None:
+    record = Sealer(b"other secret, 32 bytes long....").seal(UID, _counter(1))
+    assert Sealer(KEY).open(UID, record) is None
+
+
+def test_a_forged_pickle_is_never_unpickled(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes] = []
+    monkeypatch.setattr(pickle, "loads", lambda data: calls.append(data))
+    hostile = b"\0" * TAG_BYTES + b"cos\nsystem\n(S'true'\ntR."
+    assert Sealer(KEY).open(UID, hostile) is None
+    assert calls == []
+
+
+def test_a_sealed_record_whose_class_is_gone_is_no_session() -> None:
+    sealer = Sealer(KEY)
+    payload = pickle.dumps(_counter(1)).replace(b"Counter", b"Countr0")
+    record = sealer._tag(UID, payload) + payload
+    assert sealer.open(UID, record) is None
+
+
+def test_an_adapter_that_cannot_be_pickled_is_named() -> None:
+    class Holder:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+    with pytest.raises(UnpicklableAdapter) as raised:
+        Sealer(KEY).seal(UID, {**_counter(1), "x.IHolder": Holder()})
+    assert raised.value.kind.endswith("Holder")
+    assert "Holder" in str(raised.value)

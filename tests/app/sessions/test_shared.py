@@ -1,0 +1,314 @@
+"""
+Sessions shared through a SQLite file: two sites opening the same file stand
+for two workers (or hosts).  Pages are fetched in memory, on a L{Clock},
+which the file's deadlines are read on too.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import LogEvent, formatEvent
+from twisted.python.components import registerAdapter
+from twisted.web.server import Session
+from zope.interface import Attribute, Interface, implementer
+
+from app.cli.options import config_from_args
+from app.http.router import new_app
+from app.http.site import Site
+from app.sessions.records import Sealer
+from app.sessions.shared import RETRY_AFTER, WATCH_INTERVAL, SharedStore
+from app.site import build_site
+from app.testing import stub_treq
+from tests.conftest import fetch, header_of, text_of
+
+SECRET = bytes(range(32))
+TIMEOUT = 60.0
+
+
+class Pair:
+    """
+    Two sites sharing one SQLite file, each with a client, on one clock.
+    """
+
+    def __init__(self, path: Path, clock: Clock, *args: str) -> None:
+        self.clock = clock
+        self.path = path
+        self.sites = [_site(path, clock, *args) for _ in range(2)]
+        self.clients = [stub_treq(site) for site in self.sites]
+        for site in self.sites:
+            site.service.startService()
+
+    def stop(self) -> None:
+        for site in self.sites:
+            site.service.stopService()
+
+
+def _site(path: Path, clock: Clock, *args: str) -> Site:
+    config = config_from_args(
+        ["--sessions", f"sqlite:{path}", "--session-timeout", str(TIMEOUT), *args]
+    )
+    config = type(config)(**{**config.__dict__, "secret_key": SECRET})
+    return build_site(config, MemoryReactor(), clock)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Any:
+    shared = Pair(tmp_path / "sessions.sqlite3", Clock())
+    yield shared
+    shared.stop()
+
+
+def _cookie(response: Any) -> str:
+    cookie = header_of(response, b"set-cookie")
+    assert cookie is not None
+    found = re.match(rb"app_session=([0-9a-f]{64});", cookie)
+    assert found is not None
+    return found.group(1).decode()
+
+
+def _visits(client: StubTreq, uid: str, path: str = "/counter") -> int:
+    response = fetch(client, "GET", path, headers={"Cookie": f"app_session={uid}"})
+    assert response.code == 200
+    found = re.search(r"Visit #(\d+)", text_of(response))
+    assert found is not None
+    return int(found.group(1))
+
+
+def _rows(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        count: int = db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+    return count
+
+
+def _expired_lines(events: list[LogEvent]) -> list[str]:
+    return [text for text in map(formatEvent, events) if "session expired" in text]
+
+
+def test_a_session_and_its_adapters_follow_the_client_between_processes(
+    pair: Pair,
+) -> None:
+    first, second = pair.clients
+    response = fetch(first, "GET", "/counter")
+    uid = _cookie(response)
+    assert [_visits(client, uid) for client in (second, first, second, first)] == [
+        2,
+        3,
+        4,
+        5,
+    ]
+    assert _rows(pair.path) == 1
+
+
+def test_a_page_that_uses_no_session_stores_none(pair: Pair) -> None:
+    response = fetch(pair.clients[0], "GET", "/health")
+    assert response.code == 200
+    assert header_of(response, b"set-cookie") is None
+    assert _rows(pair.path) == 0
+
+
+def test_an_unchanged_session_is_not_written_again(pair: Pair) -> None:
+    first, second = pair.clients
+    uid = _cookie(fetch(first, "GET", "/session"))
+    _visits_session = fetch(
+        second, "GET", "/session", headers={"Cookie": f"app_session={uid}"}
+    )
+    assert uid in text_of(_visits_session)
+    before = _record(pair.path, uid)
+    fetch(first, "GET", "/session", headers={"Cookie": f"app_session={uid}"})
+    assert _record(pair.path, uid) == before
+
+
+def _record(path: Path, uid: str) -> tuple[bytes, float]:
+    with sqlite3.connect(path) as db:
+        row = db.execute(
+            "SELECT record, expires FROM sessions WHERE uid = ?", (uid.encode(),)
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_expiry_slides_with_use_in_any_process(pair: Pair) -> None:
+    first, second = pair.clients
+    uid = _cookie(fetch(first, "GET", "/counter"))
+    for client in (second, first, second):
+        pair.clock.advance(TIMEOUT - 5)
+        _visits(client, uid)
+    assert _visits(first, uid) == 5
+    pair.clock.advance(TIMEOUT)
+    response = fetch(
+        second, "GET", "/counter", headers={"Cookie": f"app_session={uid}"}
+    )
+    assert "Visit #1 " in text_of(response)
+    assert _cookie(response) != uid
+
+
+def test_expire_in_one_process_is_seen_by_the_other(pair: Pair) -> None:
+    first, second = pair.clients
+    uid = _cookie(fetch(first, "GET", "/counter"))
+    ended = fetch(
+        second, "POST", "/session/expire", headers={"Cookie": f"app_session={uid}"}
+    )
+    assert "Your session has expired" in text_of(ended)
+    assert b"Max-Age=0" in (header_of(ended, b"set-cookie") or b"")
+    response = fetch(first, "GET", "/counter", headers={"Cookie": f"app_session={uid}"})
+    assert "Visit #1 " in text_of(response)
+    assert _cookie(response) != uid
+
+
+def test_an_expiry_callback_runs_once_in_the_process_that_registered_it(
+    pair: Pair, captured_log: list[LogEvent]
+) -> None:
+    first, second = pair.clients
+    uid = _cookie(fetch(first, "GET", "/session/logme"))
+    # The other process sees the mark and registers nothing more.
+    fetch(second, "GET", "/session/logme", headers={"Cookie": f"app_session={uid}"})
+    fetch(second, "POST", "/session/expire", headers={"Cookie": f"app_session={uid}"})
+    assert _expired_lines(captured_log) == []
+    pair.clock.advance(WATCH_INTERVAL)
+    assert len(_expired_lines(captured_log)) == 1
+    assert uid in _expired_lines(captured_log)[0]
+    pair.clock.advance(10 * WATCH_INTERVAL)
+    assert len(_expired_lines(captured_log)) == 1
+
+
+def test_an_expiry_callback_runs_when_the_session_times_out(
+    pair: Pair, captured_log: list[LogEvent]
+) -> None:
+    uid = _cookie(fetch(pair.clients[0], "GET", "/session/logme"))
+    pair.clock.advance(TIMEOUT - WATCH_INTERVAL)
+    _visits(pair.clients[1], uid)  # used elsewhere: the deadline moves
+    pair.clock.advance(TIMEOUT - WATCH_INTERVAL)
+    assert _expired_lines(captured_log) == []
+    pair.clock.advance(3 * WATCH_INTERVAL)
+    assert len(_expired_lines(captured_log)) == 1
+
+
+def test_expire_in_the_registering_process_runs_its_callbacks_at_once(
+    pair: Pair, captured_log: list[LogEvent]
+) -> None:
+    client = pair.clients[0]
+    uid = _cookie(fetch(client, "GET", "/session/logme"))
+    fetch(client, "POST", "/session/expire", headers={"Cookie": f"app_session={uid}"})
+    assert len(_expired_lines(captured_log)) == 1
+    pair.clock.advance(3 * WATCH_INTERVAL)
+    assert len(_expired_lines(captured_log)) == 1
+
+
+def test_a_tampered_record_is_no_session(pair: Pair) -> None:
+    first, second = pair.clients
+    uid = _cookie(fetch(first, "GET", "/counter"))
+    record, _ = _record(pair.path, uid)
+    with sqlite3.connect(pair.path) as db:
+        db.execute(
+            "UPDATE sessions SET record = ? WHERE uid = ?",
+            (record.replace(b"K\x01", b"K\x63"), uid.encode()),
+        )
+    response = fetch(
+        second, "GET", "/counter", headers={"Cookie": f"app_session={uid}"}
+    )
+    assert "Visit #1 " in text_of(response)
+    assert _cookie(response) != uid
+
+
+def test_a_record_forged_with_another_secret_is_no_session(pair: Pair) -> None:
+    uid = "f" * 64
+    forged = Sealer(b"not the server's secret, 32 B..").seal(uid.encode(), {})
+    with sqlite3.connect(pair.path) as db:
+        db.execute(
+            "INSERT INTO sessions (uid, record, expires) VALUES (?, ?, ?)",
+            (uid.encode(), forged, 1e12),
+        )
+    response = fetch(
+        pair.clients[0], "GET", "/session", headers={"Cookie": f"app_session={uid}"}
+    )
+    assert uid not in text_of(response)
+    assert _cookie(response) != uid
+
+
+def test_max_sessions_evicts_sessions_used_once_first(tmp_path: Path) -> None:
+    clock = Clock()
+    shared = Pair(tmp_path / "s.sqlite3", clock, "--max-sessions", "3")
+    try:
+        first, second = shared.clients
+        kept = _cookie(fetch(first, "GET", "/counter"))
+        clock.advance(1)
+        _visits(second, kept)  # used by a second request: protected
+        for _ in range(5):
+            clock.advance(1)
+            fetch(stub_treq(shared.sites[1]), "GET", "/session")
+        assert _rows(shared.path) == 3
+        assert _visits(first, kept) == 3
+    finally:
+        shared.stop()
+
+
+class INotes(Interface):
+    lock = Attribute("Something that cannot be pickled.")
+
+
+@implementer(INotes)
+class Notes:
+    def __init__(self, session: Session) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+
+
+def test_an_adapter_that_cannot_be_pickled_is_a_500_naming_its_class(
+    tmp_path: Path, captured_log: list[LogEvent]
+) -> None:
+    registerAdapter(Notes, Session, INotes)
+
+    class Routes:
+        app = new_app()
+
+        @app.route("/notes")
+        def notes(self, request: Any) -> bytes:
+            INotes(request.getSession())
+            return b"noted"
+
+    clock = Clock()
+    config = config_from_args(["--sessions", f"sqlite:{tmp_path / 's.sqlite3'}"])
+    config = type(config)(**{**config.__dict__, "route_apps": (Routes().app,)})
+    client = stub_treq(build_site(config, MemoryReactor(), clock))
+    response = fetch(client, "GET", "/notes")
+    assert response.code == 500
+    assert "noted" not in text_of(response)
+    assert header_of(response, b"set-cookie") is None
+    lines = [formatEvent(event) for event in captured_log]
+    assert any("Notes" in line and "cannot be pickled" in line for line in lines)
+
+
+def test_a_store_that_cannot_be_reached_is_a_503_for_session_pages_only(
+    pair: Pair, captured_log: list[LogEvent]
+) -> None:
+    first = pair.clients[0]
+    uid = _cookie(fetch(first, "GET", "/counter"))
+    store = pair.sites[0].sessions
+    assert isinstance(store, SharedStore)
+    store.backend.close()
+    for path in ("/counter", "/session", "/counter"):
+        response = fetch(first, "GET", path, headers={"Cookie": f"app_session={uid}"})
+        assert response.code == 503
+        assert header_of(response, b"retry-after") == RETRY_AFTER
+    cookieless = fetch(first, "GET", "/counter")
+    assert cookieless.code == 503
+    assert header_of(cookieless, b"set-cookie") is None
+    assert fetch(first, "GET", "/health").code == 200
+    assert (
+        fetch(first, "GET", "/", headers={"Cookie": f"app_session={uid}"}).code == 200
+    )
+    warnings = [
+        line for line in map(formatEvent, captured_log) if "cannot be reached" in line
+    ]
+    assert len(warnings) == 1
+    # The other process still reaches the file.
+    assert _visits(pair.clients[1], uid) == 2

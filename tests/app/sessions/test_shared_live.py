@@ -1,0 +1,256 @@
+"""
+Sessions shared for real: two server processes on 127.0.0.2 and 127.0.0.3
+with one Redis server, and the workers of one server with their SQLite file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import deferLater
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from tests.auth.test_digest import digest_authorization
+from tests.conftest import drain, eventually, listening_url, start_app
+from tests.engines import RedisServer
+from tests.paths import TESTS
+
+SECRET = "5e" * 32
+HTDIGEST = str(TESTS / "data" / "auth" / "users.htdigest")
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def secret(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("APP_SECRET_KEY", SECRET)
+    return SECRET
+
+
+class Host:
+    """
+    A server process on one loopback address, and what it logs.
+    """
+
+    def __init__(self, spawn: list[subprocess.Popen[str]], address: str, *argv: str):
+        self.process = start_app(spawn, "--listen", f"tcp:0:interface={address}", *argv)
+        self.log: list[str] = []
+        self.url = listening_url(self.process, self.log)
+        drain(self.process, self.log)
+
+    def lines(self, text: str) -> list[str]:
+        return [line for line in list(self.log) if text in line]
+
+
+def _client() -> Any:
+    # A new connection for every request, as a balancer's clients make.
+    return treq.client.HTTPClient(
+        Agent(reactor, pool=HTTPConnectionPool(reactor, False))
+    )
+
+
+async def _get(url: str, uid: str | None = None, **kwargs: Any) -> tuple[int, str, Any]:
+    headers = dict(kwargs.pop("headers", {}))
+    if uid is not None:
+        headers["Cookie"] = f"app_session={uid}"
+    response = await _client().get(url, headers=headers, **kwargs)
+    return response.code, await response.text(), response.headers
+
+
+async def _post(url: str, uid: str) -> int:
+    response = await _client().post(url, headers={"Cookie": f"app_session={uid}"})
+    await response.content()
+    code: int = response.code
+    return code
+
+
+def _uid(headers: Any) -> str:
+    cookie = headers.getRawHeaders("set-cookie")[0]
+    found = re.match(r"app_session=([0-9a-f]{64});", cookie)
+    assert found is not None
+    return found.group(1)
+
+
+def _visit(text: str) -> int:
+    found = re.search(r"Visit #(\d+)", text)
+    assert found is not None
+    return int(found.group(1))
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_hosts_share_sessions_through_redis(
+    spawn: list[subprocess.Popen[str]], redis: RedisServer, secret: str
+) -> None:
+    argv = ("--sessions", redis.url)
+    first = Host(spawn, "127.0.0.2", *argv)
+    second = Host(spawn, "127.0.0.3", *argv)
+    code, text, headers = await _get(first.url + "counter")
+    assert (code, _visit(text)) == (200, 1)
+    uid = _uid(headers)
+    visits = []
+    for host in (second, first, second, first, second):
+        code, text, _ = await _get(host.url + "counter", uid)
+        visits.append(_visit(text))
+    assert visits == [2, 3, 4, 5, 6]
+
+    # logme on one host; the other sees its mark and registers nothing.
+    await _get(first.url + "session/logme", uid)
+    await _get(second.url + "session/logme", uid)
+    # Expired on the other host: the first logs it, once, within 5 s.
+    assert await _post(second.url + "session/expire", uid) == 200
+    code, text, headers = await _get(first.url + "counter", uid)
+    assert _visit(text) == 1
+    assert _uid(headers) != uid
+    await eventually(lambda: first.lines(f"session expired: {uid}"), "the log", 6.0)
+    assert len(first.lines(f"session expired: {uid}")) == 1
+    assert second.lines("session expired") == []
+
+    # kill -9 of one host loses no session: the other goes on counting.
+    code, text, headers = await _get(first.url + "counter")
+    uid = _uid(headers)
+    await _get(second.url + "counter", uid)
+    first.process.kill()
+    first.process.wait()
+    code, text, _ = await _get(second.url + "counter", uid)
+    assert (code, _visit(text)) == (200, 3)
+    replacement = Host(spawn, "127.0.0.2", *argv)
+    code, text, _ = await _get(replacement.url + "counter", uid)
+    assert (code, _visit(text)) == (200, 4)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_digest_answer_accepted_by_one_host_is_refused_by_the_other(
+    spawn: list[subprocess.Popen[str]], redis: RedisServer, secret: str, tmp_path: Path
+) -> None:
+    homes = tmp_path / "homes"
+    (homes / "alice" / "public_html").mkdir(parents=True)
+    (homes / "alice" / "public_html" / "index.html").write_text("alice's home")
+    argv = ("--sessions", redis.url, "--htdigest", HTDIGEST, "--homes", str(homes))
+    first = Host(spawn, "127.0.0.2", *argv)
+    second = Host(spawn, "127.0.0.3", *argv)
+    code, _, headers = await _get(first.url + "private/")
+    assert code == 401
+    challenge = headers.getRawHeaders("www-authenticate")[0]
+    answer = digest_authorization(challenge, "GET", "/private/", "alice", "wonderland")
+    code, text, _ = await _get(
+        second.url + "private/", headers={"Authorization": answer}
+    )
+    assert (code, text) == (200, "alice's home")
+    code, _, _ = await _get(first.url + "private/", headers={"Authorization": answer})
+    assert code == 401
+    code, _, _ = await _get(second.url + "private/", headers={"Authorization": answer})
+    assert code == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_down_is_503_for_session_pages_then_recovers(
+    spawn: list[subprocess.Popen[str]], redis: RedisServer, secret: str
+) -> None:
+    host = Host(spawn, "127.0.0.2", "--sessions", redis.url)
+    code, _, headers = await _get(host.url + "counter")
+    uid = _uid(headers)
+    redis.stop()
+    for _ in range(3):
+        code, text, headers = await _get(host.url + "counter", uid)
+        assert code == 503
+        assert headers.getRawHeaders("retry-after") == ["5"]
+        assert "Traceback" not in text
+    code, _, _ = await _get(host.url + "health", uid)
+    assert code == 200
+    code, _, _ = await _get(host.url + "", uid)
+    assert code == 200
+    assert len(host.lines("cannot be reached")) == 1
+    assert host.lines("Scheduling retry") == []
+
+    redis.start()
+    # The server reconnects by itself, within a few seconds.
+    codes = [0]
+    while codes[-1] != 200:
+        assert len(codes) < 100, f"still {codes[-1]} after the store came back"
+        await deferLater(reactor, 0.1, lambda: None)
+        codes.append((await _get(host.url + "counter"))[0])
+    assert set(codes[1:]) <= {200, 503}
+    await eventually(lambda: host.lines("can be reached again"), "the log")
+    assert len(host.lines("cannot be reached")) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_share_sessions_in_a_private_sqlite_file(
+    spawn: list[subprocess.Popen[str]],
+) -> None:
+    parent = start_app(spawn, "--workers", "2", "--listen", "tcp:0:interface=127.0.0.1")
+    log: list[str] = []
+    url = listening_url(parent, log)
+    drain(parent, log)
+    workers = _children(parent.pid)
+    assert len(workers) == 2
+    stores = {_sessions_option(pid) for pid in workers}
+    assert len(stores) == 1
+    store = Path(stores.pop().removeprefix("sqlite:"))
+    assert store.parent.name.startswith("app-sessions-")
+    assert oct(store.parent.stat().st_mode & 0o777) == "0o700"
+
+    _, text, headers = await _get(url + "counter")
+    uid = _uid(headers)
+    visits = [_visit(text)]
+    for killed, worker in enumerate(workers, 1):
+        for _ in range(5):
+            visits.append(_visit((await _retried_get(url + "counter", uid))[1]))
+        # Whichever served so far, its sessions outlive it.
+        os.kill(worker, signal.SIGKILL)
+        await eventually(
+            lambda: len(set(_children(parent.pid)) - set(workers)) == killed,  # noqa: B023
+            "a worker in its place",
+        )
+    visits.append(_visit((await _retried_get(url + "counter", uid))[1]))
+    assert visits == list(range(1, 13))
+
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=30)
+    assert not store.parent.exists()
+
+
+async def _retried_get(url: str, uid: str) -> tuple[int, str, Any]:
+    # While a killed worker's replacement starts, the port may have no one
+    # accepting for a moment.
+    for _ in range(100):
+        try:
+            return await _get(url, uid)
+        except ConnectionRefusedError:
+            await deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError("no worker came back")
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                children.append(int(entry.name))
+    return sorted(children)
+
+
+def _sessions_option(pid: int) -> str:
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return argv[argv.index(b"--sessions") + 1].decode()
