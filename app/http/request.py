@@ -227,6 +227,8 @@ class Request(server.Request):
             return
         if self._discarding and self.finished:
             return
+        if self.session_pending and self.startedWriting:
+            self._save_sessions_late()
         if not (self.startedWriting or self.finished or connection_gone(self)):
             self.write(b"")
         compressor = self._compressor
@@ -262,6 +264,29 @@ class Request(server.Request):
         self._held = [data]
         saving.addCallbacks(self._release, self._release_failed)
         return None
+
+    def _save_sessions_late(self) -> None:
+        """
+        Save the sessions a handler used after its answer's head was
+        written (a resource writing its own response): too late to answer
+        otherwise, so a failure is logged.
+        """
+        self.session_pending = False
+        try:
+            saving = self.site.sessions.settle(self)
+        except (HTTPException, UnpicklableAdapter) as error:
+            log.error(
+                "Saving the session of {uri} failed: {error}",
+                uri=request_uri(self),
+                error=str(error),
+            )
+            return
+        if saving is not None:
+            saving.addErrback(
+                lambda failure: log.failure(
+                    "Saving the session of {uri} failed", failure, uri=request_uri(self)
+                )
+            )
 
     def _release(self, _: object) -> None:
         held, self._held = self._held or [], None

@@ -53,6 +53,9 @@ class Backend(Protocol):
     #: Whether answers can come later than the call (a request's record is
     #: then fetched before the request is routed).
     asynchronous: bool
+    #: Whether the engine keeps each record's deadline itself (Redis's time
+    #: to live) rather than a column the store reads (C{Loaded.expires}).
+    keeps_deadlines: bool
 
     def load(self, uid: bytes, now: float) -> Deferred[Loaded | None]:
         """

@@ -45,6 +45,7 @@ class RedisBackend:
     """
 
     asynchronous = True
+    keeps_deadlines = True
 
     def __init__(self, address: RedisAddress) -> None:
         self.address = address

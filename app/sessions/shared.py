@@ -85,7 +85,9 @@ class Request(Protocol):
 
     #: The records its cookies name, fetched before it was routed.
     session_records: dict[bytes, Loaded | Failure | None] | None
-    #: Whether a session was used, to be saved before the answer is written.
+    #: Whether a session was used since it was last saved: it is saved
+    #: before the answer is written, and again when the answer finishes if
+    #: it was used after that.
     session_pending: bool
 
     def isSecure(self) -> bool: ...
@@ -255,15 +257,21 @@ class SharedStore:
         self._answered()
         return loaded
 
-    def _found(self, request: Request, secure: bool) -> SharedSession | None:
+    def _found(
+        self, request: Request, secure: bool, ended: object = None
+    ) -> SharedSession | None:
         """
-        The session that C{request}'s cookie names, if it is live and its
-        record was sealed for it by this server.
+        The session that C{request}'s cookie names, if it is live, its
+        record was sealed for it by this server, and it is not the session
+        that C{ended} during this request.
         """
         headers = request.requestHeaders.getRawHeaders(b"cookie")
         if headers is None:
             return None
+        gone = ended.uid if isinstance(ended, SharedSession) else None
         for uid in cookie_uids(headers, cookie_name(secure))[:MAX_LOOKUPS]:
+            if uid == gone:
+                continue
             loaded = self._load(request, uid)
             if loaded is not None:
                 adapters = self.sealer.open(uid, loaded.record)
@@ -281,16 +289,16 @@ class SharedStore:
         @raise SessionsUnavailable: when the engine cannot be reached.
         """
         secure = not force_not_secure and request.isSecure()
-        session = kept_session(request, secure)
+        kept = session = kept_session(request, secure)
         if not isinstance(session, SharedSession) or session.ended:
-            session = self._found(request, secure)
+            session = self._found(request, secure, kept)
             if session is None:
                 session = SharedSession(self, new_uid())
                 request.cookies.append(new_cookie(secure, session.uid))
             keep_session(request, secure, session)
-            request.session_pending = True
         else:
             session.touch()
+        request.session_pending = True
         if interface is not None:
             return session.getComponent(interface)
         return session
@@ -301,9 +309,9 @@ class SharedStore:
         drop its cookie.  Returns whether there was a session.
         """
         secure = not force_not_secure and request.isSecure()
-        session = kept_session(request, secure)
+        kept = session = kept_session(request, secure)
         if not isinstance(session, SharedSession) or session.ended:
-            session = self._found(request, secure)
+            session = self._found(request, secure, kept)
             if session is None:
                 return False
             keep_session(request, secure, session)
@@ -372,23 +380,23 @@ class SharedStore:
             return None
         else:
             saving = backend.touch(uid, now, self.timeout)
+        # What a later save in the same request compares with.
+        deadline = None if backend.keeps_deadlines else now + self.timeout
+        session.loaded = Loaded(record, deadline)
         return self._watch_outcome(saving)
 
     # -- endings ------------------------------------------------------------
 
-    def end(self, session: SharedSession) -> Deferred[None] | None:
+    def end(self, session: SharedSession) -> Deferred[None]:
         """
-        Delete C{session}'s record and run this process's callbacks of it.
+        Delete C{session}'s record and run this process's callbacks of it;
+        return the deletion, which the request's answer waits for.
         """
         deleting = self._watch_outcome(self.backend.delete(session.uid))
         callbacks = self.callbacks.pop(session.uid, session.expireCallbacks)
         _run(callbacks)
         session.expireCallbacks = []
-        try:
-            done, _ = settled(deleting)
-        except StoreUnavailable:
-            return deleting
-        return None if done else deleting
+        return deleting
 
     def check(self) -> Deferred[None] | None:
         """

@@ -61,6 +61,7 @@ class SQLiteBackend:
     """
 
     asynchronous = False
+    keeps_deadlines = False
 
     def __init__(self, path: Path, limit: int) -> None:
         self.path = path

@@ -17,7 +17,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogEvent, formatEvent
 from twisted.python.components import registerAdapter
-from twisted.web.server import Session
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Session
 from zope.interface import Attribute, Interface, implementer
 
 from app.cli.options import config_from_args
@@ -27,6 +28,7 @@ from app.sessions.records import Sealer
 from app.sessions.shared import RETRY_AFTER, WATCH_INTERVAL, SharedStore
 from app.site import build_site
 from app.testing import stub_treq
+from routes.sessions import ICounter
 from tests.conftest import fetch, header_of, text_of
 
 SECRET = bytes(range(32))
@@ -312,3 +314,73 @@ def test_a_store_that_cannot_be_reached_is_a_503_for_session_pages_only(
     assert len(warnings) == 1
     # The other process still reaches the file.
     assert _visits(pair.clients[1], uid) == 2
+
+
+def test_a_resource_writing_its_own_response_saves_when_it_finishes(
+    tmp_path: Path,
+) -> None:
+    class Streaming(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> int:
+            request.write(b"counting ")
+            counter = ICounter(request.getSession())
+            counter.value += 10
+            request.write(b"%d" % (counter.value,))
+            request.finish()
+            return NOT_DONE_YET
+
+    class Routes:
+        app = new_app()
+
+        @app.route("/stream")
+        def stream(self, request: Any) -> Resource:
+            return Streaming()
+
+    path = tmp_path / "s.sqlite3"
+    clock = Clock()
+    clients = []
+    for _ in range(2):
+        config = config_from_args(["--sessions", f"sqlite:{path}"])
+        config = type(config)(
+            **{**config.__dict__, "route_apps": (Routes().app,), "secret_key": SECRET}
+        )
+        clients.append(stub_treq(build_site(config, MemoryReactor(), clock)))
+    uid = _cookie(fetch(clients[0], "GET", "/counter"))
+    streamed = fetch(
+        clients[1], "GET", "/stream", headers={"Cookie": f"app_session={uid}"}
+    )
+    assert text_of(streamed) == "counting 11"
+    assert _visits(clients[0], uid) == 12
+
+
+def test_head_shows_the_count_without_changing_it(pair: Pair) -> None:
+    first, second = pair.clients
+    uid = _cookie(fetch(first, "GET", "/counter"))
+    head = fetch(second, "HEAD", "/counter", headers={"Cookie": f"app_session={uid}"})
+    assert head.code == 200
+    assert _visits(first, uid) == 2
+
+
+def test_a_session_expired_during_a_request_is_not_found_again_by_it(
+    tmp_path: Path,
+) -> None:
+    class Routes:
+        app = new_app()
+
+        @app.route("/renew")
+        def renew(self, request: Any) -> bytes:
+            old = request.getSession()
+            old.expire()
+            new = request.getSession()
+            return old.uid + b" " + new.uid
+
+    config = config_from_args(["--sessions", f"sqlite:{tmp_path / 's.sqlite3'}"])
+    config = type(config)(**{**config.__dict__, "route_apps": (Routes().app,)})
+    client = stub_treq(build_site(config, MemoryReactor(), Clock()))
+    uid = _cookie(fetch(client, "GET", "/counter"))
+    response = fetch(client, "GET", "/renew", headers={"Cookie": f"app_session={uid}"})
+    old, new = text_of(response).split()
+    assert old == uid
+    assert new != uid
+    assert new in _cookie(response)

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from app.cli.options import config_from_args
+from app.http.router import new_app
+from app.testing import LiveServer
 from tests.auth.test_digest import digest_authorization
 from tests.conftest import drain, eventually, listening_url, start_app
 from tests.engines import RedisServer
@@ -227,7 +231,7 @@ async def test_workers_share_sessions_in_a_private_sqlite_file(
     assert not store.parent.exists()
 
 
-async def _retried_get(url: str, uid: str) -> tuple[int, str, Any]:
+async def _retried_get(url: str, uid: str | None) -> tuple[int, str, Any]:
     # While a killed worker's replacement starts, the port may have no one
     # accepting for a moment.
     for _ in range(100):
@@ -254,3 +258,54 @@ def _children(pid: int) -> list[int]:
 def _sessions_option(pid: int) -> str:
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     return argv[argv.index(b"--sessions") + 1].decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_that_stops_answering_mid_save_is_a_503(
+    spawn: list[subprocess.Popen[str]], redis: RedisServer, secret: str
+) -> None:
+    host = Host(spawn, "127.0.0.2", "--sessions", redis.url)
+    assert (await _get(host.url + "counter"))[0] == 200
+    assert redis.process is not None
+    redis.process.send_signal(signal.SIGSTOP)
+    try:
+        # A new session's first save hangs: the answer, held meanwhile, is
+        # replaced by a 503 when the save times out.
+        code, text, headers = await _get(host.url + "counter")
+        assert code == 503
+        assert headers.getRawHeaders("retry-after") == ["5"]
+        assert headers.getRawHeaders("set-cookie") is None
+        assert "Visit #" not in text
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+    assert (await _retried_get(host.url + "counter", None))[0] == 200
+
+
+class Renewing:
+    app = new_app()
+
+    @app.route("/renew")
+    def renew(self, request: Any) -> bytes:
+        old = request.getSession()
+        old.expire()
+        new = request.getSession()
+        return old.uid + b" " + new.uid
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_expired_during_a_request_stays_ended_with_redis(
+    redis: RedisServer,
+) -> None:
+    config = config_from_args(["--no-demo", "--sessions", redis.url])
+    server = await LiveServer.start(replace(config, route_apps=(Renewing().app,)))
+    try:
+        first = await server.get("/renew")
+        _, uid = (await first.text()).split()
+        response = await server.get(
+            "/renew", headers={"Cookie": f"app_session={uid}"}, cookies={}
+        )
+        old, new = (await response.text()).split()
+        assert old == uid
+        assert new != uid
+    finally:
+        await server.stop()
