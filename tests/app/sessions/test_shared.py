@@ -373,7 +373,8 @@ def test_a_session_expired_during_a_request_is_not_found_again_by_it(
             old = request.getSession()
             old.expire()
             new = request.getSession()
-            return old.uid + b" " + new.uid
+            answer: bytes = old.uid + b" " + new.uid
+            return answer
 
     config = config_from_args(["--sessions", f"sqlite:{tmp_path / 's.sqlite3'}"])
     config = type(config)(**{**config.__dict__, "route_apps": (Routes().app,)})

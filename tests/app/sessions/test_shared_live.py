@@ -289,7 +289,8 @@ class Renewing:
         old = request.getSession()
         old.expire()
         new = request.getSession()
-        return old.uid + b" " + new.uid
+        answer: bytes = old.uid + b" " + new.uid
+        return answer
 
 
 @pytest_twisted.ensureDeferred
