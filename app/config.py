@@ -247,16 +247,13 @@ def _check_not_hidden(option: str, module_name: str) -> None:
         return
     if spec is None or _found_in(spec) == here:
         return
+    yours = here / f"{top}.py" if (here / f"{top}.py").is_file() else here / top
     where = spec.origin if spec.has_location else "built in"
-    owner = (
-        f"the server's own package {top!r}"
-        if top in OWN_PACKAGES
-        else f"the installed module {top!r}"
-    )
+    owner = "the server's own package" if top in OWN_PACKAGES else "the module"
     raise ConfigError(
         option,
-        f"{module_name!r}: {top!r} in {str(here)!r} has the name of {owner} "
-        f"({where}), which is found first; rename yours",
+        f"cannot import {module_name!r}: your {str(yours)!r} has the name of "
+        f"{owner} {top!r} ({where}), which is found first; rename yours",
     )
 
 

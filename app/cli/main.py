@@ -159,7 +159,7 @@ def main(
     exit status.
     """
     if list(argv[:1]) == ["passwd"]:
-        return passwd_main(argv[1:], stderr=stderr)
+        return passwd_main(argv[1:], stderr=stderr, prog=f"{prog} passwd")
     argv, inherited = split_worker_option(argv)
     try:
         config = config_from_args(argv, prog)

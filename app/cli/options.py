@@ -45,7 +45,7 @@ _PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 _EPILOG = f"""\
 command:
-  python -m app passwd [--digest] [--realm NAME] FILE USER
+  {{prog}} passwd [--digest] [--realm NAME] FILE USER
       add or replace USER in FILE, a file for --htpasswd (bcrypt) or, with
       --digest, for --htdigest; the password is read from standard input
       (prompted for twice on a terminal), never given as an argument
@@ -56,13 +56,18 @@ environment:
 
 examples:
   the demo with its users and their home pages:
-    python -m app --htpasswd app/demo/users.htpasswd \\
+    {{prog}} --htpasswd app/demo/users.htpasswd \\
         --htdigest app/demo/users.htdigest --homes app/demo/homes
   TLS with two endpoints, plain HTTP on 8080 and HTTPS on 8443:
-    python -m app --listen tcp:8080:interface=127.0.0.1 \\
+    {{prog}} --listen tcp:8080:interface=127.0.0.1 \\
         --listen ssl:8443:privateKey=key.pem:certKey=cert.pem
+  your own routes (myroutes.py) and a WSGI application serving every other
+  path, both looked for in the working directory after the server's own
+  packages (app, routes, auth: a module of yours with one of those names is
+  an error):
+    {{prog}} --no-demo --routes myroutes --wsgi /=mysite:application
   several workers behind a UNIX socket (for a reverse proxy in front):
-    python -m app --workers 4 --listen unix:/run/app/app.sock \\
+    {{prog}} --workers 4 --listen unix:/run/app/app.sock \\
         --access-log /var/log/app/access.log
 """
 
@@ -134,9 +139,11 @@ def build_parser(prog: str = "python -m app") -> argparse.ArgumentParser:
     parser = _Parser(
         prog=prog,
         description=(
-            "Serve the Twisted Web in 60 seconds demo site (or your own Klein routes)."
+            "Serve the Twisted Web in 60 seconds demo site (or your own Klein routes).\n"
+            "klein-server and python -m app are one program; from a folder holding\n"
+            "an app.py of yours, python -m app runs that instead: use klein-server."
         ),
-        epilog=_EPILOG,
+        epilog=_EPILOG.format(prog=prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
