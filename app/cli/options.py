@@ -139,9 +139,11 @@ def build_parser(prog: str = "python -m app") -> argparse.ArgumentParser:
     parser = _Parser(
         prog=prog,
         description=(
-            "Serve the Twisted Web in 60 seconds demo site (or your own Klein routes).\n"
-            "klein-server and python -m app are one program; from a folder holding\n"
-            "an app.py of yours, python -m app runs that instead: use klein-server."
+            "Serve the Twisted Web in 60 seconds demo site "
+            "(or your own Klein routes).\n"
+            "klein-server and python -m app are one program; from a folder "
+            "holding\nan app.py of yours, python -m app runs that instead: "
+            "use klein-server."
         ),
         epilog=_EPILOG.format(prog=prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
