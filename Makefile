@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m app $(DEMO_ARGS) $(RUN_ARGS)
+	$(BIN)/klein-server $(DEMO_ARGS) $(RUN_ARGS)
 
 # Programs the tests run for real: Apache's htpasswd and htdigest, curl, a
 # headless Chromium for the demo's browser test, and Redis for the shared

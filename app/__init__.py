@@ -15,7 +15,9 @@ The layers, each importing only those below it:
 
 This package offers the names of its lower layers, which import nothing
 above them; the site is assembled by L{app.site.build_site}, and the
-command line parsed by L{app.cli.options.config_from_args}.
+command line parsed by L{app.cli.options.config_from_args} into the same
+L{Config} that Python code builds.  The server runs as C{klein-server} or
+C{python -m app} (L{app.__main__}).
 """
 
 from app.config import Config, ConfigError

@@ -11,7 +11,7 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
-from app.config import Config
+from app.config import WSGI_PREFIX, Config
 from app.http.access_log import install_access_log
 from app.http.metrics import SiteMetrics
 from app.http.router import Router
@@ -34,7 +34,6 @@ _FIXED_ROUTES = (
     AsynchronousRoutes,
     SessionRoutes,
     CGIRoutes,
-    WSGIRoutes,
     PrivateRoutes,
     ProxyRoutes,
 )
@@ -45,7 +44,7 @@ def reserved_prefixes() -> frozenset[str]:
     The first path segments that the server's own routes take (the index's
     empty one included): a C{--mount} may take none of them.
     """
-    prefixes = {"", FileRoutes.STATIC}
+    prefixes = {"", FileRoutes.STATIC, WSGI_PREFIX}
     for routes in _FIXED_ROUTES:
         for rule in routes.app.url_map.iter_rules():
             prefixes.add(rule.rule.lstrip("/").split("/", 1)[0])
@@ -79,18 +78,20 @@ def build_site(config: Config, reactor: Any, clock: IReactorTime | None = None) 
         builtin.append(SessionRoutes().app)
     builtin.append(FileRoutes(config).app)
     metrics = None if config.metrics is None else SiteMetrics(site)
-    if config.cgi_dir is not None:
+    if config.cgi_root is not None:
         cgi = CGIRoutes(config, reactor, clock)
         builtin.append(cgi.app)
         if metrics is not None:
             slots = cgi.slots
             metrics.add_queue("cgi", lambda: slots.waiting, "/cgi-bin/")
-    if config.wsgi_app is not None or config.wsgi is not None:
+    # A WSGI application at / serves what no other route takes: it comes last.
+    last: list[Klein] = []
+    if config.wsgi_prefix is not None:
         wsgi = WSGIRoutes(config, reactor, clock, site.service)
-        builtin.append(wsgi.app)
+        (builtin if config.wsgi_prefix else last).append(wsgi.app)
         if metrics is not None:
             pool = wsgi.pool
-            metrics.add_queue("wsgi", lambda: pool.waiting, "/wsgi/")
+            metrics.add_queue("wsgi", lambda: pool.waiting, wsgi.path)
     secret = config.secret_key or os.urandom(32)
     backend = None
     if config.sessions not in (None, "memory"):
@@ -105,7 +106,9 @@ def build_site(config: Config, reactor: Any, clock: IReactorTime | None = None) 
     if config.proxy is not None:
         builtin.append(ProxyRoutes(config.proxy, reactor, clock, site.service).app)
     site.resource = Router(
-        builtin, config.route_apps, display_tracebacks=config.display_tracebacks
+        builtin,
+        (*config.extra_apps, *last),
+        display_tracebacks=config.display_tracebacks,
     )
     if config.access_log is not None:
         install_access_log(site, config.access_log, clock, config.access_log_format)

@@ -16,7 +16,8 @@ A live server (a real site on 127.0.0.1, port 0, with a treq client)::
 
 Or in-memory, through treq's C{StubTreq} over the same site::
 
-    client = stub_treq(build_site(config_from_args(["--no-demo"]), reactor))
+    config = Config(demo=False, routes=("myroutes",))
+    client = stub_treq(build_site(config, MemoryReactor(), Clock()))
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ class FileRoutes:
 
     def __init__(self, config: Config) -> None:
         self.app = new_app()
-        if config.static_dir is not None:
-            self._serve(self.STATIC, config.static_dir)
+        if config.static_root is not None:
+            self._serve(self.STATIC, config.static_root)
         for prefix, directory in config.mounts:
             self._serve(prefix, directory)
 

@@ -1,6 +1,7 @@
 """
 The gateways: CGI scripts at C{/cgi-bin/} and a WSGI application at
-C{/wsgi/}, each a branch route returning a resource built once at start-up.
+C{/wsgi/} (or the prefix C{--wsgi} names), each a branch route returning a
+resource built once at start-up.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from app.config import Config, load_object
+from app.config import Config
 from app.http.router import new_app
 from app.mounts.cgi import cgi_directory
 from app.mounts.wsgi import ThreadPoolService, WSGIResource, WSGIThreadPool
@@ -20,16 +21,16 @@ from app.mounts.wsgi import ThreadPoolService, WSGIResource, WSGIThreadPool
 
 class CGIRoutes:
     """
-    C{/cgi-bin/NAME…}: the scripts of C{config.cgi_dir}, C{config.cgi_max}
+    C{/cgi-bin/NAME…}: the scripts of C{config.cgi_root}, C{config.cgi_max}
     of them at most running at once.
     """
 
     app = new_app()
 
     def __init__(self, config: Config, reactor: Any, clock: IReactorTime) -> None:
-        assert config.cgi_dir is not None
+        assert config.cgi_root is not None
         self._scripts = cgi_directory(
-            config.cgi_dir,
+            config.cgi_root,
             config.cgi_interpreters,
             config.cgi_timeout,
             reactor,
@@ -46,12 +47,14 @@ class CGIRoutes:
 
 class WSGIRoutes:
     """
-    C{/wsgi/…}: C{config.wsgi_app}, or the application C{config.wsgi} names,
-    on a pool of C{config.wsgi_threads} threads that runs as a service of
-    C{services} (the site's); eight requests a thread may wait for one.
+    C{/PREFIX/…} (C{config.wsgi_prefix}, C{wsgi} unless C{--wsgi} names
+    another): C{config.wsgi_application}, on a pool of C{config.wsgi_threads}
+    threads that runs as a service of C{services} (the site's); eight
+    requests a thread may wait for one.  Its routes are built per instance,
+    since the prefix is only known from the configuration; at C{/} (prefix
+    C{""}), they take every path, and the site serves them after every other
+    route.
     """
-
-    app = new_app()
 
     def __init__(
         self,
@@ -60,10 +63,8 @@ class WSGIRoutes:
         clock: IReactorTime,
         services: MultiService,
     ) -> None:
-        application = config.wsgi_app
-        if application is None:
-            assert config.wsgi is not None
-            application = load_object("--wsgi", config.wsgi)
+        application = config.wsgi_application
+        assert application is not None and config.wsgi_prefix is not None
         pool = WSGIThreadPool(minthreads=0, maxthreads=config.wsgi_threads, name="wsgi")
         ThreadPoolService(pool).setServiceParent(services)
         #: The threads, and the calls waiting for one.
@@ -76,7 +77,12 @@ class WSGIRoutes:
             display_tracebacks=config.display_tracebacks,
             multiprocess=config.workers > 1,
         )
+        resource = self._resource
 
-    @app.route("/wsgi/", branch=True)
-    def wsgi(self, request: IRequest) -> IResource:
-        return self._resource
+        def wsgi(request: IRequest) -> IResource:
+            return resource
+
+        #: Where the application is mounted, as the metrics name it.
+        self.path = f"/{config.wsgi_prefix}/".replace("//", "/")
+        self.app = new_app()
+        self.app.route(self.path, branch=True, endpoint="wsgi")(wsgi)

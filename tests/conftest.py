@@ -272,14 +272,26 @@ def spawn() -> Iterator[list[subprocess.Popen[str]]]:
             process.wait()
 
 
+#: The server's command (pyproject.toml's [project.scripts]), installed
+#: beside the Python that runs the tests.
+COMMAND = str(Path(sys.executable).parent / "klein-server")
+
+
 def start_app(
-    spawn: list[subprocess.Popen[str]], *argv: str, prelude: str | None = None
+    spawn: list[subprocess.Popen[str]],
+    *argv: str,
+    prelude: str | None = None,
+    program: str | None = None,
+    cwd: Path = ROOT,
 ) -> subprocess.Popen[str]:
     """
-    C{python -m app ARGV} as a process of its own, its output piped; with
-    C{prelude}, Python code run in that process before the server starts.
+    C{python -m app ARGV} as a process of its own, its output piped, run in
+    C{cwd}; with C{prelude}, Python code run in that process before the
+    server starts; with C{program} (L{COMMAND}), that instead of
+    C{python -m app}.
     """
-    command = [sys.executable, "-m", "app", *argv]
+    start = [sys.executable, "-m", "app"] if program is None else [program]
+    command = [*start, *argv]
     if prelude is not None:
         command = [
             sys.executable,
@@ -290,7 +302,7 @@ def start_app(
         ]
     process = subprocess.Popen(
         command,
-        cwd=ROOT,
+        cwd=cwd,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -154,19 +154,21 @@ def main(
     reactor: Any,
     stdout: IO[str] = sys.stdout,
     stderr: IO[str] = sys.stderr,
+    prog: str = PROG,
 ) -> int:
     """
-    Run C{python -m app ARGV} on C{reactor}; return the exit status.
+    Run C{python -m app ARGV} (or C{PROG ARGV}) on C{reactor}; return the
+    exit status.
     """
     if list(argv[:1]) == ["passwd"]:
-        return passwd_main(argv[1:], stderr=stderr)
+        return passwd_main(argv[1:], stderr=stderr, prog=f"{prog} passwd")
     argv, inherited = split_worker_option(argv)
     try:
-        config = config_from_args(argv)
+        config = config_from_args(argv, prog)
         endpoints = parse_endpoints(reactor, config, inherited)
         metrics = metrics_endpoint(reactor, config)
     except ConfigError as error:
-        stderr.write(f"{PROG}: error: {error}\n")
+        stderr.write(f"{prog}: error: {error}\n")
         return 2
     except SystemExit as exit_:  # argparse: usage errors and --help
         return int(exit_.code or 0)
@@ -175,12 +177,12 @@ def main(
     tune_garbage_collector()
     config = within_descriptor_limit(config)
     if config.workers > 1 and inherited is None:
-        return supervise(reactor, config, argv, endpoints, stderr, metrics)
+        return supervise(reactor, config, argv, endpoints, stderr, metrics, prog)
     site = build_site(config, reactor)
     reopen_on_sighup(reactor, access_log_of(site))
     if inherited is not None:
         metrics = None  # the parent serves the workers' metrics
-    return serve(reactor, site, config, endpoints, stderr, inherited, metrics)
+    return serve(reactor, site, config, endpoints, stderr, inherited, metrics, prog)
 
 
 def serve(
@@ -191,6 +193,7 @@ def serve(
     stderr: IO[str],
     inherited: list[InheritedSocket] | None = None,
     metrics: IStreamServerEndpoint | None = None,
+    prog: str = PROG,
 ) -> int:
     """
     Listen on C{endpoints} (or, in a worker, adopt the sockets the parent
@@ -214,14 +217,14 @@ def serve(
                 else:
                     port = adopt(reactor, inherited[index], endpoint, site)
             except Exception as error:
-                status[0] = cannot_listen(reactor, stderr, description, error)
+                status[0] = cannot_listen(reactor, stderr, description, error, prog)
                 return
             ports.append(port)
             if inherited is None:
                 log.info("listening on {url}", url=listening_url(description, port))
         if metrics is not None and site.metrics is not None:
             metrics_port = await listen_for_metrics(
-                reactor, metrics, config, site.metrics.registry, stderr
+                reactor, metrics, config, site.metrics.registry, stderr, prog
             )
             if metrics_port is None:
                 status[0] = 1
@@ -265,12 +268,16 @@ def install_stop_signals(reactor: Any) -> None:
 
 
 def cannot_listen(
-    reactor: Any, stderr: IO[str], description: str, error: Exception
+    reactor: Any,
+    stderr: IO[str],
+    description: str,
+    error: Exception,
+    prog: str = PROG,
 ) -> int:
     """
     Say which endpoint could not be bound, stop, and return exit status 1.
     """
-    stderr.write(f"{PROG}: error: {bind_problem(description, error)}\n")
+    stderr.write(f"{prog}: error: {bind_problem(description, error)}\n")
     stderr.flush()
     reactor.stop()
     return 1
@@ -282,6 +289,7 @@ async def listen_for_metrics(
     config: Config,
     registry: CollectorRegistry,
     stderr: IO[str],
+    prog: str = PROG,
 ) -> IListeningPort | None:
     """
     Serve C{registry} at C{/metrics} on C{endpoint} (C{config.metrics}); on
@@ -291,7 +299,7 @@ async def listen_for_metrics(
     try:
         port: IListeningPort = await endpoint.listen(MetricsSite(registry, reactor))
     except Exception as error:
-        cannot_listen(reactor, stderr, config.metrics, error)
+        cannot_listen(reactor, stderr, config.metrics, error, prog)
         return None
     log.info("metrics listening on {url}", url=listening_url(config.metrics, port))
     return port
@@ -311,6 +319,7 @@ def supervise(
     endpoints: list[IStreamServerEndpoint],
     stderr: IO[str],
     metrics: IStreamServerEndpoint | None = None,
+    prog: str = PROG,
 ) -> int:
     """
     Bind every endpoint, then run C{config.workers} workers on the sockets
@@ -335,7 +344,7 @@ def supervise(
             try:
                 port, socket_ = await bind_for_workers(endpoint, description)
             except Exception as error:
-                status[0] = cannot_listen(reactor, stderr, description, error)
+                status[0] = cannot_listen(reactor, stderr, description, error, prog)
                 return
             ports.append(port)
             inherited.append(socket_)
@@ -355,7 +364,7 @@ def supervise(
             log.info("listening on {url}", url=listening_url(description, port))
         if metrics is not None and shared is not None:
             metrics_port = await listen_for_metrics(
-                reactor, metrics, config, shared.registry, stderr
+                reactor, metrics, config, shared.registry, stderr, prog
             )
             if metrics_port is None:
                 status[0] = 1

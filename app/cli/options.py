@@ -19,19 +19,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from klein import Klein
-
 from app.cli.log import LOG_LEVELS
 from app.config import (
-    DEMO_CGI,
-    DEMO_STATIC,
-    DEMO_WSGI,
     DIGEST_KEY_VARIABLE,
+    PLAIN_SEGMENT,
     SECRET_KEY_VARIABLE,
+    WSGI_PREFIX,
     Config,
     ConfigError,
-    import_module,
-    load_object,
+    wsgi_prefix_of,
 )
 from app.sessions.locations import parse_redis_url
 from app.site import reserved_prefixes
@@ -51,7 +47,7 @@ _PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 _EPILOG = f"""\
 command:
-  python -m app passwd [--digest] [--realm NAME] FILE USER
+  {{prog}} passwd [--digest] [--realm NAME] FILE USER
       add or replace USER in FILE, a file for --htpasswd (bcrypt) or, with
       --digest, for --htdigest; the password is read from standard input
       (prompted for twice on a terminal), never given as an argument
@@ -64,18 +60,20 @@ environment:
 
 examples:
   the demo with its users and their home pages:
-    python -m app --htpasswd app/demo/users.htpasswd \\
+    {{prog}} --htpasswd app/demo/users.htpasswd \\
         --htdigest app/demo/users.htdigest --homes app/demo/homes
   TLS with two endpoints, plain HTTP on 8080 and HTTPS on 8443:
-    python -m app --listen tcp:8080:interface=127.0.0.1 \\
+    {{prog}} --listen tcp:8080:interface=127.0.0.1 \\
         --listen ssl:8443:privateKey=key.pem:certKey=cert.pem
+  your own routes (myroutes.py) and a WSGI application serving every other
+  path, both looked for in the working directory after the server's own
+  packages (app, routes, auth: a module of yours with one of those names is
+  an error):
+    {{prog}} --no-demo --routes myroutes --wsgi /=mysite:application
   several workers behind a UNIX socket (for a reverse proxy in front):
-    python -m app --workers 4 --listen unix:/run/app/app.sock \\
+    {{prog}} --workers 4 --listen unix:/run/app/app.sock \\
         --access-log /var/log/app/access.log
 """
-
-#: A plain path segment: what a --mount prefix is made of.
-_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,16 +135,21 @@ def version() -> str:
             return str(tomllib.load(project)["project"]["version"])
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m app") -> argparse.ArgumentParser:
     """
-    The parser for C{python -m app}; its help is the option reference.
+    The parser for C{python -m app} (or C{prog}); its help is the option
+    reference.
     """
     parser = _Parser(
-        prog="python -m app",
+        prog=prog,
         description=(
-            "Serve the Twisted Web in 60 seconds demo site (or your own Klein routes)."
+            "Serve the Twisted Web in 60 seconds demo site "
+            "(or your own Klein routes).\n"
+            "klein-server and python -m app are one program; from a folder "
+            "holding\nan app.py of yours, python -m app runs that instead: "
+            "use klein-server."
         ),
-        epilog=_EPILOG,
+        epilog=_EPILOG.format(prog=prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
@@ -188,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"CGI scripts running at once (default: {_DEFAULT.cgi_max})",
     )
-    add("--wsgi", metavar="MODULE:CALLABLE", help="WSGI application at /wsgi/")
+    add(
+        "--wsgi",
+        metavar="[PREFIX=]MODULE:CALLABLE",
+        help="WSGI application mounted at /PREFIX/ (default: /wsgi/); PREFIX / "
+        "serves every path no route takes",
+    )
     add(
         "--wsgi-threads",
         type=_typed(_positive_int, "a positive whole number"),
@@ -344,7 +352,7 @@ def _mount(text: str) -> tuple[str, Path]:
     if not sep or not directory:
         raise ConfigError("--mount", f"expected PREFIX=DIR, got {text!r}")
     segments = prefix.split("/")
-    if not all(_PLAIN_SEGMENT.fullmatch(s) for s in segments):
+    if not all(PLAIN_SEGMENT.fullmatch(s) for s in segments):
         raise ConfigError("--mount", f"{prefix!r} is not a plain path prefix")
     if segments[0] in reserved_prefixes():
         raise ConfigError("--mount", f"/{segments[0]}/ is served by the server itself")
@@ -361,12 +369,17 @@ def _interpreter(text: str) -> tuple[str, str]:
     return extension, found
 
 
-def _route_app(module_name: str) -> Klein:
-    module = import_module("--routes", module_name)
-    app = getattr(module, "app", None)
-    if not isinstance(app, Klein):
-        raise ConfigError("--routes", f"module {module_name!r} has no Klein `app`")
-    return app
+def _wsgi_prefix(text: str, mounts: Sequence[str]) -> None:
+    """
+    Raise L{ConfigError} where C{--wsgi}'s prefix is one the server or a
+    C{--mount} takes (its default, C{/wsgi/}, is its own).
+    """
+    prefix, _ = wsgi_prefix_of(text)
+    first = prefix.split("/", 1)[0]
+    if prefix and prefix != WSGI_PREFIX and first in reserved_prefixes():
+        raise ConfigError("--wsgi", f"/{first}/ is served by the server itself")
+    if any(first == mount.split("/", 1)[0] for mount in mounts):
+        raise ConfigError("--wsgi", f"/{first}/ is a --mount already")
 
 
 #: The --proxy value that mounts this server's own /static/ at /proxy/.
@@ -510,26 +523,18 @@ def _check_password_files(
         raise ConfigError(option, f"{args.htdigest}: {error}") from None
 
 
-def config_from_args(argv: Sequence[str]) -> Config:
+def config_from_args(argv: Sequence[str], prog: str = "python -m app") -> Config:
     """
     Parse C{argv} (without the program name) into a L{Config}.
 
     @raise SystemExit: with status 2 for malformed options (argparse).
     @raise ConfigError: for well-formed options whose values are bad.
     """
-    args = build_parser().parse_args(list(argv))
+    args = build_parser(prog).parse_args(list(argv))
     demo: bool = args.demo
 
-    static_dir = (
-        _directory("--static", args.static)
-        if args.static
-        else (DEMO_STATIC if demo else None)
-    )
-    cgi_dir = (
-        _directory("--cgi-dir", args.cgi_dir)
-        if args.cgi_dir
-        else (DEMO_CGI if demo else None)
-    )
+    static_dir = _directory("--static", args.static) if args.static else None
+    cgi_dir = _directory("--cgi-dir", args.cgi_dir) if args.cgi_dir else None
     interpreters = dict(Config.cgi_interpreters)
     interpreters.update(_interpreter(text) for text in args.cgi_interpreter)
 
@@ -538,12 +543,8 @@ def config_from_args(argv: Sequence[str]) -> Config:
     if len(set(prefixes)) != len(prefixes):
         raise ConfigError("--mount", "the same prefix is mounted twice")
 
-    wsgi: str | None = args.wsgi or (DEMO_WSGI if demo else None)
-    wsgi_app = None
-    if wsgi is not None:
-        wsgi_app = load_object("--wsgi", wsgi)
-        if not callable(wsgi_app):
-            raise ConfigError("--wsgi", f"{wsgi!r} is not callable")
+    if args.wsgi is not None:
+        _wsgi_prefix(args.wsgi, prefixes)
 
     htpasswd = _readable_file("--htpasswd", args.htpasswd) if args.htpasswd else None
     htdigest = _readable_file("--htdigest", args.htdigest) if args.htdigest else None
@@ -562,8 +563,7 @@ def config_from_args(argv: Sequence[str]) -> Config:
         cgi_interpreters=tuple(sorted(interpreters.items())),
         cgi_timeout=args.cgi_timeout,
         cgi_max=args.cgi_max,
-        wsgi=wsgi,
-        wsgi_app=wsgi_app,
+        wsgi=args.wsgi,
         wsgi_threads=args.wsgi_threads,
         proxy=_proxy(args.proxy, args.listen or Config.listen) if args.proxy else None,
         htpasswd=htpasswd,
@@ -582,7 +582,6 @@ def config_from_args(argv: Sequence[str]) -> Config:
         log_level=args.log_level,
         grace=args.grace,
         routes=tuple(args.routes),
-        route_apps=tuple(_route_app(name) for name in args.routes),
         workers=args.workers,
         metrics=args.metrics,
         demo=demo,

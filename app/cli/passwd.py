@@ -49,9 +49,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = _Parser(
-        prog=PROG,
+        prog=prog,
         description="Add or replace USER in the password file FILE.",
     )
     parser.add_argument(
@@ -162,6 +162,7 @@ def passwd_main(
     stdin: IO[str] | None = None,
     stderr: IO[str] | None = None,
     prompt: Callable[[str], str] = getpass.getpass,
+    prog: str = PROG,
 ) -> int:
     """
     Run the command; return its exit status (2 for bad arguments, 1 when
@@ -170,7 +171,7 @@ def passwd_main(
     stdin = sys.stdin if stdin is None else stdin
     stderr = sys.stderr if stderr is None else stderr
     try:
-        args = _parser().parse_args(list(argv))
+        args = _parser(prog).parse_args(list(argv))
         user: str = args.user
         realm: str = args.realm
         if not is_plain_name(user):
@@ -182,10 +183,10 @@ def passwd_main(
             raise UsageError(f"{args.file!r} cannot be a password file")
         cost = _bcrypt_cost()
     except UsageError as error:
-        stderr.write(f"{PROG}: error: {error}\n")
+        stderr.write(f"{prog}: error: {error}\n")
         return 2
     except ValueError as error:
-        stderr.write(f"{PROG}: error: {error}\n")
+        stderr.write(f"{prog}: error: {error}\n")
         return 2
 
     try:
@@ -202,6 +203,6 @@ def passwd_main(
             lines = replace_user(lines, lambda line: line.split(":")[0] == user, new)
         write_atomically(path, "".join(line + "\n" for line in lines))
     except (ValueError, OSError, EOFError) as error:
-        stderr.write(f"{PROG}: error: {error}\n")
+        stderr.write(f"{prog}: error: {error}\n")
         return 1
     return 0

@@ -123,7 +123,9 @@ def worker_arguments(
         del args[index : index + 2]
     args = [arg for arg in args if not arg.startswith("--workers=")]
     spec = json.dumps([vars(entry) for entry in sockets])
-    return [sys.executable, "-m", "app", *args, WORKER_OPTION, spec]
+    # -P: the working directory is not put first on sys.path, where a user's
+    # app.py would be run instead of the server (see app/__main__.py).
+    return [sys.executable, "-P", "-m", "app", *args, WORKER_OPTION, spec]
 
 
 def activated_endpoint(

@@ -281,7 +281,10 @@ class _Response(WSGIResponse):
         }
         prepath: list[bytes] = request.prepath or []
         postpath: list[bytes] = request.postpath or []
-        environ["SCRIPT_NAME"] = (b"/" + b"/".join(prepath)).decode("latin-1")
+        # Empty for an application mounted at / (PEP 3333), not "/".
+        environ["SCRIPT_NAME"] = (
+            (b"/" + b"/".join(prepath)).decode("latin-1") if prepath else ""
+        )
         environ["PATH_INFO"] = (
             (b"/" + b"/".join(postpath)).decode("latin-1") if postpath else ""
         )

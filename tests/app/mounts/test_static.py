@@ -1230,8 +1230,8 @@ def test_mount_option_gives_the_prefix_and_the_absolute_directory(
 
 
 def test_no_demo_serves_no_static_directory_unless_asked() -> None:
-    assert config_from_args(["--no-demo"]).static_dir is None
-    assert config_from_args([]).static_dir == DEMO_STATIC
+    assert config_from_args(["--no-demo"]).static_root is None
+    assert config_from_args([]).static_root == DEMO_STATIC
 
 
 def test_nested_mounts_each_serve_their_own_directory(tmp_path: Path) -> None:

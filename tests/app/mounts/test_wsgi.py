@@ -1,6 +1,6 @@
 """
-WSGI at /wsgi/: real applications on the site's thread pool, through a live
-server.
+WSGI at /wsgi/, another prefix or /: real applications on the site's thread
+pool, through a live server.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+import werkzeug
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
@@ -168,6 +169,144 @@ async def test_path_info_of_the_mount_itself_is_a_slash(echo: LiveServer) -> Non
     environ = (await _environ(await echo.get("/wsgi/")))["environ"]
     assert environ["SCRIPT_NAME"] == "/wsgi"
     assert environ["PATH_INFO"] == "/"
+
+
+# -- where it is mounted ----------------------------------------------------
+
+ECHO = "tests.app.mounts.test_wsgi:echo_app"
+
+
+@werkzeug.Request.application
+def framework_app(request: werkzeug.Request) -> werkzeug.Response:
+    """
+    A werkzeug application: the URLs it makes for itself come from the
+    environ the server gives it.
+    """
+    return werkzeug.Response(
+        json.dumps({"url": request.url, "root": request.script_root}),
+        content_type="application/json",
+    )
+
+
+@pytest_twisted.async_yield_fixture
+async def at_root() -> AsyncIterator[LiveServer]:
+    """
+    The demo, tests.example_routes, and echo_app at / behind them.
+    """
+    live = await LiveServer.start(
+        ["--wsgi", f"/={ECHO}", "--routes", "tests.example_routes"]
+    )
+    try:
+        yield live
+    finally:
+        await live.stop()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "path", "script_name", "path_info"),
+    [
+        ("app", "/app/a/b", "/app", "/a/b"),
+        ("/app/", "/app/", "/app", "/"),
+        ("app/v1", "/app/v1/x%20y", "/app/v1", "/x y"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_mounted_at_a_prefix(
+    prefix: str, path: str, script_name: str, path_info: str
+) -> None:
+    live = await LiveServer.start(["--no-demo", "--wsgi", f"{prefix}={ECHO}"])
+    try:
+        environ = (await _environ(await live.get(path)))["environ"]
+        assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == (
+            script_name,
+            path_info,
+        )
+        assert (await live.get("/wsgi/a")).code == 404
+    finally:
+        await live.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_prefix_without_its_slash_redirects() -> None:
+    live = await LiveServer.start(["--no-demo", "--wsgi", f"app={ECHO}"])
+    try:
+        response = await live.get("/app?a=1", allow_redirects=False)
+        assert response.code == 301
+        assert response.headers.getRawHeaders("location") == ["/app/?a=1"]
+    finally:
+        await live.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "path_info"),
+    [("/a/b", "/a/b"), ("/wsgi/x", "/wsgi/x"), ("/clock/", "/clock/")],
+)
+@pytest_twisted.ensureDeferred
+async def test_at_root_it_takes_every_path_no_route_takes(
+    at_root: LiveServer, path: str, path_info: str
+) -> None:
+    environ = (await _environ(await at_root.get(path)))["environ"]
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("", path_info)
+
+
+@pytest.mark.parametrize(
+    ("path", "code", "text"),
+    [
+        ("/health", 200, "ok"),
+        ("/", 200, "Twisted Web in 60 seconds"),
+        ("/calendar/2026", 200, "2026"),
+        ("/hello", 200, "Hello from a route module"),
+        ("/static/", 200, "<html"),
+        ("/cgi-bin/hello.py", 200, "<form"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_at_root_every_route_still_wins(
+    at_root: LiveServer, path: str, code: int, text: str
+) -> None:
+    response = await at_root.get(path)
+    assert response.code == code
+    assert text in await response.text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_at_root_a_route_with_the_wrong_method_is_still_405(
+    at_root: LiveServer,
+) -> None:
+    response = await at_root.post("/health", data=b"")
+    assert response.code == 405
+
+
+@pytest_twisted.ensureDeferred
+async def test_at_root_without_the_demo_it_serves_the_index_too() -> None:
+    live = await LiveServer.start(["--no-demo", "--wsgi", f"/={ECHO}"])
+    try:
+        environ = (await _environ(await live.get("/")))["environ"]
+        assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("", "/")
+        assert await (await live.get("/health")).text() == "ok"
+    finally:
+        await live.stop()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "path", "root"), [("app", "/app/x?q=1", "/app"), ("/", "/x?q=1", "")]
+)
+@pytest_twisted.ensureDeferred
+async def test_a_framework_app_builds_its_own_urls(
+    prefix: str, path: str, root: str
+) -> None:
+    live = await LiveServer.start(
+        ["--no-demo", "--wsgi", f"{prefix}=tests.app.mounts.test_wsgi:framework_app"]
+    )
+    try:
+        response = await live.get(path)
+        assert response.code == 200
+        assert json.loads(await response.text()) == {
+            "url": live.url(path),
+            "root": root,
+        }
+    finally:
+        await live.stop()
 
 
 @pytest_twisted.ensureDeferred
