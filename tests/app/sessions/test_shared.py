@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def _site(path: Path, clock: Clock, *args: str) -> Site:
     config = config_from_args(
         ["--sessions", f"sqlite:{path}", "--session-timeout", str(TIMEOUT), *args]
     )
-    config = type(config)(**{**config.__dict__, "secret_key": SECRET})
+    config = replace(config, secret_key=SECRET)
     return build_site(config, MemoryReactor(), clock)
 
 
@@ -279,7 +280,7 @@ def test_an_adapter_that_cannot_be_pickled_is_a_500_naming_its_class(
 
     clock = Clock()
     config = config_from_args(["--sessions", f"sqlite:{tmp_path / 's.sqlite3'}"])
-    config = type(config)(**{**config.__dict__, "route_apps": (Routes().app,)})
+    config = replace(config, route_apps=(Routes().app,))
     client = stub_treq(build_site(config, MemoryReactor(), clock))
     response = fetch(client, "GET", "/notes")
     assert response.code == 500
@@ -342,9 +343,7 @@ def test_a_resource_writing_its_own_response_saves_when_it_finishes(
     clients = []
     for _ in range(2):
         config = config_from_args(["--sessions", f"sqlite:{path}"])
-        config = type(config)(
-            **{**config.__dict__, "route_apps": (Routes().app,), "secret_key": SECRET}
-        )
+        config = replace(config, route_apps=(Routes().app,), secret_key=SECRET)
         clients.append(stub_treq(build_site(config, MemoryReactor(), clock)))
     uid = _cookie(fetch(clients[0], "GET", "/counter"))
     streamed = fetch(
@@ -377,7 +376,7 @@ def test_a_session_expired_during_a_request_is_not_found_again_by_it(
             return answer
 
     config = config_from_args(["--sessions", f"sqlite:{tmp_path / 's.sqlite3'}"])
-    config = type(config)(**{**config.__dict__, "route_apps": (Routes().app,)})
+    config = replace(config, route_apps=(Routes().app,))
     client = stub_treq(build_site(config, MemoryReactor(), Clock()))
     uid = _cookie(fetch(client, "GET", "/counter"))
     response = fetch(client, "GET", "/renew", headers={"Cookie": f"app_session={uid}"})
