@@ -26,13 +26,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address as IPv4
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
-from ipaddress import IPv6Address as IPv6
+from ipaddress import IPv4Network, ip_network
+from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
 from twisted.web.http_headers import Headers
+
+from app.compat.twisted import raw_headers
 
 __all__ = ["Forwarding", "TrustedProxies", "forwarding", "trusted_network"]
 
@@ -82,39 +83,37 @@ class TrustedProxies:
         @param networks: values as L{trusted_network} returns them.
         """
         self.unix = False
-        v4: list[IPv4Network] = []
-        v6: list[IPv6Network] = []
+        #: (network, mask) pairs as integers, by the length of the address.
+        self._networks: dict[int, list[tuple[int, int]]] = {4: [], 16: []}
         for text in networks:
             if text == UNIX_PEERS:
                 self.unix = True
                 continue
             network = ip_network(text)
-            if isinstance(network, IPv4Network):
-                v4.append(network)
-            else:
-                v6.append(network)
-        self._v4 = tuple(v4)
-        self._v6 = tuple(v6)
+            size = 4 if isinstance(network, IPv4Network) else 16
+            self._networks[size].append(
+                (int(network.network_address), int(network.netmask))
+            )
 
     def trusts(self, peer: IAddress) -> bool:
         """
         Whether C{peer}, the other end of a connection, is trusted.
         """
         if isinstance(peer, (IPv4Address, IPv6Address)):
-            try:
-                address = ip_address(peer.host)
-            except ValueError:
-                return False
-            return self.trusts_address(_unmapped(address))
+            packed = _packed(peer.host)
+            return packed is not None and self.trusts_packed(packed)
         return isinstance(peer, UNIXAddress) and self.unix
 
-    def trusts_address(self, address: IPv4 | IPv6) -> bool:
+    def trusts_packed(self, packed: bytes) -> bool:
         """
-        Whether C{address} (with no IPv4-mapped form) is in a trusted network.
+        Whether C{packed} (an address as L{_packed} gives it) is in a
+        trusted network.
         """
-        if isinstance(address, IPv6):
-            return any(address in network for network in self._v6)
-        return any(address in network for network in self._v4)
+        value = int.from_bytes(packed, "big")
+        for network, mask in self._networks[len(packed)]:
+            if value & mask == network:
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,14 +123,24 @@ class Forwarding:
 
     @ivar client: the client's address.
     @ivar secure: whether the client's own request was over TLS.
-    @ivar chain: the hops before the peer, left to right, each an address
-        or C{unknown}: what a proxy of this server passes on before
-        appending its peer.
+    @ivar hops: the entries of the chain before the peer, left to right,
+        as the headers spell them.
     """
 
     client: IAddress
     secure: bool
-    chain: tuple[bytes, ...]
+    hops: tuple[bytes, ...]
+
+    def chain(self) -> list[bytes]:
+        """
+        The hops, each an address or C{unknown}: what a proxy of this server
+        passes on in C{X-Forwarded-For} before appending its peer.
+        """
+        chain = []
+        for hop in self.hops:
+            node = _node(hop)
+            chain.append(UNKNOWN if node is None else _text(node[0]).encode())
+        return chain
 
 
 def forwarding(
@@ -141,45 +150,49 @@ def forwarding(
     The client and scheme of a request with C{headers} that came from
     C{peer}, a trusted proxy, over a connection that is C{secure} or not.
     """
-    forwarded_for = _items(headers.getRawHeaders(b"x-forwarded-for"))
-    if forwarded_for:
-        elements = [{"for": item} for item in forwarded_for]
-    else:
-        elements = _forwarded_elements(headers.getRawHeaders(b"forwarded"))
-    if len(elements) > MAX_HOPS:
-        elements = [{}, *elements[-MAX_HOPS:]]
-    nodes = [_node(element.get("for", b"")) for element in elements]
+    # One dictionary lookup a header (see app.compat.twisted.raw_headers).
+    raw = raw_headers(headers)
+    hops = _items(raw.get(b"X-Forwarded-For"))
+    elements: list[dict[str, bytes]] = []
+    if not hops:
+        elements = _forwarded_elements(raw.get(b"Forwarded"))
+        hops = [element.get("for", b"") for element in elements]
+    if len(hops) > MAX_HOPS:
+        hops = [UNKNOWN, *hops[-MAX_HOPS:]]
+        elements = elements and [{}, *elements[-MAX_HOPS:]]
     # Walk from the peer leftwards while the hop is trusted.
-    chosen = len(nodes)
-    client: IAddress = peer
-    for index in range(len(nodes) - 1, -1, -1):
-        node = nodes[index]
+    chosen = len(hops)
+    client = peer
+    for index in range(chosen - 1, -1, -1):
+        node = _node(hops[index])
         if node is None:
             break
-        address, port = node
+        packed, port = node
         chosen = index
-        client = (
-            IPv4Address("TCP", str(address), port)
-            if isinstance(address, IPv4)
-            else IPv6Address("TCP", str(address), port)
-        )
-        if not trusted.trusts_address(address):
+        if len(packed) == 4:
+            client = IPv4Address("TCP", _text(packed), port)
+        else:
+            client = IPv6Address("TCP", _text(packed), port)
+        if not trusted.trusts_packed(packed):
             break
     # The scheme of the connection the chosen hop made (when the walk found
     # no address, of the one the unknown client made).
-    hop = min(chosen, len(nodes) - 1)
-    schemes = [
-        _scheme(item) for item in _items(headers.getRawHeaders(b"x-forwarded-proto"))
-    ]
+    hop = min(chosen, len(hops) - 1)
+    protos = raw.get(b"X-Forwarded-Proto")
     scheme = None
-    if schemes:
-        scheme = schemes[hop] if len(schemes) == len(nodes) else schemes[-1]
-    elif not forwarded_for and hop >= 0:
-        scheme = _scheme(elements[hop].get("proto", b""))
+    if protos:
+        schemes = _items(protos)
+        if schemes:
+            scheme = schemes[hop] if len(schemes) == len(hops) else schemes[-1]
+    elif elements and hop >= 0:
+        scheme = elements[hop].get("proto")
     if scheme is not None:
-        secure = scheme == "https"
-    chain = tuple(UNKNOWN if node is None else str(node[0]).encode() for node in nodes)
-    return Forwarding(client, secure, chain)
+        scheme = scheme.lower()
+        if scheme == b"https":
+            secure = True
+        elif scheme == b"http":
+            secure = False
+    return Forwarding(client, secure, tuple(hops))
 
 
 def _items(lines: Sequence[bytes] | None) -> list[bytes]:
@@ -189,59 +202,72 @@ def _items(lines: Sequence[bytes] | None) -> list[bytes]:
     """
     if not lines:
         return []
-    items = (item.strip(b" \t") for item in b",".join(lines).split(b","))
+    text = lines[0] if len(lines) == 1 else b",".join(lines)
+    if b"," not in text:  # one proxy in front, the usual case
+        text = text.strip(b" \t")
+        return [text] if text else []
+    items = [item.strip(b" \t") for item in text.split(b",")]
     return [item for item in items if item]
 
 
-def _scheme(value: bytes) -> str | None:
-    scheme = value.lower()
-    if scheme == b"https":
-        return "https"
-    if scheme == b"http":
-        return "http"
-    return None
+#: The first 12 bytes of an IPv4-mapped IPv6 address (::ffff:a.b.c.d).
+_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def _packed(text: str) -> bytes | None:
+    """
+    The 4 or 16 bytes of the address C{text} (IPv4-mapped IPv6 addresses,
+    as a dual-stack socket shows IPv4 peers, as their IPv4 address), or
+    C{None} if it is not one.  C{inet_pton} is strict (no leading zeros, no
+    zone) and some ten times quicker than the ipaddress module.
+    """
+    try:
+        return inet_pton(AF_INET, text)
+    except (OSError, ValueError):
+        pass
+    try:
+        packed = inet_pton(AF_INET6, text)
+    except (OSError, ValueError):
+        return None
+    return packed[12:] if packed[:12] == _MAPPED else packed
+
+
+def _text(packed: bytes) -> str:
+    """
+    The canonical spelling of a packed address.
+    """
+    return inet_ntop(AF_INET if len(packed) == 4 else AF_INET6, packed)
 
 
 #: An address with a port: C{1.2.3.4:80}, C{[2001:db8::1]:80}, C{[::1]}.
 _WITH_PORT = re.compile(rb"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+))(?::([0-9]{1,5}))?")
 
 
-def _node(text: bytes) -> tuple[IPv4 | IPv6, int] | None:
+def _node(text: bytes) -> tuple[bytes, int] | None:
     """
-    An address and port from one entry of a chain, or C{None} for an entry
-    that is not one (C{unknown}, an obfuscated name, garbage).
+    The packed address and port of one entry of a chain, or C{None} for an
+    entry that is not an address (C{unknown}, an obfuscated name, garbage).
     """
-    text = text.strip(b" \t")
-    if not text or len(text) > 64:
+    if len(text) > 64:
         return None
     try:
-        return _unmapped(ip_address(text.decode("ascii"))), 0
-    except (UnicodeDecodeError, ValueError):
-        pass
+        host = text.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    packed = _packed(host)
+    if packed is not None:
+        return packed, 0
     match = _WITH_PORT.fullmatch(text)
     if match is None:
         return None
-    host = match.group(1) or match.group(2)
-    try:
-        address = ip_address(host.decode("ascii"))
-    except ValueError:
+    bracketed = match.group(1)
+    packed = _packed((bracketed or match.group(2)).decode("ascii"))
+    if packed is None:
         return None
-    if isinstance(address, IPv6) != (match.group(1) is not None):
-        return None  # IPv6 is bracketed when a port may follow; IPv4 is not
+    if bracketed is not None and b":" not in bracketed:
+        return None  # [1.2.3.4]: brackets are for IPv6
     port = int(match.group(3) or 0)
-    return _unmapped(address), port if port <= 65535 else 0
-
-
-def _unmapped(address: IPv4 | IPv6) -> IPv4 | IPv6:
-    """
-    C{address}, or the IPv4 address it maps (C{::ffff:a.b.c.d}, as a
-    dual-stack socket shows an IPv4 peer).
-    """
-    if isinstance(address, IPv6):
-        mapped = address.ipv4_mapped
-        if mapped is not None:
-            return mapped
-    return address
+    return packed, port if port <= 65535 else 0
 
 
 # RFC 7239 section 4: elements separated by commas, pairs by semicolons,

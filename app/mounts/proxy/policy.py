@@ -256,7 +256,7 @@ def request_headers(request: IRequest) -> Headers:
     if isinstance(request, ForwardedRequest):
         # From a trusted proxy: its chain goes on, then that proxy.
         forwarding = request.forwarding()
-        chain = [*forwarding.chain, _client_host(request.peer)]
+        chain = [*forwarding.chain(), _client_host(request.peer)]
         host = _last(incoming.getRawHeaders(b"x-forwarded-host")) or request.getHeader(
             b"host"
         )
