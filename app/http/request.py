@@ -302,17 +302,6 @@ _FORM_TYPE = re.compile(
 )
 
 
-def forwarded_chain(request: object) -> tuple[tuple[bytes, ...], IAddress | None]:
-    """
-    What a proxy passes on in C{X-Forwarded-For}: the hops before this
-    server's peer that it believes (none unless the peer is a trusted
-    proxy), and then the peer itself.
-    """
-    if isinstance(request, ForwardedRequest):
-        return request.forwarding().chain, request.peer
-    return (), getattr(request, "client", None)
-
-
 def request_uri(request: server.Request) -> str:
     """
     The request target as sent, for log messages.
