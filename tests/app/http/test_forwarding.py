@@ -402,6 +402,8 @@ async def test_gateways_get_the_forwarded_client_and_scheme(path: str) -> None:
     assert variables["HTTPS"] == "on"
     if path == "/wsgi/":
         assert variables["wsgi.url_scheme"] == "https"
+        # The proxy forwarded no port of the client's.
+        assert "REMOTE_PORT" not in variables
 
 
 @pytest_twisted.ensureDeferred
@@ -412,6 +414,7 @@ async def test_gateways_behind_an_untrusted_peer_get_the_peer(path: str) -> None
     assert "HTTPS" not in variables
     if path == "/wsgi/":
         assert variables["wsgi.url_scheme"] == "http"
+        assert int(variables["REMOTE_PORT"]) > 0
 
 
 def _session_cookie(*args: str) -> bytes:
