@@ -19,9 +19,9 @@ must do better, so here:
     sent goes on with its address appended, and the scheme and host are
     those it names, as a proxy in a chain of trusted ones does.  The
     client's C{Forwarded} and C{X-Real-IP}, and every header whose name
-    holds C{_}, stay here: an upstream would take
-    them for what a proxy vouches for (many servers read C{X_Forwarded_For}
-    as C{X-Forwarded-For}, since CGI spells both C{HTTP_X_FORWARDED_FOR}).
+    holds C{_}, stay here: an upstream would take them for what a proxy
+    vouches for (many servers read C{X_Forwarded_For} as
+    C{X-Forwarded-For}, since CGI spells both C{HTTP_X_FORWARDED_FOR}).
   - The upstream's C{Location} and C{Content-Location} under its own origin
     and base path are rewritten back under the mount; header names that are
     not tokens and values holding a NUL are dropped (L{response_headers}).
