@@ -101,6 +101,9 @@ class Config:
     idle_timeout: float = 60.0
     #: Open connections at most; past it the server stops accepting.
     max_connections: int = 1024
+    #: Peers whose forwarding headers are believed: networks in CIDR
+    #: notation, or C{unix:} for every peer on a UNIX socket.
+    trusted_proxies: tuple[str, ...] = ()
     access_log: str | None = None
     #: C{combined} (Apache's Combined Log Format) or C{json}, one object a line.
     access_log_format: str = "combined"

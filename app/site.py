@@ -70,6 +70,7 @@ def build_site(config: Config, reactor: Any, clock: IReactorTime | None = None) 
         session_timeout=config.session_timeout,
         max_sessions=config.max_sessions,
         max_connections=config.max_connections,
+        trusted_proxies=config.trusted_proxies,
     )
     builtin: list[Klein] = [HealthRoutes().app]
     if config.demo:

@@ -91,6 +91,35 @@ async def test_binary_header_values_never_fail(
     assert failures(captured_log) == []
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"X-Forwarded-For: \x80\xff, \xfe:\xff, [::1\r\n",
+        b"X-Forwarded-For: " + b"10.0.0.1, " * 1500 + b"\r\n",
+        b'X-Forwarded-Proto: \xff\r\nForwarded: for="\\\r\n',
+        b'Forwarded: for="[::1]:99999";proto=h\xfftps, for=\r\n',
+        b"Forwarded: " + b";" * 4000 + b"\r\n",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_garbage_forwarding_headers_from_a_trusted_proxy_never_fail(
+    captured_log: list[LogEvent], headers: bytes
+) -> None:
+    live = await LiveServer.start(["--trusted-proxy", "127.0.0.1"])
+    try:
+        data = await exchange(
+            reactor,
+            live.port_number,
+            b"GET /session HTTP/1.1\r\nHost: x\r\n"
+            + headers
+            + b"Connection: close\r\n\r\n",
+        )
+    finally:
+        await live.stop()
+    assert parse_response(data)[0] == 200
+    assert failures(captured_log) == []
+
+
 _option_text = st.text(
     alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
     max_size=40,
@@ -108,6 +137,7 @@ _option_text = st.text(
             "--realm",
             "--max-body",
             "--idle-timeout",
+            "--trusted-proxy",
         ]
     ),
 )

@@ -29,6 +29,7 @@ from app.config import (
     ConfigError,
     wsgi_prefix_of,
 )
+from app.http.forwarding import trusted_network
 from app.sessions.locations import parse_redis_url
 from app.site import reserved_prefixes
 from auth import (
@@ -263,6 +264,15 @@ def build_parser(prog: str = "python -m app") -> argparse.ArgumentParser:
         help="open connections at most; past it new ones wait "
         f"(default: {_DEFAULT.max_connections})",
     )
+    add(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="believe the X-Forwarded-For/-Proto (or Forwarded) headers of "
+        "peers in this network (an address alone: just it; unix: every peer "
+        "on a UNIX socket); repeatable (default: none)",
+    )
     add("--access-log", metavar="PATH", help="access log file; - is stdout")
     add(
         "--access-log-format",
@@ -438,6 +448,16 @@ def _proxy(text: str, listen: Sequence[str]) -> str:
     return text
 
 
+def _trusted_proxies(texts: Sequence[str]) -> tuple[str, ...]:
+    networks: dict[str, None] = {}
+    for text in texts:
+        try:
+            networks[trusted_network(text)] = None
+        except ValueError as error:
+            raise ConfigError("--trusted-proxy", str(error)) from None
+    return tuple(networks)
+
+
 def _access_log(text: str) -> str:
     if text == "-":
         return text
@@ -576,6 +596,7 @@ def config_from_args(argv: Sequence[str], prog: str = "python -m app") -> Config
         max_sessions=args.max_sessions,
         max_body=args.max_body,
         idle_timeout=args.idle_timeout,
+        trusted_proxies=_trusted_proxies(args.trusted_proxy),
         access_log=_access_log(args.access_log) if args.access_log else None,
         access_log_format=args.access_log_format,
         log_format=args.log_format,

@@ -65,6 +65,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from app.compat.twisted import headers_of, pull_to_push, sender
+from app.http.forwarding import forwarding
 from app.http.limits import (
     DRAIN_BYTES,
     DRAIN_SECONDS,
@@ -193,6 +194,10 @@ class Channel(Protocol):
     An HTTP/1.1 server connection, as described in this module.
     """
 
+    #: Whether the peer is a trusted proxy (C{--trusted-proxy}), whose
+    #: forwarding headers name the client.
+    forwarded = False
+
     def __init__(self, site: Site) -> None:
         self.site = site
         #: twisted.web's requests log themselves through their channel's factory.
@@ -252,7 +257,12 @@ class Channel(Protocol):
         transport.registerProducer(self, True)
         self._registered = True
         self._write = sender(transport)
-        self.site.channel_opened(self)
+        site = self.site
+        trusted = site.trusted_proxies
+        if trusted is not None and trusted.trusts(self.getPeer()):
+            self.forwarded = True
+            self.requestFactory = site.forwardedRequestFactory
+        site.channel_opened(self)
         self._idle()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -926,12 +936,17 @@ class Channel(Protocol):
             message.method = self._parser.get_method()
             message.version = self._parser.get_http_version().encode("ascii")
         request_line = None if message is None else message.request_line()
+        headers = (
+            None if message is None or request_line is None else message.header_object()
+        )
+        client = self.getPeer()
+        trusted = self.site.trusted_proxies
+        if self.forwarded and headers is not None and trusted is not None:
+            client = forwarding(headers, client, self.isSecure(), trusted).client
         refusal = Refusal(
-            client=self.getPeer(),
+            client=client,
             request_line=request_line,
-            headers=None
-            if message is None or request_line is None
-            else message.header_object(),
+            headers=headers,
             code=code,
             length=0,
         )

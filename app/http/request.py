@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -28,6 +29,7 @@ from app.http.compression import (
     weak,
 )
 from app.http.forms import FormError, form_fields
+from app.http.forwarding import Forwarding, forwarding
 from app.http.limits import ALLOWED_METHODS
 from app.http.pages import HTML_TYPE, error_page
 from app.sessions.backend import Loaded
@@ -385,6 +387,49 @@ class Request(server.Request):
         # second lookup within a request, and its cookie lacks HttpOnly and
         # SameSite: see app.sessions.store and app.sessions.shared.
         return self.site.sessions.session_for(self, sessionInterface, forceNotSecure)
+
+
+class ForwardedRequest(Request):
+    """
+    A request from a trusted proxy (C{--trusted-proxy}): its client and
+    scheme are those the forwarding headers name (see
+    L{app.http.forwarding}), worked out when first asked for, once.  The
+    channel makes these only on connections from a trusted peer, so that
+    other requests pay nothing for them.
+    """
+
+    #: The other end of the connection: the proxy in front.
+    peer: IAddress
+    _forwarding: Forwarding | None = None
+
+    # Twisted reads the client from the attribute as often as through
+    # getClientAddress(); both see the forwarded one.
+    @property
+    def client(self) -> IAddress:
+        return self.forwarding().client
+
+    @client.setter
+    def client(self, peer: IAddress) -> None:
+        # Set to the channel's peer as the request is made.
+        self.peer = peer
+        self._forwarding = None
+
+    def forwarding(self) -> Forwarding:
+        """
+        What the forwarding headers say, read once the head is in.
+        """
+        found = self._forwarding
+        if found is None:
+            channel = self.channel
+            trusted = channel.site.trusted_proxies
+            assert trusted is not None
+            found = self._forwarding = forwarding(
+                self.requestHeaders, self.peer, channel.isSecure(), trusted
+            )
+        return found
+
+    def isSecure(self) -> bool:
+        return self.forwarding().secure
 
 
 #: Statuses whose body, if any, is never compressed: a part of the

@@ -19,7 +19,8 @@ from twisted.web.resource import IResource, getChildForRequest
 from app.compat.twisted import pause_accepting, resume_accepting, watch_accepts
 from app.config import Config
 from app.http.channel import Channel, Refusal
-from app.http.request import Request
+from app.http.forwarding import TrustedProxies
+from app.http.request import ForwardedRequest, Request
 from app.sessions import Session, SessionStore, SessionSweep, new_uid
 from app.sessions.backend import Backend
 from app.sessions.records import Sealer
@@ -39,6 +40,8 @@ class Site(server.Site):
     """
 
     requestFactory = Request
+    #: The requests of connections from a trusted proxy.
+    forwardedRequestFactory = ForwardedRequest
     displayTracebacks = False
     # No "Starting factory <…Site object at 0x…>" lines: the server logs its
     # own "listening on" line instead.
@@ -55,6 +58,7 @@ class Site(server.Site):
         session_timeout: float = Config.session_timeout,
         max_sessions: int = Config.max_sessions,
         max_connections: int = Config.max_connections,
+        trusted_proxies: tuple[str, ...] = Config.trusted_proxies,
     ) -> None:
         super().__init__(resource, timeout=idle_timeout, reactor=reactor)
         self.max_body = max_body
@@ -84,6 +88,10 @@ class Site(server.Site):
         #: Told of every request routed, answered and refused, when set.
         self.metrics: SiteMetrics | None = None
         self._all_closed: list[Deferred[None]] = []
+        #: The peers whose forwarding headers are believed, if any.
+        self.trusted_proxies = (
+            TrustedProxies(trusted_proxies) if trusted_proxies else None
+        )
 
     sessionFactory = Session
 

@@ -9,7 +9,10 @@ lacks, and from every request header, whatever its name.  Here both take
 them from L{request_variables}: C{SERVER_NAME} from a well-formed C{Host}
 header, C{SERVER_PORT} for any listening address, C{CONTENT_LENGTH} as the
 length of the body received, and no header whose name is other than
-letters, digits and C{-} (C{X_Y} must not pose as C{X-Y}).
+letters, digits and C{-} (C{X_Y} must not pose as C{X-Y}).  As Apache's
+mod_ssl does, C{HTTPS} is C{on} for a request the client made over TLS (to
+this server, or to a trusted proxy in front of it); C{REMOTE_ADDR} is the
+client, behind such a proxy too.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def request_variables(request: Request, hidden: frozenset[bytes]) -> dict[str, b
         "REQUEST_METHOD": bytes(request.method),
         "QUERY_STRING": bytes(request.uri).partition(b"?")[2],
     }
+    if request.isSecure():
+        variables["HTTPS"] = b"on"
     client = getattr(request.getClientAddress(), "host", None)
     if isinstance(client, str):
         # No reverse lookups: RFC 3875 lets REMOTE_HOST be the address.

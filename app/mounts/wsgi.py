@@ -290,9 +290,10 @@ class _Response(WSGIResponse):
         )
         environ.setdefault("CONTENT_LENGTH", "")
         environ.setdefault("CONTENT_TYPE", "")
-        client = request.getClientAddress()
-        if hasattr(client, "port"):
-            environ["REMOTE_PORT"] = str(client.port)
+        # No port for a client behind a proxy that did not forward one.
+        port = getattr(request.getClientAddress(), "port", None)
+        if port:
+            environ["REMOTE_PORT"] = str(port)
         environ.update(
             {
                 "wsgi.version": (1, 0),

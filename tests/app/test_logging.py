@@ -270,6 +270,24 @@ def test_dash_logs_to_standard_output(
     assert _fields(line)[3:5] == ("GET /health HTTP/1.1", "200")
 
 
+@pytest.mark.parametrize(
+    ("trusted", "logged_host"),
+    [("127.0.0.1", "192.0.2.7"), ("10.0.0.0/8", "127.0.0.1")],
+)
+def test_behind_a_trusted_proxy_the_line_names_the_forwarded_client(
+    log_path: Path, clock: Clock, trusted: str, logged_host: str
+) -> None:
+    config = config_from_args(
+        ["--access-log", str(log_path), "--trusted-proxy", trusted]
+    )
+    with _memory_client(config, clock) as client:
+        _fetch(
+            client, "GET", "/health", headers={"x-forwarded-for": "6.6.6.6, 192.0.2.7"}
+        )
+    (line,) = _lines(log_path)
+    assert _fields(line)[0] == logged_host
+
+
 # -- raw bytes, on a live socket ----------------------------------------------
 # Requests no client library sends (refused, or arriving in pieces), over a
 # real connection whose peer address the line shows.
@@ -380,6 +398,35 @@ async def test_requests_the_server_refuses_get_a_line_too(
         f'127.0.0.1 - - {STAMP} "{request_line}" {status} '
         f'{len(error_page(status))} "-" "{agent}"'
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refusal_behind_a_trusted_proxy_names_the_forwarded_client(
+    log_path: Path, clock: Clock
+) -> None:
+    live = await LiveServer.start(
+        [
+            "--access-log",
+            str(log_path),
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--max-body",
+            "10",
+        ],
+        clock=clock,
+    )
+    try:
+        await exchange(
+            reactor,
+            live.port_number,
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 192.0.2.7\r\n"
+            b"Content-Length: 100\r\n\r\n",
+        )
+    finally:
+        await stop_on_clock(live)
+    (line,) = _lines(log_path)
+    assert _fields(line)[0] == "192.0.2.7"
+    assert _fields(line)[3:5] == ("POST /echo HTTP/1.1", "413")
 
 
 @pytest_twisted.ensureDeferred

@@ -22,10 +22,13 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
+from app.cli.options import config_from_args
 from app.http.request import Request
+from app.site import build_site
 from app.testing import LiveServer
 from auth import (
     BasicCredentialFactory,
@@ -188,6 +191,35 @@ def test_basic_credentials_of_a_peer_with_no_host_have_no_address() -> None:
         base64.b64encode(b"alice:wonderland"), _request_from(UNIXAddress(None))
     )
     assert credentials.client is None
+
+
+def _request_through(peer: IPv4Address, *args: str) -> Request:
+    """
+    A request as the channel of a site configured by C{args} makes it for a
+    connection from C{peer}, forwarded for 192.0.2.7.
+    """
+    site = build_site(config_from_args(["--no-demo", *args]), MemoryReactor(), Clock())
+    channel = site.buildProtocol(peer)
+    channel.makeConnection(StringTransport(peerAddress=peer))
+    request = channel.requestFactory(channel)
+    request.requestHeaders.setRawHeaders(b"x-forwarded-for", [b"192.0.2.7"])
+    return request
+
+
+@pytest.mark.parametrize(
+    ("trusted", "client"), [("127.0.0.0/8", "192.0.2.7"), ("10.0.0.0/8", FLOODER)]
+)
+def test_basic_credentials_behind_a_trusted_proxy_carry_the_forwarded_client(
+    trusted: str, client: str
+) -> None:
+    # So that clients behind one proxy do not share its places (SPEC §12).
+    request = _request_through(
+        IPv4Address("TCP", FLOODER, 40000), "--trusted-proxy", trusted
+    )
+    credentials = BasicCredentialFactory("app").decode(
+        base64.b64encode(b"alice:wonderland"), request
+    )
+    assert credentials.client == client
 
 
 def test_the_checker_queues_a_check_as_its_clients(held: _HeldPool) -> None:

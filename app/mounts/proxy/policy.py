@@ -12,12 +12,16 @@ must do better, so here:
     percent-encoding untouched (L{Upstream.target}); a target with a C{.} or
     C{..} segment (L{dot_segment}) or that is not visible ASCII
     (L{valid_target}) never goes upstream.
-  - Hop-by-hop headers are dropped both ways; C{X-Forwarded-For} gets the
-    client appended, C{X-Forwarded-Proto} and C{X-Forwarded-Host} are set
-    (L{request_headers}).  The client's C{Forwarded} and C{X-Real-IP}, and
-    every header whose name holds C{_}, stay here: an upstream would take
-    them for what a proxy vouches for (many servers read C{X_Forwarded_For}
-    as C{X-Forwarded-For}, since CGI spells both C{HTTP_X_FORWARDED_FOR}).
+  - Hop-by-hop headers are dropped both ways; C{X-Forwarded-For} names the
+    client, C{X-Forwarded-Proto} and C{X-Forwarded-Host} are set
+    (L{request_headers}).  Only when the client is itself a trusted proxy
+    (C{--trusted-proxy}) are its forwarding headers believed: the chain it
+    sent goes on with its address appended, and the scheme and host are
+    those it names, as a proxy in a chain of trusted ones does.  The
+    client's C{Forwarded} and C{X-Real-IP}, and every header whose name
+    holds C{_}, stay here: an upstream would take them for what a proxy
+    vouches for (many servers read C{X_Forwarded_For} as
+    C{X-Forwarded-For}, since CGI spells both C{HTTP_X_FORWARDED_FOR}).
   - The upstream's C{Location} and C{Content-Location} under its own origin
     and base path are rewritten back under the mount; header names that are
     not tokens and values holding a NUL are dropped (L{response_headers}).
@@ -37,12 +41,15 @@ must do better, so here:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.internet.interfaces import IAddress
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
+
+from app.http.request import ForwardedRequest
 
 __all__ = [
     "HOP_BY_HOP",
@@ -246,12 +253,20 @@ def request_headers(request: IRequest) -> Headers:
         ):
             continue
         headers.setRawHeaders(name, values)
-    forwarded = incoming.getRawHeaders(b"x-forwarded-for", [])
-    client = _client_host(request.getClientAddress())
-    headers.setRawHeaders(b"x-forwarded-for", [b", ".join([*forwarded, client])])
+    if isinstance(request, ForwardedRequest):
+        # From a trusted proxy: its chain goes on, then that proxy.
+        forwarding = request.forwarding()
+        chain = [*forwarding.chain(), _client_host(request.peer)]
+        host = _last(incoming.getRawHeaders(b"x-forwarded-host")) or request.getHeader(
+            b"host"
+        )
+    else:
+        # A client's own chain is no one's word: it starts again here.
+        chain = [_client_host(request.getClientAddress())]
+        host = request.getHeader(b"host")
+    headers.setRawHeaders(b"x-forwarded-for", [b", ".join(chain)])
     proto = b"https" if request.isSecure() else b"http"
     headers.setRawHeaders(b"x-forwarded-proto", [proto])
-    host = request.getHeader(b"host")
     if host:
         headers.setRawHeaders(b"x-forwarded-host", [host])
     return headers
@@ -290,6 +305,16 @@ def _named_by_connection(headers: Headers) -> frozenset[bytes]:
 def _hop_by_hop(name: bytes, named: frozenset[bytes]) -> bool:
     lowered = name.lower()
     return lowered in HOP_BY_HOP or lowered in named or lowered.startswith(b"proxy-")
+
+
+def _last(values: Sequence[bytes] | None) -> bytes | None:
+    """
+    The right-most element of a list header, the one the nearest proxy set.
+    """
+    if not values:
+        return None
+    last = values[-1].rpartition(b",")[2].strip(b" \t")
+    return last or None
 
 
 def _client_host(address: IAddress) -> bytes:

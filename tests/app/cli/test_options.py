@@ -57,6 +57,8 @@ def _run_main(*argv: str) -> tuple[int, str]:
         (["--wsgi-threads", "0"], "--wsgi-threads"),
         (["--proxy", "ftp://example.invalid/"], "--proxy"),
         (["--proxy", "http://host:notaport/"], "--proxy"),
+        (["--trusted-proxy", "10.0.0.1/8"], "--trusted-proxy"),
+        (["--trusted-proxy", "proxy.example"], "--trusted-proxy"),
         (["--htpasswd", "/no/such/file"], "--htpasswd"),
         (["--htdigest", "/no/such/file"], "--htdigest"),
         (["--realm", 'a"b'], "--realm"),

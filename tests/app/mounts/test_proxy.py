@@ -495,7 +495,7 @@ async def test_forwarded_headers_are_set(
 
 
 @pytest_twisted.ensureDeferred
-async def test_client_forwarded_values(proxy: LiveServer) -> None:
+async def test_a_clients_own_forwarding_values_are_replaced(proxy: LiveServer) -> None:
     answer = await _echo(
         proxy,
         b"/proxy/x",
@@ -503,9 +503,33 @@ async def test_client_forwarded_values(proxy: LiveServer) -> None:
         b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: forged.example\r\n",
     )
     headers = answer["headers"]
-    assert headers["x-forwarded-for"] == ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]
+    assert headers["x-forwarded-for"] == ["127.0.0.1"]
     assert headers["x-forwarded-proto"] == ["http"]
     assert headers["x-forwarded-host"] == ["front.example"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trusted_proxys_forwarding_values_go_on(
+    upstream: UpstreamServer,
+) -> None:
+    url = f"http://127.0.0.1:{upstream.port}/base/"
+    live = await LiveServer.start(
+        ["--no-demo", "--proxy", url, "--trusted-proxy", "127.0.0.1"]
+    )
+    try:
+        answer = await _echo(
+            live,
+            b"/proxy/x",
+            b"X-Forwarded-For: 10.0.0.1, junk\r\nX-Forwarded-For: 10.0.0.3\r\n"
+            b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: public.example\r\n",
+        )
+    finally:
+        await live.stop()
+    headers = answer["headers"]
+    # The chain the trusted peer vouches for, then the peer itself.
+    assert headers["x-forwarded-for"] == ["10.0.0.1, unknown, 10.0.0.3, 127.0.0.1"]
+    assert headers["x-forwarded-proto"] == ["https"]
+    assert headers["x-forwarded-host"] == ["public.example"]
 
 
 def test_forwarded_proto_is_https_over_tls() -> None:
