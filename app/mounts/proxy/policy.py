@@ -12,12 +12,12 @@ must do better, so here:
     percent-encoding untouched (L{Upstream.target}); a target with a C{.} or
     C{..} segment (L{dot_segment}) or that is not visible ASCII
     (L{valid_target}) never goes upstream.
-  - Hop-by-hop headers are dropped both ways; C{X-Forwarded-For} names the
-    client, C{X-Forwarded-Proto} and C{X-Forwarded-Host} are set
+  - Hop-by-hop headers are dropped both ways; C{X-Forwarded-For} gets the
+    client appended, C{X-Forwarded-Proto} and C{X-Forwarded-Host} are set
     (L{request_headers}).  Only when the client is itself a trusted proxy
-    (C{--trusted-proxy}) are its forwarding headers believed: the chain it
-    sent goes on with its address appended, and the scheme and host are
-    those it names, as a proxy in a chain of trusted ones does.  The
+    (C{--trusted-proxy}) are its scheme and host believed, and its list
+    read as a chain of addresses, as a proxy in a chain of trusted ones
+    does.  The
     client's C{Forwarded} and C{X-Real-IP}, and every header whose name
     holds C{_}, stay here: an upstream would take them for what a proxy
     vouches for (many servers read C{X_Forwarded_For} as
@@ -261,8 +261,11 @@ def request_headers(request: IRequest) -> Headers:
             b"host"
         )
     else:
-        # A client's own chain is no one's word: it starts again here.
-        chain = [_client_host(request.getClientAddress())]
+        # A client's own list goes on, with its address appended (SPEC §8):
+        # an upstream that trusts this server reads the right-most address
+        # it did not add itself, which is this client's, whatever the list.
+        sent = incoming.getRawHeaders(b"x-forwarded-for", [])
+        chain = [*sent, _client_host(request.getClientAddress())]
         host = request.getHeader(b"host")
     headers.setRawHeaders(b"x-forwarded-for", [b", ".join(chain)])
     proto = b"https" if request.isSecure() else b"http"

@@ -508,7 +508,9 @@ def test_behind_the_projects_own_proxy_the_backend_sees_the_real_client(
     assert head.startswith(b"HTTP/1.1 200"), head
     environ = json.loads(body)["environ"]
     assert environ["REMOTE_ADDR"] == "127.0.0.5"
-    assert environ["HTTP_X_FORWARDED_FOR"] == "127.0.0.5"
+    # The forged entry stays where the client put it, left of the address the
+    # front proxy appended: the backend reads the right-most untrusted one.
+    assert environ["HTTP_X_FORWARDED_FOR"] == "6.6.6.6, 127.0.0.5"
     assert environ["wsgi.url_scheme"] == "http"
     assert environ["HTTP_X_FORWARDED_HOST"] == "front.example"
     assert backend.stdout is not None

@@ -495,7 +495,9 @@ async def test_forwarded_headers_are_set(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_clients_own_forwarding_values_are_replaced(proxy: LiveServer) -> None:
+async def test_a_client_is_appended_to_its_own_list_and_its_scheme_and_host_replaced(
+    proxy: LiveServer,
+) -> None:
     answer = await _echo(
         proxy,
         b"/proxy/x",
@@ -503,7 +505,8 @@ async def test_a_clients_own_forwarding_values_are_replaced(proxy: LiveServer) -
         b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: forged.example\r\n",
     )
     headers = answer["headers"]
-    assert headers["x-forwarded-for"] == ["127.0.0.1"]
+    # Appended to what the client sent: an upstream reads the right-most.
+    assert headers["x-forwarded-for"] == ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]
     assert headers["x-forwarded-proto"] == ["http"]
     assert headers["x-forwarded-host"] == ["front.example"]
 
