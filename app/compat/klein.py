@@ -177,7 +177,9 @@ def route_klein_request(
     Give C{request} the L{IKleinRequest} of a route of C{app} (see
     L{RoutedKleinRequest}), or point the one it has at C{app}.
     """
-    cache: dict[str, Any] = request._adapterCache
+    cache: dict[str, Any] | None = getattr(request, "_adapterCache", None)
+    if cache is None:
+        return  # not a Componentized request: it has no IKleinRequest
     existing = cache.get(_KLEIN_REQUEST)
     if existing is None:
         cache[_KLEIN_REQUEST] = RoutedKleinRequest(request, app, script, path)
