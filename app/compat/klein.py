@@ -1,10 +1,11 @@
 """
 Where the server reaches into Klein's private parts: the router calls a
 route's function directly, as Klein's executor would, applies a
-L{klein.Response} to the request itself, reads an app's error handlers and
-notices rules added to its map, and gives each request the
+L{klein.Response} to the request itself, reads an app's error handlers,
+and gives each request the
 L{IKleinRequest} Klein's executor would give it, with the map adapter bound
-only when a route asks for it.  tests/app/compat/test_klein_and_treq.py
+only when a route asks for it.  It also learns of rules added to an app's
+map later, by wrapping the map's C{add}.  tests/app/compat/test_klein_and_treq.py
 fails, saying what moved, when a Klein, werkzeug or Twisted release changes
 one of them.
 """
@@ -13,16 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from operator import attrgetter
 from typing import Any
-from weakref import ref
+from weakref import WeakSet, ref
 
 from klein import Klein, Response
 from klein._app import KleinRequest
 from klein.interfaces import IKleinRequest
 from twisted.python.reflect import qual
 from twisted.web.iweb import IRequest
-from werkzeug.routing import Map, MapAdapter
+from werkzeug.routing import Map, MapAdapter, RuleFactory
 
 #: One of an app's C{@handle_errors} handlers: the exception types it
 #: takes, and the function Klein calls with the request and the failure.
@@ -62,26 +62,36 @@ def error_handlers(app: Klein) -> Sequence[ErrorHandler]:
 
 class MapWatch:
     """
-    Tells whether a rule was added to any of some werkzeug maps since the
-    watch began: C{Map.add} sets C{Map._remap} (which binding a map clears)
-    and files the rule under its endpoint in C{Map._rules_by_endpoint}.
+    Learns when a rule is added to any of some werkzeug maps: each map's
+    C{add} (which every rule of a Klein route, subroutes included, goes
+    through) is wrapped, once per map, to mark the watches of that map
+    C{stale}.  Reading the mark is all a request pays.
     """
 
     def __init__(self, maps: Sequence[Map]) -> None:
+        self.stale = False
         for url_map in maps:
-            url_map.update()  # clears _remap, as binding the map would
-        self._maps = tuple(maps)
-        self._tables = tuple(url_map._rules_by_endpoint for url_map in maps)
-        self._endpoints = sum(map(len, self._tables))
-
-    def changed(self) -> bool:
-        # Read per request: C-level loops only.
-        return any(map(_remap, self._maps)) or sum(map(len, self._tables)) != (
-            self._endpoints
-        )
+            _watches_of(url_map).add(self)
 
 
-_remap = attrgetter("_remap")
+def _watches_of(url_map: Map) -> WeakSet[MapWatch]:
+    watches: WeakSet[MapWatch] | None = url_map.__dict__.get(_WATCHES)
+    if watches is None:
+        watches = WeakSet()
+        setattr(url_map, _WATCHES, watches)
+        add = url_map.add
+
+        def add_and_tell(rulefactory: RuleFactory) -> None:
+            add(rulefactory)
+            for watch in list(watches):
+                watch.stale = True
+
+        url_map.add = add_and_tell  # type: ignore[method-assign]
+    return watches
+
+
+#: The attribute of a map that holds its watches.
+_WATCHES = "_router_watches"
 
 
 #: The key under which a request keeps its IKleinRequest
@@ -187,3 +197,25 @@ def route_klein_request(
         existing.route_to(app, script, path)
     else:
         existing.mapper = bind_map(app.url_map, request, script, path)
+
+
+def klein_request_of(request: Any) -> KleinRequest:
+    """
+    The L{IKleinRequest} of one of the server's requests, made when a route
+    first asks for it: for a request the router gave to a route, C{app}'s
+    map bound as L{route_klein_request} would bind it, from what the router
+    noted in C{request.klein_route} (the app, the C{prepath} list and how
+    many segments of it came before the route, the C{postpath} list).
+    """
+    route = getattr(request, "klein_route", None)
+    if route is None:
+        return KleinRequest(request)
+    app, prepath, count, postpath = route
+    return RoutedKleinRequest(request, app, prepath[:count], postpath)
+
+
+def has_klein_request(request: Any) -> bool:
+    """
+    Whether C{request} already has its L{IKleinRequest}.
+    """
+    return _KLEIN_REQUEST in request._adapterCache

@@ -45,6 +45,7 @@ from klein import Response as KleinResponse
 from klein.interfaces import IKleinRequest
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
+from twisted.python.components import registerAdapter
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRenderable
 from twisted.web.resource import IResource, Resource, getChildForRequest
@@ -66,6 +67,8 @@ from app.compat.klein import (
     apply_response,
     bound_endpoint,
     error_handlers,
+    has_klein_request,
+    klein_request_of,
     route_klein_request,
 )
 from app.compat.twisted import connection_gone
@@ -77,9 +80,13 @@ from app.http.pages import (
     redirect,
     render_error,
 )
+from app.http.request import Request as ServerRequest
 from app.http.request import request_uri
 
 log = Logger()
+
+# The server's own requests make their IKleinRequest only when a route asks.
+registerAdapter(klein_request_of, ServerRequest, IKleinRequest)
 
 
 def new_app() -> Klein:
@@ -489,7 +496,7 @@ class Router(Resource):
         return answer(request, body)
 
     def _dispatch(self, request: Request) -> bytes | int:
-        if self._watch.changed():
+        if self._watch.stale:
             self._build()
         postpath: list[bytes] = request.postpath or []
         raw: bytes = request.path or b""
@@ -753,7 +760,11 @@ def _route(request: Request, app: Klein, count: int) -> None:
     """
     postpath: list[bytes] = request.postpath or []
     prepath: list[bytes] = request.prepath or []
-    route_klein_request(request, app, prepath[:], postpath)
+    if type(request) is ServerRequest and not has_klein_request(request):
+        # Noted for klein_request_of, should the route ask.
+        request.klein_route = (app, prepath, len(prepath), postpath)  # type: ignore[attr-defined]
+    else:
+        route_klein_request(request, app, prepath[:], postpath)
     if count:
         prepath.extend(postpath[:count])
         request.prepath = prepath

@@ -156,21 +156,23 @@ def test_a_rule_added_to_a_watched_map_is_noticed() -> None:
     from app.compat.klein import MapWatch
 
     app = Klein()
-    assert hasattr(app.url_map, "_remap"), "werkzeug's Map._remap is gone"
-    assert hasattr(app.url_map, "_rules_by_endpoint"), (
-        "werkzeug's Map._rules_by_endpoint is gone"
-    )
     watch = MapWatch([app.url_map])
-    assert not watch.changed()
+    other = MapWatch([app.url_map])
+    assert not watch.stale
 
     @app.route("/new")
     def new(request: Any) -> str:
         return "new"
 
-    assert watch.changed()
-    app.url_map.bind("localhost")  # clears _remap; the endpoint count stays
-    assert watch.changed()
-    assert not MapWatch([app.url_map]).changed()
+    assert watch.stale and other.stale
+    later = MapWatch([app.url_map])
+    with app.subroute("/sub") as sub:
+
+        @sub.route("/in")
+        def inside(request: Any) -> str:
+            return "inside"
+
+    assert later.stale
 
 
 def test_a_routed_request_s_mapper_is_bound_as_klein_binds_it() -> None:
@@ -205,3 +207,34 @@ def test_a_routed_request_s_mapper_is_bound_as_klein_binds_it() -> None:
     assert klein_request.url_for("page", {"n": 3}, force_external=True) == (
         "http://example.com:8080/a/3"
     )
+
+
+def test_a_request_noted_by_the_router_makes_its_klein_request_when_asked() -> None:
+    from twisted.web.server import Request
+    from twisted.web.test.requesthelper import DummyChannel
+
+    from app.compat.klein import (
+        RoutedKleinRequest,
+        has_klein_request,
+        klein_request_of,
+    )
+
+    app = Klein()
+
+    @app.route("/b/<int:n>")
+    def page(request: Any, n: int) -> str:
+        return str(n)
+
+    request = Request(DummyChannel())
+    request.method = b"GET"
+    request.setHost(b"example.com", 80)
+    prepath = [b"mount"]
+    request.klein_route = (app, prepath, 1, [b"b", b"1"])  # type: ignore[attr-defined]
+    prepath.extend([b"b", b"1"])  # as the router moves the route's segments
+    assert not has_klein_request(request)
+    made = klein_request_of(request)
+    assert isinstance(made, RoutedKleinRequest)
+    assert made.url_for("page", {"n": 5}, force_external=True) == (
+        "http://example.com/mount/b/5"
+    )
+    assert type(klein_request_of(Request(DummyChannel()))) is klein._app.KleinRequest
