@@ -548,6 +548,11 @@ class Router(Resource):
         The answer to a request that no route takes: the server's 404 page,
         unless an app has an error handler for it.
         """
+        if not any(map(error_handlers, self._unrouted)):
+            # No app handles errors: no failure to make.
+            if self._unrouted:
+                _route(request, self._unrouted[0], 0)
+            return self._error(request, 404)
         return self._unrouted_failure(request, Failure(NotFound()))
 
     def _unrouted_failure(self, request: Request, failure: Failure) -> bytes | int:

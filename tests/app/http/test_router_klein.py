@@ -11,16 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogEvent, formatEvent
 
 from app.cli.options import config_from_args
+from app.config import Config
 from app.site import build_site
 from app.testing import stub_treq
 from tests import klein_routes
-from tests.conftest import fetch_undecoded
+from tests.conftest import content_of, fetch, fetch_undecoded
 
 #: Headers the server sets on every answer (SPEC §3: Server, nosniff; the
 #: freshness of a dynamic answer; SPEC §15: Vary on a compressible one), or
@@ -112,3 +114,30 @@ def test_modules_that_shadow_nothing_log_no_warning(
     assert not [
         event for event in captured_log if "is not served" in formatEvent(event)
     ]
+
+
+def test_a_module_s_not_found_handler_takes_paths_no_route_takes() -> None:
+    config = config_from_args(["--routes", "tests.klein_routes"])
+    client = stub_treq(build_site(config, MemoryReactor(), Clock()))
+    unknown = fetch(client, "GET", "/nowhere")
+    assert (unknown.code, content_of(unknown)) == (
+        404,
+        b"the module's own not-found page",
+    )
+    # A built-in route's own NotFound is the built-in route's answer.
+    builtin = fetch(client, "GET", "/calendar/0")
+    assert builtin.code == 404
+    assert b"There is nothing at this address." in content_of(builtin)
+
+
+def test_a_route_added_after_the_start_is_served() -> None:
+    app = Klein()
+    client = stub_treq(build_site(Config(route_apps=(app,)), MemoryReactor(), Clock()))
+    assert fetch_undecoded(client, "/added")[0].code == 404
+
+    @app.route("/added")
+    def added(request: object) -> str:
+        return "added later"
+
+    response, body = fetch_undecoded(client, "/added")
+    assert (response.code, body) == (200, b"added later")
