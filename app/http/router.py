@@ -605,7 +605,7 @@ class Router(Resource):
             body = self._render_result(request, result, app, handlers)
         except Exception:
             return self._failed(request, Failure(), app, handlers)
-        if body is not NOT_DONE_YET and (request.finished or connection_gone(request)):
+        if body is not NOT_DONE_YET and request.finished:
             # The route finished the request itself; writing the answer is
             # the mistake Klein logs.
             try:
