@@ -293,19 +293,43 @@ def shadowed_routes(layers: Sequence[_Layer]) -> list[str]:
 
 
 def _shadowing_rule(layers: Sequence[_Layer], rule: Rule) -> tuple[_Layer, Rule] | None:
+    """
+    The rule of one of C{layers} that answers a request meant for C{rule}:
+    for a path of its own, the rule that takes the path (or redirects it,
+    or refuses the method); otherwise a rule written the same way.
+    """
     methods = sorted(rule.methods or {"GET"})
     for layer in layers:
         for method in methods:
             if not rule.arguments:
-                try:
-                    winner, _ = layer.adapter.match(rule.rule, method, return_rule=True)
-                except HTTPException:
-                    continue
-                assert isinstance(winner, Rule)
-                return layer, winner
+                winner = _taker(layer, rule.rule, method)
+                if winner is not None:
+                    return layer, winner
+                continue
             for other in layer.adapter.map.iter_rules():
                 if other.rule == rule.rule and method in (other.methods or ()):
                     return layer, other
+    return None
+
+
+def _taker(layer: _Layer, path: str, method: str) -> Rule | None:
+    """
+    The rule of C{layer} that answers C{method} on C{path} (with a
+    redirect or a 405 if need be), if any.
+    """
+    for _ in range(2):
+        try:
+            rule, _arguments = layer.adapter.match(path, method, return_rule=True)
+        except RequestRedirect as redirect:
+            path = urlsplit(redirect.new_url).path
+            continue
+        except MethodNotAllowed as error:
+            method = sorted(error.valid_methods or ("GET",))[0]
+            continue
+        except HTTPException:
+            return None
+        assert isinstance(rule, Rule)
+        return rule
     return None
 
 

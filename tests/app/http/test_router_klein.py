@@ -141,3 +141,31 @@ def test_a_route_added_after_the_start_is_served() -> None:
 
     response, body = fetch_undecoded(client, "/added")
     assert (response.code, body) == (200, b"added later")
+
+
+def test_a_module_route_a_builtin_path_redirects_or_refuses_is_a_warning(
+    captured_log: list[LogEvent],
+) -> None:
+    app = Klein()
+
+    @app.route("/pay", methods=["POST"])
+    def pay(request: object) -> str:
+        return "paid"
+
+    @app.route("/cgi-bin")
+    def scripts(request: object) -> str:
+        return "no scripts"
+
+    build_site(Config(route_apps=(app,)), MemoryReactor(), Clock())
+    warnings = [
+        formatEvent(event)
+        for event in captured_log
+        if "is not served" in formatEvent(event)
+    ]
+    module = __name__
+    assert sorted(warnings) == [
+        f"Route /cgi-bin ({module}.{scripts.__qualname__}) is not served:"
+        " /cgi-bin/ (routes.gateways.CGIRoutes.cgi_bin) answers it",
+        f"Route /pay ({module}.{pay.__qualname__}) is not served:"
+        " /pay (routes.content.ContentRoutes.pay) answers it",
+    ]
