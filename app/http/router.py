@@ -18,6 +18,16 @@ the rules this server promises instead of Klein's defaults:
   - A request a route answers carries the route's template in C{route}
     (C{/calendar/<int:year>}; a branch route's prefix, C{/static/}), for
     the metrics; one no route answers carries none.
+
+Everything else is Klein's executor (C{klein._resource.KleinResource}), for
+every route: an app's C{@handle_errors} handlers get its routes' failures
+and the C{NotFound} / C{MethodNotAllowed} of matching; a route's
+C{IKleinRequest} has the app's map bound for C{url_for} (bound when first
+used); a route may return C{str}, C{bytes}, C{None}, a L{klein.Response}, a
+resource or an element (a C{Plating} page is one), or a Deferred or
+coroutine of one; routes added to an app after the router was made are
+served.  Klein's own tests of its executor run against this router
+(tests/app/http/klein_suite/).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from klein import Response as KleinResponse
 from klein.interfaces import IKleinRequest
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
+from twisted.python.components import registerAdapter
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRenderable
 from twisted.web.resource import IResource, Resource, getChildForRequest
@@ -50,11 +61,32 @@ from werkzeug.routing import (
     Rule,
 )
 
-from app.compat.klein import apply_response, bound_endpoint
-from app.http.pages import HTML_TYPE, PATH_SAFE, answer, error_page, redirect
+from app.compat.klein import (
+    ErrorHandler,
+    MapWatch,
+    apply_response,
+    bound_endpoint,
+    error_handlers,
+    has_klein_request,
+    klein_request_of,
+    route_klein_request,
+)
+from app.compat.twisted import connection_gone
+from app.http.pages import (
+    HTML_TYPE,
+    PATH_SAFE,
+    answer,
+    error_page,
+    redirect,
+    render_error,
+)
+from app.http.request import Request as ServerRequest
 from app.http.request import request_uri
 
 log = Logger()
+
+# The server's own requests make their IKleinRequest only when a route asks.
+registerAdapter(klein_request_of, ServerRequest, IKleinRequest)
 
 
 def new_app() -> Klein:
@@ -109,6 +141,8 @@ class _Layer:
     #: Routes without variables, by (path, method): what werkzeug would
     #: match for them, found without running its matcher.
     exact: dict[tuple[str, str], _Found]
+    #: The layer's apps, in order.
+    members: tuple[Klein, ...]
 
 
 @dataclass(frozen=True)
@@ -121,6 +155,7 @@ class _Fast:
     function: Callable[..., Any]
     segment_count: int
     template: str
+    app: Klein
 
 
 @dataclass(frozen=True)
@@ -131,6 +166,9 @@ class _Redirect:
 @dataclass(frozen=True)
 class _NotAllowed:
     allowed: tuple[str, ...]
+    #: The apps of the layer that has the path, whose error handlers get
+    #: the C{MethodNotAllowed}.
+    apps: tuple[Klein, ...]
 
 
 _Match = _Found | _Redirect | _NotAllowed | None
@@ -172,7 +210,19 @@ def _layer(apps: Sequence[Klein]) -> _Layer:
                 for method in copy.methods or ():
                     exact.setdefault((copy.rule, method), found)
     # Matching never looks at the host; bind once instead of per request.
-    return _Layer(url_map.bind("localhost"), owners, direct, templates, exact)
+    adapter = url_map.bind("localhost")
+    return _Layer(adapter, owners, direct, templates, exact, tuple(apps))
+
+
+def _handling_app(apps: Sequence[Klein], failure: Failure) -> Klein | None:
+    """
+    The first of C{apps} with an error handler for C{failure}, else the
+    first.
+    """
+    for app in apps:
+        if any(failure.check(*types) for types, _ in error_handlers(app)):
+            return app
+    return apps[0] if apps else None
 
 
 def _template(rule: str) -> str:
@@ -206,7 +256,7 @@ def _fast_routes(layers: Sequence[_Layer]) -> dict[tuple[bytes, bytes], _Fast]:
                 continue
             handler = found.app.endpoints[found.endpoint]
             count: int = handler.segment_count  # type: ignore[attr-defined]
-            fast[key] = _Fast(found.direct, count, found.template)
+            fast[key] = _Fast(found.direct, count, found.template, found.app)
     return fast
 
 
@@ -221,6 +271,78 @@ def _layer_matches(layer: _Layer, path: str, method: str) -> bool:
     except HTTPException:
         return True
     return True
+
+
+def shadowed_routes(layers: Sequence[_Layer]) -> list[str]:
+    """
+    One line for each route of a C{--routes} module (a layer after the
+    first) that an earlier layer answers instead: a route for the same path
+    (a path of its own, or the same rule), naming both routes.
+    """
+    lines: list[str] = []
+    for index, layer in enumerate(layers[1:], start=1):
+        for rule in layer.adapter.map.iter_rules():
+            winner = _shadowing_rule(layers[:index], rule)
+            if winner is not None:
+                winning_layer, winning_rule = winner
+                lines.append(
+                    f"Route {_describe(layer, rule)} is not served: "
+                    f"{_describe(winning_layer, winning_rule)} answers it"
+                )
+    return lines
+
+
+def _shadowing_rule(layers: Sequence[_Layer], rule: Rule) -> tuple[_Layer, Rule] | None:
+    """
+    The rule of one of C{layers} that answers a request meant for C{rule}:
+    for a path of its own, the rule that takes the path (or redirects it,
+    or refuses the method); otherwise a rule written the same way.
+    """
+    methods = sorted(rule.methods or {"GET"})
+    for layer in layers:
+        for method in methods:
+            if not rule.arguments:
+                winner = _taker(layer, rule.rule, method)
+                if winner is not None:
+                    return layer, winner
+                continue
+            for other in layer.adapter.map.iter_rules():
+                if other.rule == rule.rule and method in (other.methods or ()):
+                    return layer, other
+    return None
+
+
+def _taker(layer: _Layer, path: str, method: str) -> Rule | None:
+    """
+    The rule of C{layer} that answers C{method} on C{path} (with a
+    redirect or a 405 if need be), if any.
+    """
+    for _ in range(2):
+        try:
+            rule, _arguments = layer.adapter.match(path, method, return_rule=True)
+        except RequestRedirect as redirect:
+            path = urlsplit(redirect.new_url).path
+            continue
+        except MethodNotAllowed as error:
+            method = sorted(error.valid_methods or ("GET",))[0]
+            continue
+        except HTTPException:
+            return None
+        assert isinstance(rule, Rule)
+        return rule
+    return None
+
+
+def _describe(layer: _Layer, rule: Rule) -> str:
+    """
+    A rule as the shadowing warning names it: its text and the module of its
+    function.
+    """
+    endpoint = str(rule.endpoint)
+    app = layer.apps[endpoint]
+    handler = app.endpoints[endpoint.partition(":")[2]]
+    function = getattr(handler, "__wrapped__", handler)
+    return f"{_template(rule.rule)} ({function.__module__}.{function.__qualname__})"
 
 
 def _pure_converters(layer: _Layer) -> bool:
@@ -290,7 +412,34 @@ class Router(Resource):
         display_tracebacks: bool = False,
     ) -> None:
         super().__init__()
-        self._layers = [_layer(builtin)] + [_layer([app]) for app in extra]
+        self._builtin = tuple(builtin)
+        self._extra = tuple(extra)
+        self._display_tracebacks = display_tracebacks
+        self._build()
+        for line in shadowed_routes(self._layers):
+            log.warn("{line}", line=line)
+
+    def __eq__(self, other: object) -> bool:
+        # As Klein's resources compare: by what they serve.
+        if not isinstance(other, Router):
+            return NotImplemented
+        return self._serves() == other._serves()
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def _serves(self) -> tuple[object, ...]:
+        return (self._builtin, self._extra, self._display_tracebacks)
+
+    def _build(self) -> None:
+        """
+        Read the apps' rules; again whenever a rule is added to one of them.
+        """
+        self._watch = MapWatch([app.url_map for app in self._builtin + self._extra])
+        self._layers = [_layer(self._builtin)] + [_layer([app]) for app in self._extra]
         self._fast = _fast_routes(self._layers)
         #: What matching found for recent (path, method) pairs, oldest first;
         #: only kept where every converter is one of werkzeug's own, whose
@@ -298,7 +447,9 @@ class Router(Resource):
         self._matched: dict[tuple[str, str], _Match] | None = (
             {} if all(_pure_converters(layer) for layer in self._layers) else None
         )
-        self._display_tracebacks = display_tracebacks
+        #: The apps whose error handlers a request no route takes may go
+        #: to: the C{--routes} modules first.
+        self._unrouted = self._extra + self._builtin
 
     # -- matching ---------------------------------------------------------
 
@@ -312,7 +463,7 @@ class Router(Resource):
             except RequestRedirect as redirect:
                 return _Redirect(urlsplit(redirect.new_url).path)
             except MethodNotAllowed as error:
-                return _NotAllowed(tuple(error.valid_methods or ()))
+                return _NotAllowed(tuple(error.valid_methods or ()), layer.members)
             except NotFound:
                 continue
             assert isinstance(rule, Rule)
@@ -352,23 +503,29 @@ class Router(Resource):
     # -- rendering --------------------------------------------------------
 
     def render(self, request: Request) -> bytes | int:
-        fast = self._fast.get((request.path, request.method))
+        # The request's path is the router's to match only where it is the
+        # root resource (under another resource, C{postpath} is).
+        fast = (
+            None if request.prepath else self._fast.get((request.path, request.method))
+        )
         if fast is None:
             body = self._dispatch(request)
         else:
             request.route = fast.template  # type: ignore[attr-defined]
-            _take_segments(request, fast.segment_count)
-            body = self._call(request, fast.function, {})
+            _route(request, fast.app, fast.segment_count)
+            body = self._call(request, fast.function, {}, fast.app)
         if body is NOT_DONE_YET or request.method != b"HEAD":
             return body
         assert isinstance(body, bytes)
         return answer(request, body)
 
     def _dispatch(self, request: Request) -> bytes | int:
+        if self._watch.stale:
+            self._build()
         postpath: list[bytes] = request.postpath or []
-        raw: bytes = request.path
+        raw: bytes = request.path or b""
         try:
-            if raw[:1] == b"/" and b"%" not in raw:
+            if raw[:1] == b"/" and b"%" not in raw and not request.prepath:
                 # Nothing to unquote: the path is what the segments would join to.
                 path = raw.decode("utf-8")
             else:
@@ -378,29 +535,63 @@ class Router(Resource):
         if path.startswith("//"):
             # werkzeug strips leading slashes before matching: //health would
             # be /health, and //host/ looks like another site to a browser.
-            return self._error(request, 404)
+            return self._not_found(request)
         method = request.method.decode("latin-1")
-        match = self._match(path, method)
+        try:
+            match = self._match(path, method)
+        except Exception:
+            # A converter of an app that failed: that app's handlers, as the
+            # failures of Klein's matching go.
+            return self._unrouted_failure(request, Failure())
         if match is None:
-            return self._error(request, 404)
+            return self._not_found(request)
         if isinstance(match, _Redirect):
             return self._redirect(request, match.path)
         if isinstance(match, _NotAllowed):
-            request.setHeader(b"allow", ", ".join(match.allowed).encode("ascii"))
-            return self._error(request, 405)
+            failure = Failure(MethodNotAllowed(valid_methods=match.allowed))
+            app = _handling_app(match.apps, failure)
+            assert app is not None
+            _route(request, app, 0)
+            return self._failed(request, failure, app, error_handlers(app))
 
         request.route = match.template  # type: ignore[attr-defined]
         app = match.app
         handler = app.endpoints[match.endpoint]
-        _take_segments(request, handler.segment_count)  # type: ignore[attr-defined]
+        _route(request, app, handler.segment_count)  # type: ignore[attr-defined]
         if match.direct is not None:
-            return self._call(request, match.direct, match.arguments)
+            return self._call(request, match.direct, match.arguments, app)
         return self._call(
-            request, partial(app.execute_endpoint, match.endpoint), match.arguments
+            request,
+            partial(app.execute_endpoint, match.endpoint),
+            match.arguments,
+            app,
         )
 
+    def _not_found(self, request: Request) -> bytes | int:
+        """
+        The answer to a request that no route takes: the server's 404 page,
+        unless an app has an error handler for it.
+        """
+        if not any(map(error_handlers, self._unrouted)):
+            # No app handles errors: no failure to make.
+            if self._unrouted:
+                _route(request, self._unrouted[0], 0)
+            return self._error(request, 404)
+        return self._unrouted_failure(request, Failure(NotFound()))
+
+    def _unrouted_failure(self, request: Request, failure: Failure) -> bytes | int:
+        app = _handling_app(self._unrouted, failure)
+        if app is None:
+            return self._default_failure(request, failure)
+        _route(request, app, 0)
+        return self._failed(request, failure, app, error_handlers(app))
+
     def _call(
-        self, request: Request, function: Callable[..., Any], arguments: dict[str, Any]
+        self,
+        request: Request,
+        function: Callable[..., Any],
+        arguments: dict[str, Any],
+        app: Klein,
     ) -> bytes | int:
         """
         Call a route's C{function} and answer with what it returns.
@@ -408,19 +599,53 @@ class Router(Resource):
         try:
             result = function(request, **arguments)
         except Exception:
-            return self._failed(request, Failure())
+            return self._failed(request, Failure(), app, error_handlers(app))
         if type(result) is bytes:
-            return result
+            body = result
+        elif type(result) is str:
+            body = result.encode("utf-8")
+        else:
+            return self._answer(request, result, app, error_handlers(app))
+        if request.finished:
+            return self._answer(request, body, app, ())
+        return body
+
+    def _answer(
+        self,
+        request: Request,
+        result: Any,
+        app: Klein,
+        handlers: Sequence[ErrorHandler],
+    ) -> bytes | int:
+        """
+        Answer with C{result}, what a route of C{app} (or one of its error
+        handlers) returned; a failure goes to C{handlers}.
+        """
         if iscoroutine(result):
             result = ensureDeferred(result)
         if isinstance(result, Deferred):
-            return self._render_later(request, result)
+            return self._render_later(request, result, app, handlers)
         try:
-            return self._render_result(request, result)
+            body = self._render_result(request, result, app, handlers)
         except Exception:
-            return self._failed(request, Failure())
+            return self._failed(request, Failure(), app, handlers)
+        if body is not NOT_DONE_YET and request.finished:
+            # The route finished the request itself; writing the answer is
+            # the mistake Klein logs.
+            try:
+                self._write(request, body)
+            except Exception:
+                log.failure("Writing a response failed", Failure())
+            return NOT_DONE_YET
+        return body
 
-    def _render_later(self, request: Request, result: Deferred[Any]) -> int:
+    def _render_later(
+        self,
+        request: Request,
+        result: Deferred[Any],
+        app: Klein,
+        handlers: Sequence[ErrorHandler],
+    ) -> int:
         gone: list[Failure] = []
 
         def client_went_away(reason: Failure) -> None:
@@ -429,23 +654,20 @@ class Router(Resource):
 
         request.notifyFinish().addErrback(client_went_away)
 
+        def over() -> bool:
+            return bool(gone or request.finished or connection_gone(request))
+
         def write(value: Any) -> None:
-            if gone:
+            if over():
                 return
-            body = self._render_result(request, value)
-            if body is NOT_DONE_YET:
-                return
-            assert isinstance(body, bytes)
-            if (
-                not request.startedWriting
-                and request.responseHeaders.getRawHeaders(b"content-length") is None
-            ):
-                request.setHeader(b"content-length", b"%d" % (len(body),))
-            request.write(body)
-            request.finish()
+            try:
+                body = self._render_result(request, value, app, handlers)
+            except Exception:
+                body = self._failed(request, Failure(), app, handlers)
+            self._write(request, body)
 
         def failed(failure: Failure) -> None:
-            if gone:
+            if over():
                 if not failure.check(CancelledError):
                     log.failure(
                         "Rendering {uri} failed after the client went away",
@@ -457,16 +679,35 @@ class Router(Resource):
                 log.failure("Rendering {uri} failed", failure, uri=request_uri(request))
                 request.loseConnection()
                 return
-            body = self._failed(request, failure)
-            request.write(body)
-            request.finish()
+            self._write(request, self._failed(request, failure, app, handlers))
 
-        result.addCallback(write).addErrback(failed).addErrback(
+        result.addCallbacks(write, failed).addErrback(
             lambda failure: log.failure("Writing a response failed", failure)
         )
         return NOT_DONE_YET
 
-    def _render_result(self, request: Request, result: Any) -> bytes | int:
+    def _write(self, request: Request, body: bytes | int) -> None:
+        """
+        Write C{body}, an answer found after C{render} returned, and finish.
+        """
+        if body is NOT_DONE_YET:
+            return
+        assert isinstance(body, bytes)
+        if (
+            not request.startedWriting
+            and request.responseHeaders.getRawHeaders(b"content-length") is None
+        ):
+            request.setHeader(b"content-length", b"%d" % (len(body),))
+        request.write(body)
+        request.finish()
+
+    def _render_result(
+        self,
+        request: Request,
+        result: Any,
+        app: Klein,
+        handlers: Sequence[ErrorHandler],
+    ) -> bytes | int:
         if isinstance(result, KleinResponse):
             result = apply_response(result, request)
         if isinstance(result, bytes):
@@ -481,25 +722,50 @@ class Router(Resource):
         if IRenderable.providedBy(result):
             renderElement(request, result)
             return NOT_DONE_YET
-        if isinstance(result, Deferred):
-            return self._render_later(request, result)
+        if isinstance(result, Deferred) or iscoroutine(result):
+            return self._answer(request, result, app, handlers)
         raise TypeError(f"a route returned {type(result).__name__}, not a response")
 
     # -- answers ------------------------------------------------------------
 
     def _error(self, request: Request, code: int, detail: str | None = None) -> bytes:
-        body = error_page(code, detail)
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", HTML_TYPE)
+        return render_error(request, code, detail)
+
+    def _redirect(self, request: Request, path: str) -> bytes | int:
+        body = redirect(request, path)
+        if body is None:
+            return self._not_found(request)
+        request.setHeader(b"content-length", b"%d" % (len(body),))
         return body
 
-    def _redirect(self, request: Request, path: str) -> bytes:
-        body = redirect(request, path)
-        return self._error(request, 404) if body is None else body
-
-    def _failed(self, request: Request, failure: Failure) -> bytes:
+    def _failed(
+        self,
+        request: Request,
+        failure: Failure,
+        app: Klein,
+        handlers: Sequence[ErrorHandler],
+    ) -> bytes | int:
         """
-        The answer to a handler that raised: its HTTP error, or a logged 500.
+        The answer to a failure of a route of C{app}: from the first of
+        C{handlers} (C{@handle_errors}) that takes it, as Klein tries them,
+        a handler that fails passing its own failure on to the rest; else
+        the server's.
+        """
+        for index, (types, handler) in enumerate(handlers):
+            if not failure.check(*types):
+                continue
+            rest = handlers[index + 1 :]
+            try:
+                result = app.execute_error_handler(handler, request, failure)
+            except Exception:
+                return self._failed(request, Failure(), app, rest)
+            return self._answer(request, result, app, rest)
+        return self._default_failure(request, failure)
+
+    def _default_failure(self, request: Request, failure: Failure) -> bytes:
+        """
+        The server's answer to a failure no handler took: its HTTP error, or
+        a logged 500.
         """
         error = failure.value
         if isinstance(error, HTTPException) and error.code is not None:
@@ -515,16 +781,23 @@ class Router(Resource):
         return error_page(500)
 
 
-def _take_segments(request: Request, count: int) -> None:
+def _route(request: Request, app: Klein, count: int) -> None:
     """
-    Move the first C{count} segments of the path left to C{request} over to
-    the part already dispatched, as Klein does for the route it calls.
+    Hand C{request} to a route of C{app} taking C{count} path segments, as
+    Klein's executor does: the segments move from C{postpath} to
+    C{prepath}, and the request's L{IKleinRequest} gets C{app}'s map.
     """
     postpath: list[bytes] = request.postpath or []
     prepath: list[bytes] = request.prepath or []
-    prepath.extend(postpath[:count])
-    request.prepath = prepath
-    request.postpath = postpath[count:]
+    if type(request) is ServerRequest and not has_klein_request(request):
+        # Noted for klein_request_of, should the route ask.
+        request.klein_route = (app, prepath, len(prepath), postpath)  # type: ignore[attr-defined]
+    else:
+        route_klein_request(request, app, prepath[:], postpath)
+    if count:
+        prepath.extend(postpath[:count])
+        request.prepath = prepath
+        request.postpath = postpath[count:]
 
 
 def branch_segments(request: Request) -> list[str]:

@@ -131,3 +131,110 @@ def test_the_agent_under_a_stub_client_sends_headers_as_given() -> None:
     agent.request(b"GET", b"http://example.invalid/", Headers())
     client.flush()
     assert seen == [None]
+
+
+def test_error_handlers_are_read_in_klein_s_order() -> None:
+    from app.compat.klein import error_handlers
+
+    app = Klein()
+    assert hasattr(app, "_error_handlers"), "Klein._error_handlers is gone"
+
+    @app.handle_errors(KeyError)
+    def first(request: Any, failure: Any) -> str:
+        return "first"
+
+    @app.handle_errors
+    def second(request: Any, failure: Any) -> str:
+        return "second"
+
+    [(first_types, _), (second_types, _)] = error_handlers(app)
+    assert list(first_types) == [KeyError]
+    assert list(second_types) == [Exception]
+
+
+def test_a_rule_added_to_a_watched_map_is_noticed() -> None:
+    from app.compat.klein import MapWatch
+
+    app = Klein()
+    watch = MapWatch([app.url_map])
+    other = MapWatch([app.url_map])
+    assert not watch.stale
+
+    @app.route("/new")
+    def new(request: Any) -> str:
+        return "new"
+
+    assert watch.stale and other.stale
+    later = MapWatch([app.url_map])
+    with app.subroute("/sub") as sub:
+
+        @sub.route("/in")
+        def inside(request: Any) -> str:
+            return "inside"
+
+    assert later.stale
+
+
+def test_a_routed_request_s_mapper_is_bound_as_klein_binds_it() -> None:
+    from klein.interfaces import IKleinRequest
+
+    from app.compat.klein import RoutedKleinRequest, route_klein_request
+
+    assert issubclass(RoutedKleinRequest, klein._app.KleinRequest)
+    app = Klein()
+
+    @app.route("/a/<int:n>")
+    def page(request: Any, n: int) -> str:
+        return str(n)
+
+    from twisted.web.server import Request
+    from twisted.web.test.requesthelper import DummyChannel
+
+    request = Request(DummyChannel())
+    request.method = b"GET"
+    request.setHost(b"example.com", 8080)
+    assert hasattr(request, "_adapterCache"), "Componentized._adapterCache is gone"
+    route_klein_request(request, app, [], [b"a", b"1"])
+    klein_request = IKleinRequest(request)
+    assert isinstance(klein_request, RoutedKleinRequest)
+    assert klein_request.url_for("page", {"n": 2}) == "/a/2"
+    mapper = klein_request.mapper
+    assert (mapper.server_name, mapper.script_name, mapper.path_info) == (
+        "example.com:8080",
+        "/",
+        "/a/1",
+    )
+    assert klein_request.url_for("page", {"n": 3}, force_external=True) == (
+        "http://example.com:8080/a/3"
+    )
+
+
+def test_a_request_noted_by_the_router_makes_its_klein_request_when_asked() -> None:
+    from twisted.web.server import Request
+    from twisted.web.test.requesthelper import DummyChannel
+
+    from app.compat.klein import (
+        RoutedKleinRequest,
+        has_klein_request,
+        klein_request_of,
+    )
+
+    app = Klein()
+
+    @app.route("/b/<int:n>")
+    def page(request: Any, n: int) -> str:
+        return str(n)
+
+    request = Request(DummyChannel())
+    request.method = b"GET"
+    request.setHost(b"example.com", 80)
+    prepath = [b"mount"]
+    request.klein_route = (app, prepath, 1, [b"b", b"1"])  # type: ignore[attr-defined]
+    prepath.extend([b"b", b"1"])  # as the router moves the route's segments
+    assert not has_klein_request(request)
+    made = klein_request_of(request)
+    assert isinstance(made, RoutedKleinRequest)
+    assert made.url_for("page", {"n": 5}, force_external=True) == (
+        "http://example.com/mount/b/5"
+    )
+    assert type(klein_request_of(Request(DummyChannel()))) is klein._app.KleinRequest
