@@ -5,6 +5,7 @@ The command line: parse, build the site, listen, run, stop gracefully.
 from __future__ import annotations
 
 import gc
+import os
 import resource
 import shutil
 import signal
@@ -312,6 +313,10 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+#: Where the workers' private session file goes when it can.
+SHARED_MEMORY = "/dev/shm"  # noqa: S108 (mkdtemp makes a private directory in it)
+
+
 def supervise(
     reactor: Any,
     config: Config,
@@ -332,8 +337,10 @@ def supervise(
     private = None
     if config.sessions is None:
         # The workers share their sessions in a SQLite file of their own,
-        # removed when the server stops.
-        private = tempfile.mkdtemp(prefix="app-sessions-")
+        # removed when the server stops: in memory (tmpfs) where there is
+        # one, as nothing in it outlives the server.
+        shared_memory = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else None
+        private = tempfile.mkdtemp(prefix="app-sessions-", dir=shared_memory)
         argv = [*argv, "--sessions", f"sqlite:{private}/sessions.sqlite3"]
     shared = None if metrics is None else WorkerMetrics()
     metrics_ports: list[IListeningPort] = []

@@ -44,6 +44,21 @@ class Loaded:
     promoted: bool = True
 
 
+class Immediate(Protocol):
+    """
+    The operations on a request's path of an engine that answers at once:
+    each returns (or raises L{StoreUnavailable}) without a Deferred.
+    """
+
+    def load_now(self, uid: bytes, now: float) -> Loaded | None: ...
+
+    def save_now(
+        self, uid: bytes, record: bytes, now: float, timeout: float | None, new: bool
+    ) -> None: ...
+
+    def touch_now(self, uid: bytes, now: float, timeout: float) -> None: ...
+
+
 class Backend(Protocol):
     """
     The records of sessions and the claims of Digest nonce counts, shared by
@@ -53,6 +68,8 @@ class Backend(Protocol):
     #: Whether answers can come later than the call (a request's record is
     #: then fetched before the request is routed).
     asynchronous: bool
+    #: The engine's operations that answer at once, if it has them.
+    immediate: Immediate | None
     #: Whether the engine keeps each record's deadline itself (Redis's time
     #: to live) rather than a column the store reads (C{Loaded.expires}).
     keeps_deadlines: bool
@@ -63,12 +80,14 @@ class Backend(Protocol):
         """
 
     def save(
-        self, uid: bytes, record: bytes, now: float, timeout: float, new: bool
+        self, uid: bytes, record: bytes, now: float, timeout: float | None, new: bool
     ) -> Deferred[None]:
         """
         Keep C{record} as the session C{uid}'s, live until C{now} plus
-        C{timeout}; a C{new} session may evict the least recently used ones
-        past the engine's limit.
+        C{timeout} (with no C{timeout}, until the deadline it has: only an
+        engine that does not keep deadlines itself is asked so); a C{new}
+        session may evict the least recently used ones past the engine's
+        limit.
         """
 
     def touch(self, uid: bytes, now: float, timeout: float) -> Deferred[None]:

@@ -1,17 +1,21 @@
 """
 Session records in Redis, shared by every host that names the same server.
 
-  - Through txredisapi: non-blocking, on the reactor, with a small pool of
-    connections that reconnect by themselves (after 0.5 s, then backing off
-    to at most L{RECONNECT_MAX_DELAY}).
+  - Through txredisapi's Redis protocol: non-blocking, on the reactor.  Each
+    process keeps one connection (commands are pipelined on it: Redis
+    answers in order), which reconnects by itself after 0.5 s, backing off
+    to at most L{RECONNECT_MAX_DELAY}.  txredisapi's own pool is not used:
+    its Deferred queues and a timer per command cost more than the command.
   - Each record is a string key with Redis's own time to live, which slides
     when a request uses the session.  Redis expires keys itself; how many
     it keeps is bounded by its C{maxmemory} and C{maxmemory-policy}
     (C{volatile-lru} or C{volatile-ttl}: every key here has a TTL).
-  - A command that gets no answer within L{COMMAND_TIMEOUT} seconds (Redis
-    down, or the network) fails with L{StoreUnavailable}: requests wait that
-    long at most.
-  - Digest nonce counts are claimed with C{SET key 1 NX EX lifetime}: one
+  - A connection that answers nothing for L{COMMAND_TIMEOUT} seconds while
+    commands wait (Redis down, stopped, or the network) is dropped, and its
+    commands fail with L{StoreUnavailable}: one watchdog checks every
+    L{WATCH_EVERY} seconds, instead of a timer per command.  While there is
+    no connection, commands fail at once.
+  - Digest nonce counts are claimed with C{SET key 1 NX PX lifetime}: one
     command, atomic, the first claim wins on every host.
 """
 
@@ -21,22 +25,72 @@ from collections.abc import Iterable
 from typing import Any
 
 import txredisapi
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from app.sessions.backend import Loaded, StoreUnavailable, first_error
+from app.sessions.backend import Immediate, Loaded, StoreUnavailable, first_error
 from app.sessions.locations import RedisAddress
 
-#: Seconds a command may wait for its answer (or for a connection).
+log = Logger()
+
+#: Seconds a connection may leave waiting commands unanswered.
 COMMAND_TIMEOUT = 2.0
+#: Seconds between the watchdog's checks.
+WATCH_EVERY = 0.25
 #: Seconds between attempts to reconnect, at most.
 RECONNECT_MAX_DELAY = 2.0
-#: Connections in the pool of each process.
-POOL_SIZE = 4
 SESSION_PREFIX = b"app:session:"
 CLAIM_PREFIX = b"app:claim:"
+
+
+class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
+    """
+    txredisapi's protocol, noting when it last made progress.
+    """
+
+    #: When a reply last arrived, or a command was sent with none waiting.
+    progress = 0.0
+
+    def replyReceived(self, reply: Any) -> None:
+        self.progress = reactor.seconds()
+        super().replyReceived(reply)
+
+    def waiting(self) -> int:
+        return len(self.replyQueue.waiting)
+
+
+class _Factory(Factory):
+    """
+    Makes the protocol, and takes what it says when it cannot log in (a
+    wrong password or database).
+    """
+
+    isLazy = True
+
+    def __init__(self, address: RedisAddress) -> None:
+        self.address = address
+
+    def buildProtocol(self, addr: Any) -> _Protocol:
+        protocol = _Protocol(
+            charset=None,  # values are bytes, not text
+            password=self.address.password,
+            dbid=self.address.db or None,
+            convertNumbers=False,
+        )
+        protocol.factory = self
+        return protocol
+
+    def stopTrying(self) -> None:
+        pass
+
+    def connectionError(self, message: str) -> None:
+        log.error("{message}", message=message)
 
 
 class RedisBackend:
@@ -45,59 +99,81 @@ class RedisBackend:
     """
 
     asynchronous = True
+    immediate: Immediate | None = None
     keeps_deadlines = True
 
     def __init__(self, address: RedisAddress) -> None:
         self.address = address
         if address.path is not None:
-            name: Any = address.path
-            handler: Any = txredisapi.UnixConnectionHandler
             endpoint: Any = UNIXClientEndpoint(
                 reactor, address.path, timeout=COMMAND_TIMEOUT
             )
         else:
             assert address.host is not None
-            name = (address.host, address.port)
-            handler = txredisapi.ConnectionHandler
             endpoint = TCP4ClientEndpoint(
                 reactor, address.host, address.port, timeout=COMMAND_TIMEOUT
             )
-        factory = txredisapi.RedisFactory(
-            name,
-            address.db,
-            POOL_SIZE,
-            True,
-            handler,
-            None,  # values are bytes, not text
-            address.password,
-            COMMAND_TIMEOUT,
-            False,  # nor numbers
+        self._protocol: _Protocol | None = None
+        #: Whether the connection was lost, or could not be made: commands
+        #: then fail at once until it is back.
+        self._down = False
+        self._service = ClientService(
+            endpoint,
+            _Factory(address),
+            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=RECONNECT_MAX_DELAY),
+            prepareConnection=self._ready,  # type: ignore[arg-type]
         )
-        factory.initialDelay = 0.5
-        factory.maxDelay = RECONNECT_MAX_DELAY
-        factory.startConnecting(endpoint)
-        self._factory = factory
-        self._redis: Any = factory.handler
-        #: Whether the last command failed.
-        self._down = False
+        self._service.startService()
+        self._watchdog = LoopingCall(self._watch)
+        self._watchdog.start(WATCH_EVERY, now=False)
 
-    def _command(self, *args: Any) -> Deferred[Any]:
-        if self._down and not self._factory.size:
-            # Known to be down, and not reconnected yet: say so at once
-            # rather than after a timeout.
-            return fail(StoreUnavailable("Redis: not connected"))
-        deferred: Deferred[Any] = self._redis.execute_command(*args)
-        deferred.addTimeout(COMMAND_TIMEOUT, reactor)
-        deferred.addCallbacks(self._up, self._failed)
-        return deferred
+    def _ready(self, protocol: _Protocol) -> Deferred[Any]:
+        # Logged in and on its database: commands may go.
+        ready: Deferred[Any] = protocol.whenConnected()
+        ready.addCallback(self._use)
+        return ready
 
-    def _up(self, result: object) -> object:
-        self._down = False
-        return result
-
-    def _failed(self, failure: Failure) -> Failure:
+    def _not_connected(self, failure: Failure) -> Failure:
         self._down = True
         return _unavailable(failure)
+
+    def _use(self, protocol: _Protocol) -> _Protocol:
+        self._protocol = protocol
+        self._down = False
+        protocol.whenDisconnected().addCallback(self._lost)
+        return protocol
+
+    def _lost(self, protocol: _Protocol) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+        self._down = True
+
+    def _watch(self) -> None:
+        protocol = self._protocol
+        if (
+            protocol is not None
+            and protocol.waiting()
+            and reactor.seconds() - protocol.progress > COMMAND_TIMEOUT
+        ):
+            # Silent with commands waiting: they fail as the connection
+            # goes, and the service reconnects.
+            self._protocol = None
+            protocol.transport.abortConnection()
+
+    def _command(self, *args: Any) -> Deferred[Any]:
+        protocol = self._protocol
+        if protocol is None:
+            if self._down:
+                return fail(StoreUnavailable("Redis: not connected"))
+            # Not connected yet (the server is starting): wait, a while.
+            connected: Deferred[Any] = self._service.whenConnected(failAfterFailures=1)
+            connected.addTimeout(COMMAND_TIMEOUT, reactor)
+            connected.addErrback(self._not_connected)
+            return connected.addCallback(lambda _: self._command(*args))
+        if not protocol.waiting():
+            protocol.progress = reactor.seconds()
+        deferred: Deferred[Any] = protocol.execute_command(*args)
+        return deferred.addErrback(_unavailable)
 
     def load(self, uid: bytes, now: float) -> Deferred[Loaded | None]:
         found = self._command(b"GET", SESSION_PREFIX + uid)
@@ -106,11 +182,10 @@ class RedisBackend:
         )
 
     def save(
-        self, uid: bytes, record: bytes, now: float, timeout: float, new: bool
+        self, uid: bytes, record: bytes, now: float, timeout: float | None, new: bool
     ) -> Deferred[None]:
-        saved = self._command(
-            b"SET", SESSION_PREFIX + uid, record, b"PX", _milliseconds(timeout)
-        )
+        expiry = (b"KEEPTTL",) if timeout is None else (b"PX", _milliseconds(timeout))
+        saved = self._command(b"SET", SESSION_PREFIX + uid, record, *expiry)
         return saved.addCallback(_nothing)
 
     def touch(self, uid: bytes, now: float, timeout: float) -> Deferred[None]:
@@ -140,13 +215,15 @@ class RedisBackend:
 
     def sweep(self, now: float) -> Deferred[None]:
         # Redis expires keys by itself.
-        return Deferred.fromCoroutine(_none())
+        return succeed(None)
 
     def count(self) -> int:
         return 0
 
     def close(self) -> None:
-        self._factory.disconnect()
+        if self._watchdog.running:
+            self._watchdog.stop()
+        self._service.stopService()
 
 
 def _loaded(record: bytes | None) -> Loaded | None:
@@ -158,10 +235,6 @@ def _milliseconds(seconds: float) -> int:
 
 
 def _nothing(_: object) -> None:
-    return None
-
-
-async def _none() -> None:
     return None
 
 

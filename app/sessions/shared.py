@@ -45,7 +45,7 @@ from app.sessions.backend import (
     first_error,
     settled,
 )
-from app.sessions.records import Sealer
+from app.sessions.records import TAG_BYTES, Sealer, payload_of
 from app.sessions.sqlite import SQLiteBackend
 from app.sessions.store import (
     COOKIE_NAME,
@@ -70,6 +70,9 @@ RETRY_AFTER = b"5"
 TOUCH_SLACK = 1.0
 #: Uids a request's cookies may name that are looked up, at most.
 MAX_LOOKUPS = 4
+#: What a session's save writes: a new record, a changed one, or only a
+#: later deadline.
+_NEW, _CHANGED, _SLID = "new", "changed", "slid"
 
 
 class Request(Protocol):
@@ -248,13 +251,15 @@ class SharedStore:
             if isinstance(found, Failure):
                 raise self._unavailable(request, _error(found))
             return found
-        if self.backend.asynchronous:
+        immediate = self.backend.immediate
+        if immediate is None:
             return None  # past MAX_LOOKUPS: not looked up
         try:
-            _, loaded = settled(self.backend.load(uid, self.clock.seconds()))
+            loaded = immediate.load_now(uid, self.clock.seconds())
         except StoreUnavailable as error:
             raise self._unavailable(request, error) from None
-        self._answered()
+        if not self.available:
+            self._answered()
         return loaded
 
     def _found(
@@ -334,9 +339,14 @@ class SharedStore:
         for secure in (False, True):
             session = kept_session(request, secure)
             if isinstance(session, SharedSession):
-                saving = self._save(session)
+                try:
+                    saving = self._save(session)
+                except StoreUnavailable as error:
+                    raise self._unavailable(request, error) from None
                 if saving is not None:
                     waits.append(saving)
+        if not waits:
+            return None
         pending = []
         for saving in waits:
             try:
@@ -362,27 +372,58 @@ class SharedStore:
             return session.ending
         now = self.clock.seconds()
         uid = session.uid
-        record = self.sealer.seal(uid, adapters_of(session))
+        payload = payload_of(adapters_of(session))
         loaded = session.loaded
-        backend = self.backend
-        if loaded is None:
-            self._unsaved.add(uid)
-            saving = backend.save(uid, record, now, self.timeout, new=True)
-            saving.addBoth(_passing(self._unsaved.discard, uid))
-        elif record != loaded.record:
-            saving = backend.save(uid, record, now, self.timeout, new=False)
-        elif loaded.expires is None:
-            # The engine keeps the deadline: slide it, without waiting.
-            touching = self._watch_outcome(backend.touch(uid, now, self.timeout))
-            touching.addErrback(lambda failure: None)
-            return None
-        elif loaded.promoted and loaded.expires >= now + self.timeout - TOUCH_SLACK:
-            return None
+        # Sealed only when it changed: the tag costs as much as the pickle.
+        if loaded is not None and loaded.record[TAG_BYTES:] == payload:
+            record = loaded.record
         else:
-            saving = backend.touch(uid, now, self.timeout)
-        # What a later save in the same request compares with.
+            record = self.sealer.seal_payload(uid, payload)
+        backend = self.backend
         deadline = None if backend.keeps_deadlines else now + self.timeout
+        timeout: float | None = self.timeout
+        if loaded is None:
+            kind = _NEW
+        elif loaded.expires is None:
+            if record == loaded.record:
+                # The engine keeps the deadline: slide it, without waiting.
+                touching = self._watch_outcome(backend.touch(uid, now, self.timeout))
+                touching.addErrback(lambda failure: None)
+                return None
+            kind = _CHANGED
+        else:
+            fresh = (
+                loaded.promoted and loaded.expires >= now + self.timeout - TOUCH_SLACK
+            )
+            if record == loaded.record:
+                if fresh:
+                    return None
+                kind = _SLID
+            else:
+                kind = _CHANGED
+                if fresh:
+                    # Changed within a second of the last slide: the row only.
+                    timeout, deadline = None, loaded.expires
+        # What a later save in the same request compares with.
         session.loaded = Loaded(record, deadline)
+        immediate = backend.immediate
+        if immediate is not None:
+            # @raise StoreUnavailable: for settle to answer.
+            if kind is _SLID:
+                immediate.touch_now(uid, now, self.timeout)
+            else:
+                immediate.save_now(uid, record, now, timeout, kind is _NEW)
+            if not self.available:
+                self._answered()
+            return None
+        if kind is _SLID:
+            saving = backend.touch(uid, now, self.timeout)
+        else:
+            if kind is _NEW:
+                self._unsaved.add(uid)
+            saving = backend.save(uid, record, now, timeout, kind is _NEW)
+            if kind is _NEW:
+                saving.addBoth(_passing(self._unsaved.discard, uid))
         return self._watch_outcome(saving)
 
     # -- endings ------------------------------------------------------------

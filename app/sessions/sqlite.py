@@ -3,11 +3,17 @@ Session records in SQLite: one file shared by the workers of one host.
 
   - WAL mode, so readers never wait for the writer, and C{synchronous=NORMAL}
     (a power cut may lose the last moments of sessions, never corrupt the
-    file); a writer waits up to C{busy_timeout} for another.
+    file).
+  - A writer that finds another process writing retries at once, yielding
+    the processor in between, for up to L{BUSY_SECONDS}: the other's write
+    takes microseconds.  SQLite's own busy handler would sleep a whole
+    millisecond first, holding the reactor for it.
   - Calls are synchronous: each is a few microseconds on a local file, and
     the reactor is held no longer than a page render would hold it.
   - The table keeps each record's deadline on the site's clock; a lookup
-    refuses what has passed it, and a sweep deletes it.
+    refuses what has passed it, and a sweep deletes it.  A record that
+    changes while its deadline moves by less than a second keeps the
+    deadline it has, so that a busy session rewrites its row only.
   - At most C{limit} sessions: a trigger keeps the count in a one-row tally,
     so making a session never counts the table.  Past the limit, those not
     yet used by a second request go first, least recently used first, as in
@@ -18,17 +24,23 @@ Session records in SQLite: one file shared by the workers of one host.
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from app.sessions.backend import Loaded, StoreUnavailable
+from app.sessions.backend import Immediate, Loaded, StoreUnavailable
 
-#: How long a writer waits for another process's write, in milliseconds.
-BUSY_TIMEOUT_MS = 5000
+T = TypeVar("T")
+
+#: How long a writer waits for other processes' writes, in seconds.
+BUSY_SECONDS = 5.0
+#: Retries that only yield the processor before each waits 100 µs.
+BUSY_SPINS = 100
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -38,7 +50,6 @@ CREATE TABLE IF NOT EXISTS sessions (
     promoted INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sessions_by_eviction ON sessions (promoted, expires);
-CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires);
 CREATE TABLE IF NOT EXISTS tally (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
 INSERT OR IGNORE INTO tally VALUES ('sessions', 0);
 CREATE TRIGGER IF NOT EXISTS sessions_added AFTER INSERT ON sessions
@@ -64,6 +75,7 @@ class SQLiteBackend:
     keeps_deadlines = False
 
     def __init__(self, path: Path, limit: int) -> None:
+        self.immediate: Immediate | None = self
         self.path = path
         self.limit = limit
         self._count = 0
@@ -71,57 +83,62 @@ class SQLiteBackend:
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False
             )
-            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+            self._db.execute("PRAGMA busy_timeout = 0")
+            db = self._db
+            _retrying(lambda: db.execute("PRAGMA journal_mode = WAL"))
+            db.execute("PRAGMA synchronous = NORMAL")
+            _retrying(lambda: db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;"))
         except sqlite3.Error as error:
             raise StoreUnavailable(f"cannot open {str(path)!r}: {error}") from None
 
     def _run(self, sql: str, *parameters: Any) -> sqlite3.Cursor:
+        execute = self._db.execute
         try:
-            return self._db.execute(sql, parameters)
+            return _retrying(lambda: execute(sql, parameters))
         except sqlite3.Error as error:
             raise StoreUnavailable(f"SQLite {str(self.path)!r}: {error}") from None
 
-    def load(self, uid: bytes, now: float) -> Deferred[Loaded | None]:
-        try:
-            row = self._run(
-                "SELECT record, expires, promoted FROM sessions"
-                " WHERE uid = ? AND expires > ?",
-                uid,
-                now,
-            ).fetchone()
-        except StoreUnavailable:
-            return fail()
-        if row is None:
-            return succeed(None)
-        return succeed(Loaded(row[0], row[1], bool(row[2])))
+    # What the shared store calls on a request's path: at once, raising
+    # StoreUnavailable, with no Deferred to make.
 
-    def save(
-        self, uid: bytes, record: bytes, now: float, timeout: float, new: bool
-    ) -> Deferred[None]:
-        try:
-            if new:
-                self._make_room()
-                self._run(
-                    "INSERT OR REPLACE INTO sessions (uid, record, expires)"
-                    " VALUES (?, ?, ?)",
-                    uid,
-                    record,
-                    now + timeout,
-                )
-            else:
-                self._run(
-                    "UPDATE sessions SET record = ?, expires = ?, promoted = 1"
-                    " WHERE uid = ?",
-                    record,
-                    now + timeout,
-                    uid,
-                )
-        except StoreUnavailable:
-            return fail()
-        return succeed(None)
+    def load_now(self, uid: bytes, now: float) -> Loaded | None:
+        row = self._run(
+            "SELECT record, expires, promoted FROM sessions"
+            " WHERE uid = ? AND expires > ?",
+            uid,
+            now,
+        ).fetchone()
+        return None if row is None else Loaded(row[0], row[1], bool(row[2]))
+
+    def save_now(
+        self, uid: bytes, record: bytes, now: float, timeout: float | None, new: bool
+    ) -> None:
+        if new:
+            self._make_room()
+            self._run(
+                "INSERT OR REPLACE INTO sessions (uid, record, expires)"
+                " VALUES (?, ?, ?)",
+                uid,
+                record,
+                now + (timeout or 0.0),
+            )
+        elif timeout is None:
+            self._run("UPDATE sessions SET record = ? WHERE uid = ?", record, uid)
+        else:
+            self._run(
+                "UPDATE sessions SET record = ?, expires = ?, promoted = 1"
+                " WHERE uid = ?",
+                record,
+                now + timeout,
+                uid,
+            )
+
+    def touch_now(self, uid: bytes, now: float, timeout: float) -> None:
+        self._run(
+            "UPDATE sessions SET expires = ?, promoted = 1 WHERE uid = ?",
+            now + timeout,
+            uid,
+        )
 
     def _make_room(self) -> None:
         """
@@ -137,13 +154,26 @@ class SQLiteBackend:
                 excess,
             )
 
+    # The Backend interface.
+
+    def load(self, uid: bytes, now: float) -> Deferred[Loaded | None]:
+        try:
+            return succeed(self.load_now(uid, now))
+        except StoreUnavailable:
+            return fail()
+
+    def save(
+        self, uid: bytes, record: bytes, now: float, timeout: float | None, new: bool
+    ) -> Deferred[None]:
+        try:
+            self.save_now(uid, record, now, timeout, new)
+        except StoreUnavailable:
+            return fail()
+        return succeed(None)
+
     def touch(self, uid: bytes, now: float, timeout: float) -> Deferred[None]:
         try:
-            self._run(
-                "UPDATE sessions SET expires = ?, promoted = 1 WHERE uid = ?",
-                now + timeout,
-                uid,
-            )
+            self.touch_now(uid, now, timeout)
         except StoreUnavailable:
             return fail()
         return succeed(None)
@@ -176,10 +206,9 @@ class SQLiteBackend:
         return succeed(found)
 
     def claim(self, key: bytes, now: float, lifetime: float) -> Deferred[bool]:
+        insert = "INSERT INTO claims (key, expires) VALUES (?, ?)"
         try:
-            self._db.execute(
-                "INSERT INTO claims (key, expires) VALUES (?, ?)", (key, now + lifetime)
-            )
+            _retrying(lambda: self._db.execute(insert, (key, now + lifetime)))
         except sqlite3.IntegrityError:
             return succeed(False)
         except sqlite3.Error as error:
@@ -188,7 +217,13 @@ class SQLiteBackend:
 
     def sweep(self, now: float) -> Deferred[None]:
         try:
-            self._run("DELETE FROM sessions WHERE expires <= ?", now)
+            # Each half reads the eviction index.
+            for promoted in (0, 1):
+                self._run(
+                    "DELETE FROM sessions WHERE promoted = ? AND expires <= ?",
+                    promoted,
+                    now,
+                )
             self._run("DELETE FROM claims WHERE expires <= ?", now)
         except StoreUnavailable:
             return fail()
@@ -199,3 +234,28 @@ class SQLiteBackend:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _retrying(statement: Callable[[], T]) -> T:
+    """
+    Run C{statement} until no other process holds the lock it needs, for up
+    to L{BUSY_SECONDS}.
+    """
+    deadline = 0.0
+    attempts = 0
+    while True:
+        try:
+            return statement()
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            attempts += 1
+            now = time.monotonic()
+            if attempts == 1:
+                deadline = now + BUSY_SECONDS
+            elif now > deadline:
+                raise
+            if attempts < BUSY_SPINS:
+                os.sched_yield()
+            else:
+                time.sleep(0.0001)

@@ -86,3 +86,13 @@ def test_an_adapter_that_cannot_be_pickled_is_named() -> None:
         Sealer(KEY).seal(UID, {**_counter(1), "x.IHolder": Holder()})
     assert raised.value.kind.endswith("Holder")
     assert "Holder" in str(raised.value)
+
+
+@pytest.mark.parametrize("key", [KEY, b"k" * 64, b"long key " * 20])
+def test_the_tag_is_hmac_sha256_of_the_uid_and_the_payload(key: bytes) -> None:
+    import hmac
+
+    record = Sealer(key).seal(UID, _counter(3))
+    payload = record[TAG_BYTES:]
+    expected = hmac.digest(key, b"64:" + UID + b":" + payload, "sha256")
+    assert record[:TAG_BYTES] == expected
