@@ -206,15 +206,16 @@ class SharedStore:
             log.info("The session store can be reached again")
 
     def _watch_outcome(self, deferred: Deferred[Any]) -> Deferred[Any]:
-        def answered(result: object) -> object:
+        return deferred.addCallbacks(self._answered_with, self._failed_with)
+
+    def _answered_with(self, result: object) -> object:
+        if not self.available:
             self._answered()
-            return result
+        return result
 
-        def failed(failure: Failure) -> Failure:
-            self._failed(_error(failure))
-            return failure
-
-        return deferred.addCallbacks(answered, failed)
+    def _failed_with(self, failure: Failure) -> Failure:
+        self._failed(_error(failure))
+        return failure
 
     def _unavailable(self, request: Request, error: BaseException) -> Exception:
         self._failed(error)
@@ -240,9 +241,10 @@ class SharedStore:
         loads = []
         for uid in uids[:MAX_LOOKUPS]:
             load = self._watch_outcome(self.backend.load(uid, now))
-            load.addBoth(_keep, records, uid)
-            loads.append(load)
-        return gatherResults(loads).addCallback(lambda _: None)
+            loads.append(load.addBoth(_keep, records, uid))
+        if len(loads) == 1:
+            return loads[0]
+        return gatherResults(loads).addCallback(_nothing)
 
     def _load(self, request: Request, uid: bytes) -> Loaded | None:
         records = request.session_records
@@ -357,7 +359,11 @@ class SharedStore:
                 pending.append(saving)
         if not pending:
             return None
-        both: Deferred[Any] = gatherResults(pending, consumeErrors=True)
+        both: Deferred[Any] = (
+            pending[0]
+            if len(pending) == 1
+            else gatherResults(pending, consumeErrors=True)
+        )
 
         def unwrap(failure: Failure) -> Failure:
             failure = first_error(failure)
@@ -365,7 +371,7 @@ class SharedStore:
                 raise self._unavailable(request, _error(failure))
             return failure
 
-        return both.addCallbacks(lambda _: None, unwrap)
+        return both.addCallbacks(_nothing, unwrap)
 
     def _save(self, session: SharedSession) -> Deferred[None] | None:
         if session.ended:
@@ -472,6 +478,10 @@ def _keep(
     uid: bytes,
 ) -> None:
     records[uid] = found
+
+
+def _nothing(_: object) -> None:
+    return None
 
 
 def _error(failure: Failure) -> BaseException:
