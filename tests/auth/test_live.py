@@ -690,17 +690,28 @@ async def test_full_hashing_pool_is_503_with_retry_after(
 # -- workers and the demo ----------------------------------------------------------
 
 
+async def _two_sites_and_a_challenge(
+    clock: Clock, *argv: str
+) -> tuple[LiveServer, LiveServer, str]:
+    """
+    Two sites started with C{argv}, and the Digest challenge of the first.
+    """
+    first = await _start(*argv, clock=clock)
+    second = await _start(*argv, clock=clock)
+    _, headers, _ = await _get(first, "/private/")
+    challenge: str = headers.getRawHeaders("www-authenticate")[0]
+    return first, second, challenge
+
+
 @pytest_twisted.ensureDeferred
 async def test_sites_given_one_key_accept_each_others_nonces(
     monkeypatch: pytest.MonkeyPatch, homes: Path, clock: Clock
 ) -> None:
     monkeypatch.setenv("APP_DIGEST_KEY", "ab" * 32)
-    argv = ("--htdigest", HTDIGEST, "--homes", str(homes))
-    first = await _start(*argv, clock=clock)
-    second = await _start(*argv, clock=clock)
+    first, second, challenge = await _two_sites_and_a_challenge(
+        clock, "--htdigest", HTDIGEST, "--homes", str(homes)
+    )
     try:
-        _, headers, _ = await _get(first, "/private/")
-        challenge = headers.getRawHeaders("www-authenticate")[0]
         answer = digest_authorization(
             challenge, "GET", "/private/", "alice", "wonderland"
         )
@@ -716,12 +727,10 @@ async def test_sites_sharing_a_store_accept_each_digest_answer_once(
 ) -> None:
     monkeypatch.setenv("APP_SECRET_KEY", "cd" * 32)
     store = f"sqlite:{tmp_path / 'shared.sqlite3'}"
-    argv = ("--htdigest", HTDIGEST, "--homes", str(homes), "--sessions", store)
-    first = await _start(*argv, clock=clock)
-    second = await _start(*argv, clock=clock)
+    first, second, challenge = await _two_sites_and_a_challenge(
+        clock, "--htdigest", HTDIGEST, "--homes", str(homes), "--sessions", store
+    )
     try:
-        _, headers, _ = await _get(first, "/private/")
-        challenge = headers.getRawHeaders("www-authenticate")[0]
         answer = digest_authorization(
             challenge, "GET", "/private/", "alice", "wonderland"
         )

@@ -361,22 +361,28 @@ def test_head_shows_the_count_without_changing_it(pair: Pair) -> None:
     assert _visits(first, uid) == 2
 
 
+class Renewing:
+    """
+    A route that ends its session and asks for one again, in one request:
+    it answers with both uids.
+    """
+
+    app = new_app()
+
+    @app.route("/renew")
+    def renew(self, request: Any) -> bytes:
+        old = request.getSession()
+        old.expire()
+        new = request.getSession()
+        answer: bytes = old.uid + b" " + new.uid
+        return answer
+
+
 def test_a_session_expired_during_a_request_is_not_found_again_by_it(
     tmp_path: Path,
 ) -> None:
-    class Routes:
-        app = new_app()
-
-        @app.route("/renew")
-        def renew(self, request: Any) -> bytes:
-            old = request.getSession()
-            old.expire()
-            new = request.getSession()
-            answer: bytes = old.uid + b" " + new.uid
-            return answer
-
     config = config_from_args(["--sessions", f"sqlite:{tmp_path / 's.sqlite3'}"])
-    config = replace(config, route_apps=(Routes().app,))
+    config = replace(config, route_apps=(Renewing().app,))
     client = stub_treq(build_site(config, MemoryReactor(), Clock()))
     uid = _cookie(fetch(client, "GET", "/counter"))
     response = fetch(client, "GET", "/renew", headers={"Cookie": f"app_session={uid}"})

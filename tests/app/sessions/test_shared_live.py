@@ -23,8 +23,8 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from app.cli.options import config_from_args
-from app.http.router import new_app
 from app.testing import LiveServer
+from tests.app.sessions.test_shared import Renewing
 from tests.auth.test_digest import digest_authorization
 from tests.conftest import drain, eventually, listening_url, start_app
 from tests.engines import RedisServer
@@ -287,18 +287,6 @@ async def test_a_store_that_stops_answering_mid_save_is_a_503(
     finally:
         redis.process.send_signal(signal.SIGCONT)
     assert set((await _until_served(host.url + "counter"))[:-1]) <= {503}
-
-
-class Renewing:
-    app = new_app()
-
-    @app.route("/renew")
-    def renew(self, request: Any) -> bytes:
-        old = request.getSession()
-        old.expire()
-        new = request.getSession()
-        answer: bytes = old.uid + b" " + new.uid
-        return answer
 
 
 @pytest_twisted.ensureDeferred
