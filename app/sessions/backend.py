@@ -118,12 +118,6 @@ class Backend(Protocol):
         itself.
         """
 
-    def count(self) -> int:
-        """
-        About how many sessions the engine holds (for metrics; an engine that
-        cannot tell cheaply says 0).
-        """
-
     def close(self) -> None:
         """
         Let go of the engine.

@@ -217,9 +217,6 @@ class RedisBackend:
         # Redis expires keys by itself.
         return succeed(None)
 
-    def count(self) -> int:
-        return 0
-
     def close(self) -> None:
         if self._watchdog.running:
             self._watchdog.stop()

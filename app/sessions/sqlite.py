@@ -78,7 +78,6 @@ class SQLiteBackend:
         self.immediate: Immediate | None = self
         self.path = path
         self.limit = limit
-        self._count = 0
         try:
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False
@@ -145,8 +144,7 @@ class SQLiteBackend:
         Evict sessions until one more fits under the limit.
         """
         count = self._run("SELECT n FROM tally WHERE name = 'sessions'").fetchone()
-        self._count = count[0] if count else 0
-        excess = self._count - self.limit + 1
+        excess = (count[0] if count else 0) - self.limit + 1
         if excess > 0:
             self._run(
                 "DELETE FROM sessions WHERE uid IN (SELECT uid FROM sessions"
@@ -228,9 +226,6 @@ class SQLiteBackend:
         except StoreUnavailable:
             return fail()
         return succeed(None)
-
-    def count(self) -> int:
-        return self._count
 
     def close(self) -> None:
         self._db.close()

@@ -108,6 +108,8 @@ def test_a_session_and_its_adapters_follow_the_client_between_processes(
         5,
     ]
     assert _rows(pair.path) == 1
+    # The metrics count what a process holds: a shared session is the file's.
+    assert [len(site.sessions) for site in pair.sites] == [0, 0]
 
 
 def test_a_page_that_uses_no_session_stores_none(pair: Pair) -> None:
