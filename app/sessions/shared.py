@@ -211,8 +211,7 @@ class SharedStore:
         return deferred.addCallbacks(self._answered_with, self._failed_with)
 
     def _answered_with(self, result: object) -> object:
-        if not self.available:
-            self._answered()
+        self._answered()
         return result
 
     def _failed_with(self, failure: Failure) -> Failure:
