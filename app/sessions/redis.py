@@ -1,11 +1,13 @@
 """
 Session records in Redis, shared by every host that names the same server.
 
-  - Through txredisapi's Redis protocol: non-blocking, on the reactor.  Each
+  - Through txredisapi's Redis protocol: non-blocking, on the reactor, its
+    replies parsed by hiredis and queued in order by txredisapi.  Each
     process keeps one connection (commands are pipelined on it: Redis
     answers in order), which reconnects by itself after 0.5 s, backing off
-    to at most L{RECONNECT_MAX_DELAY}.  txredisapi's own pool is not used:
-    its Deferred queues and a timer per command cost more than the command.
+    to at most L{RECONNECT_MAX_DELAY}.  txredisapi's own pool is not used,
+    nor its command builder: its Deferred queues, a timer per command and
+    the encoding of every argument in Python cost more than the command.
   - Each record is a string key with Redis's own time to live, which slides
     when a request uses the session.  Redis expires keys itself; how many
     it keeps is bounded by its C{maxmemory} and C{maxmemory-policy}
@@ -21,7 +23,7 @@ Session records in Redis, shared by every host that names the same server.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import txredisapi
@@ -160,7 +162,15 @@ class RedisBackend:
             self._protocol = None
             protocol.transport.abortConnection()
 
-    def _command(self, *args: Any) -> Deferred[Any]:
+    def _command(
+        self, *args: bytes, answer: Callable[[Any], Any] | None = None
+    ) -> Deferred[Any]:
+        """
+        Send the command C{args}; its reply, read by C{answer}.
+
+        @return: a Deferred that fails with L{StoreUnavailable} on an error
+            reply, a lost connection, or none to send it on.
+        """
         protocol = self._protocol
         if protocol is None:
             if self._down:
@@ -169,33 +179,35 @@ class RedisBackend:
             connected: Deferred[Any] = self._service.whenConnected(failAfterFailures=1)
             connected.addTimeout(COMMAND_TIMEOUT, reactor)
             connected.addErrback(self._not_connected)
-            return connected.addCallback(lambda _: self._command(*args))
+            return connected.addCallback(lambda _: self._command(*args, answer=answer))
         if not protocol.waiting():
             protocol.progress = reactor.seconds()
-        deferred: Deferred[Any] = protocol.execute_command(*args)
-        return deferred.addErrback(_unavailable)
+        # The command is written here, in RESP, and its reply taken from
+        # txredisapi's queue, which its parser (hiredis's) fills in order:
+        # txredisapi's execute_command encodes every argument in Python and
+        # adds a Deferred of its own, more than the rest of the command costs.
+        protocol.transport.write(_resp(args))
+        reply: Deferred[Any] = protocol.replyQueue.get()
+        return reply.addCallbacks(answer or _checked, _unavailable)
 
     def load(self, uid: bytes, now: float) -> Deferred[Loaded | None]:
-        found = self._command(b"GET", SESSION_PREFIX + uid)
-        return found.addCallback(
-            lambda record: None if record is None else Loaded(record)
-        )
+        return self._command(b"GET", SESSION_PREFIX + uid, answer=_loaded)
 
     def save(
         self, uid: bytes, record: bytes, now: float, timeout: float | None, new: bool
     ) -> Deferred[None]:
-        expiry = (b"KEEPTTL",) if timeout is None else (b"PX", _milliseconds(timeout))
-        saved = self._command(b"SET", SESSION_PREFIX + uid, record, *expiry)
-        return saved.addCallback(_nothing)
+        expiry = (b"KEEPTTL",) if timeout is None else (b"PX", _ms(timeout))
+        return self._command(
+            b"SET", SESSION_PREFIX + uid, record, *expiry, answer=_done
+        )
 
     def touch(self, uid: bytes, now: float, timeout: float) -> Deferred[None]:
-        touched = self._command(
-            b"PEXPIRE", SESSION_PREFIX + uid, _milliseconds(timeout)
+        return self._command(
+            b"PEXPIRE", SESSION_PREFIX + uid, _ms(timeout), answer=_done
         )
-        return touched.addCallback(_nothing)
 
     def delete(self, uid: bytes) -> Deferred[None]:
-        return self._command(b"DEL", SESSION_PREFIX + uid).addCallback(_nothing)
+        return self._command(b"DEL", SESSION_PREFIX + uid, answer=_done)
 
     def alive(self, uids: Iterable[bytes], now: float) -> Deferred[set[bytes]]:
         wanted = list(uids)
@@ -208,10 +220,9 @@ class RedisBackend:
         return answers.addCallbacks(which, first_error)
 
     def claim(self, key: bytes, now: float, lifetime: float) -> Deferred[bool]:
-        claimed = self._command(
-            b"SET", CLAIM_PREFIX + key, b"1", b"NX", b"PX", _milliseconds(lifetime)
+        return self._command(
+            b"SET", CLAIM_PREFIX + key, b"1", b"NX", b"PX", _ms(lifetime), answer=_first
         )
-        return claimed.addCallback(lambda answer: answer is not None)
 
     def sweep(self, now: float) -> Deferred[None]:
         # Redis expires keys by itself.
@@ -223,16 +234,41 @@ class RedisBackend:
         self._service.stopService()
 
 
-def _loaded(record: bytes | None) -> Loaded | None:
-    return None if record is None else Loaded(record)
+def _loaded(reply: Any) -> Loaded | None:
+    if reply is None:
+        return None
+    return Loaded(_checked(reply))
 
 
-def _milliseconds(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
+def _done(reply: Any) -> None:
+    _checked(reply)
 
 
-def _nothing(_: object) -> None:
-    return None
+def _first(reply: Any) -> bool:
+    # SET … NX answers OK when it set the key, nothing when it was there.
+    return _checked(reply) is not None
+
+
+def _ms(seconds: float) -> bytes:
+    return b"%d" % (max(1, int(seconds * 1000)),)
+
+
+def _resp(args: tuple[bytes, ...]) -> bytes:
+    """
+    A command in RESP: an array of bulk strings.
+    """
+    parts = [b"*%d\r\n" % (len(args),)]
+    for arg in args:
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+def _checked(reply: Any) -> Any:
+    # txredisapi queues an error reply, or the loss of the connection, as
+    # the exception itself.
+    if isinstance(reply, Exception):
+        raise StoreUnavailable(f"Redis: {type(reply).__name__}: {reply}")
+    return reply
 
 
 def _unavailable(failure: Failure) -> Failure:

@@ -241,11 +241,23 @@ class SharedStore:
         now = self.clock.seconds()
         loads = []
         for uid in uids[:MAX_LOOKUPS]:
-            load = self._watch_outcome(self.backend.load(uid, now))
-            loads.append(load.addBoth(_keep, records, uid))
+            load = self.backend.load(uid, now)
+            loads.append(load.addBoth(self._fetched, records, uid))
         if len(loads) == 1:
             return loads[0]
         return gatherResults(loads).addCallback(_nothing)
+
+    def _fetched(
+        self,
+        found: Loaded | Failure | None,
+        records: dict[bytes, Loaded | Failure | None],
+        uid: bytes,
+    ) -> None:
+        if isinstance(found, Failure):
+            self._failed(_error(found))
+        elif not self.available:
+            self._answered()
+        records[uid] = found
 
     def _load(self, request: Request, uid: bytes) -> Loaded | None:
         records = request.session_records
@@ -352,11 +364,12 @@ class SharedStore:
             return None
         pending = []
         for saving in waits:
-            try:
-                done, _ = settled(saving)
-            except StoreUnavailable as error:
-                raise self._unavailable(request, error) from None
-            if not done:
+            if saving.called:
+                try:
+                    settled(saving)
+                except StoreUnavailable as error:
+                    raise self._unavailable(request, error) from None
+            else:
                 pending.append(saving)
         if not pending:
             return None
@@ -365,14 +378,17 @@ class SharedStore:
             if len(pending) == 1
             else gatherResults(pending, consumeErrors=True)
         )
+        return both.addCallbacks(self._saved, self._not_saved, errbackArgs=(request,))
 
-        def unwrap(failure: Failure) -> Failure:
-            failure = first_error(failure)
-            if failure.check(StoreUnavailable):
-                raise self._unavailable(request, _error(failure))
-            return failure
+    def _saved(self, _: object) -> None:
+        if not self.available:
+            self._answered()
 
-        return both.addCallbacks(_nothing, unwrap)
+    def _not_saved(self, failure: Failure, request: Request) -> Failure:
+        failure = first_error(failure)
+        if failure.check(StoreUnavailable):
+            raise self._unavailable(request, _error(failure))
+        return failure
 
     def _save(self, session: SharedSession) -> Deferred[None] | None:
         if session.ended:
@@ -431,7 +447,8 @@ class SharedStore:
             saving = backend.save(uid, record, now, timeout, kind is _NEW)
             if kind is _NEW:
                 saving.addBoth(_passing(self._unsaved.discard, uid))
-        return self._watch_outcome(saving)
+        # settle notes how the engine answered.
+        return saving
 
     # -- endings ------------------------------------------------------------
 
@@ -471,14 +488,6 @@ class SharedStore:
 
     def close(self) -> None:
         self.backend.close()
-
-
-def _keep(
-    found: Loaded | Failure | None,
-    records: dict[bytes, Loaded | Failure | None],
-    uid: bytes,
-) -> None:
-    records[uid] = found
 
 
 def _nothing(_: object) -> None:
