@@ -51,7 +51,13 @@ def reserved_prefixes() -> frozenset[str]:
     return frozenset(prefixes)
 
 
-def build_site(config: Config, reactor: Any, clock: IReactorTime | None = None) -> Site:
+def build_site(
+    config: Config,
+    reactor: Any,
+    clock: IReactorTime | None = None,
+    *,
+    warn_shadowed: bool = True,
+) -> Site:
     """
     Build the site that C{config} describes.
 
@@ -59,6 +65,8 @@ def build_site(config: Config, reactor: Any, clock: IReactorTime | None = None) 
         connections for the mounts.
     @param clock: the clock of timers, timeouts and delays; the reactor
         unless a test passes a L{twisted.internet.task.Clock}.
+    @param warn_shadowed: whether to log the routes of C{--routes} modules
+        that built-in routes shadow (every worker but the first is quiet).
     """
     clock = reactor if clock is None else clock
     site = Site(
@@ -110,6 +118,7 @@ def build_site(config: Config, reactor: Any, clock: IReactorTime | None = None) 
         builtin,
         (*config.extra_apps, *last),
         display_tracebacks=config.display_tracebacks,
+        warn_shadowed=warn_shadowed,
     )
     if config.access_log is not None:
         install_access_log(site, config.access_log, clock, config.access_log_format)

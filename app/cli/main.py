@@ -38,6 +38,7 @@ from app.cli.workers import (
     activated_endpoint,
     adopt,
     bind_for_workers,
+    first_worker,
     say_ready,
     split_worker_option,
     watch_parent,
@@ -179,7 +180,8 @@ def main(
     config = within_descriptor_limit(config)
     if config.workers > 1 and inherited is None:
         return supervise(reactor, config, argv, endpoints, stderr, metrics, prog)
-    site = build_site(config, reactor)
+    # Every worker builds the same site: the first says what it finds.
+    site = build_site(config, reactor, warn_shadowed=first_worker())
     reopen_on_sighup(reactor, access_log_of(site))
     if inherited is not None:
         metrics = None  # the parent serves the workers' metrics

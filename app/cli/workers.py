@@ -62,6 +62,8 @@ from app.config import DIGEST_KEY_VARIABLE, SECRET_KEY_VARIABLE
 WORKER_OPTION = "--worker-sockets"
 #: The environment variable naming the descriptor a worker says "ready" on.
 READY_VARIABLE = "APP_WORKER_READY_FD"
+#: The environment variable giving a worker its number (0 for the first).
+NUMBER_VARIABLE = "APP_WORKER_NUMBER"
 #: A worker that ends sooner than this after its start died young: it is
 #: restarted after a delay, doubled with each young death up to the most.
 YOUNG_SECONDS = 5.0
@@ -369,7 +371,7 @@ class Supervisor:
             worker,
             self._argv[0],
             self._argv,
-            env=self._environment,
+            env={**self._environment, NUMBER_VARIABLE: str(number)},
             childFDs=child_fds,
         )
         worker.pid = process.pid
@@ -467,6 +469,14 @@ class _ParentWatch:
         if self._reactor.running:
             log.info("parent process went away; stopping")
             self._reactor.stop()
+
+
+def first_worker() -> bool:
+    """
+    Whether this process is the first worker of a parent (or no worker at
+    all): what every worker would say alike, it says alone.
+    """
+    return os.environ.get(NUMBER_VARIABLE, "0") == "0"
 
 
 def say_ready() -> None:

@@ -410,14 +410,16 @@ class Router(Resource):
         extra: Sequence[Klein] = (),
         *,
         display_tracebacks: bool = False,
+        warn_shadowed: bool = True,
     ) -> None:
         super().__init__()
         self._builtin = tuple(builtin)
         self._extra = tuple(extra)
         self._display_tracebacks = display_tracebacks
         self._build()
-        for line in shadowed_routes(self._layers):
-            log.warn("{line}", line=line)
+        if warn_shadowed:
+            for line in shadowed_routes(self._layers):
+                log.warn("{line}", line=line)
 
     def __eq__(self, other: object) -> bool:
         # As Klein's resources compare: by what they serve.

@@ -20,6 +20,12 @@ def _children(pid: int) -> set[int]:
     return {int(child) for child in path.read_text().split()}
 
 
+def _worker_number(pid: int) -> str:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    [number] = [line for line in environ if line.startswith(b"APP_WORKER_NUMBER=")]
+    return number.partition(b"=")[2].decode()
+
+
 @pytest_twisted.ensureDeferred
 async def test_workers_share_one_port_and_are_restarted(
     spawn: list[subprocess.Popen[str]],
@@ -39,6 +45,8 @@ async def test_workers_share_one_port_and_are_restarted(
         lambda: len(_children(process.pid)) == 2, "two workers", timeout=15
     )
     workers = _children(process.pid)
+    # Each knows its number: only the first says what all would say alike.
+    assert sorted(_worker_number(pid) for pid in workers) == ["0", "1"]
 
     async def served_by() -> int:
         response = await treq.get(url + "pid", persistent=False)

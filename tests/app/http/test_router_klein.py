@@ -18,6 +18,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogEvent, formatEvent
 
 from app.cli.options import config_from_args
+from app.cli.workers import first_worker
 from app.config import Config
 from app.site import build_site
 from app.testing import stub_treq
@@ -105,6 +106,23 @@ def test_a_module_route_a_builtin_one_shadows_is_one_warning_naming_both(
         "Route /clock (tests.example_routes.clock) is not served:"
         " /clock (routes.content.ContentRoutes.clock) answers it",
     ]
+
+
+@pytest.mark.parametrize(
+    ("number", "warned"), [(None, True), ("0", True), ("1", False)]
+)
+def test_of_several_workers_only_the_first_warns(
+    captured_log: list[LogEvent],
+    monkeypatch: pytest.MonkeyPatch,
+    number: str | None,
+    warned: bool,
+) -> None:
+    if number is not None:
+        monkeypatch.setenv("APP_WORKER_NUMBER", number)
+    config = config_from_args(["--routes", "tests.example_routes"])
+    build_site(config, MemoryReactor(), Clock(), warn_shadowed=first_worker())
+    warnings = [e for e in captured_log if "is not served" in formatEvent(e)]
+    assert len(warnings) == (2 if warned else 0)
 
 
 def test_modules_that_shadow_nothing_log_no_warning(
