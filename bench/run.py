@@ -250,6 +250,15 @@ def cases(fixtures: dict[str, Path]) -> list[Case]:
             prepare=counter_cookie,
             versus=("/counter",),
         ),
+        # The ceiling of two workers here: each keeps its own sessions, so
+        # nothing is shared and a visitor's count starts again on each.
+        Case(
+            "/counter --workers 2, memory",
+            "/counter",
+            ["--workers", "2", "--sessions", "memory"],
+            prepare=counter_cookie,
+            versus=("/counter",),
+        ),
         Case(
             "/counter Redis",
             "/counter",
