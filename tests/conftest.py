@@ -259,15 +259,26 @@ def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 LISTENING = re.compile(r"listening on (https?://[^/\s]+/)")
 
 
+#: Seconds a process a test started may take to stop when asked.
+STOP_TIMEOUT = 3.0
+
+
 @pytest.fixture
 def spawn() -> Iterator[list[subprocess.Popen[str]]]:
     """
-    The processes a test starts with L{start_app}, killed after it.
+    The processes a test starts with L{start_app}, stopped after it: asked
+    to stop (a parent of workers then removes its private directories),
+    killed if they have not within L{STOP_TIMEOUT} seconds.
     """
     processes: list[subprocess.Popen[str]] = []
     yield processes
     for process in processes:
         if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
 

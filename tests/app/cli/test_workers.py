@@ -97,8 +97,17 @@ def _children_alive(pids: set[int]) -> set[int]:
 async def test_workers_stop_when_the_parent_is_killed(
     spawn: list[subprocess.Popen[str]],
 ) -> None:
+    # Sessions in each worker's memory: a parent killed outright leaves the
+    # private directory of a shared store behind (README says so).
     process = start_app(
-        spawn, "--listen", "tcp:0:interface=127.0.0.1", "--workers", "2", "--no-demo"
+        spawn,
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--workers",
+        "2",
+        "--no-demo",
+        "--sessions",
+        "memory",
     )
     listening_url(process)
     await eventually(
