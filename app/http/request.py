@@ -31,7 +31,7 @@ from app.http.compression import (
 from app.http.forms import FormError, form_fields
 from app.http.forwarding import Forwarding, forwarding
 from app.http.limits import ALLOWED_METHODS
-from app.http.pages import HTML_TYPE, error_page
+from app.http.pages import HTML_TYPE, render_error
 from app.sessions.backend import Loaded
 from app.sessions.records import UnpicklableAdapter
 from app.sessions.shared import RETRY_AFTER
@@ -194,10 +194,7 @@ class Request(server.Request):
         error = reason.value
         if isinstance(error, HTTPException) and error.code is not None:
             if not self.startedWriting:
-                body = error_page(error.code)
-                self.setResponseCode(error.code)
-                self.setHeader(b"content-type", HTML_TYPE)
-                self.setHeader(b"content-length", b"%d" % (len(body),))
+                body = render_error(self, error.code)
                 self.write(body)
                 self.finish()
                 return reason
@@ -322,13 +319,10 @@ class Request(server.Request):
         """
         self.responseHeaders = Headers()
         self.cookies = []
-        self.setResponseCode(code)
-        self.setHeader(b"content-type", HTML_TYPE)
+        body = render_error(self, code)
         self.setHeader(b"cache-control", b"no-store")
         if code == 503:
             self.setHeader(b"retry-after", RETRY_AFTER)
-        body = error_page(code)
-        self.setHeader(b"content-length", b"%d" % (len(body),))
         self._discarding = True
         return body
 
