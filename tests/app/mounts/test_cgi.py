@@ -152,7 +152,10 @@ def cgi_dir(tmp_path: Path) -> Path:
     return scripts
 
 
-def _args(cgi_dir: Path, *more: str) -> list[str]:
+def cgi_args(cgi_dir: Path, *more: str) -> list[str]:
+    """
+    The options serving the CGI scripts of C{cgi_dir} alone, and C{more}.
+    """
     return [
         "--no-demo",
         "--cgi-dir",
@@ -165,7 +168,7 @@ def _args(cgi_dir: Path, *more: str) -> list[str]:
 
 @pytest_twisted.async_yield_fixture
 async def cgi(cgi_dir: Path) -> AsyncIterator[LiveServer]:
-    live = await LiveServer.start(_args(cgi_dir))
+    live = await LiveServer.start(cgi_args(cgi_dir))
     try:
         yield live
     finally:
@@ -493,7 +496,7 @@ async def test_script_without_headers_in_time_is_killed_with_504(
     cgi_dir: Path, captured_log: list[LogEvent]
 ) -> None:
     clock = Clock()
-    live = await LiveServer.start(_args(cgi_dir, "--cgi-timeout", "5"), clock=clock)
+    live = await LiveServer.start(cgi_args(cgi_dir, "--cgi-timeout", "5"), clock=clock)
     try:
         answers: list[Any] = []
         live.get("/cgi-bin/sleep.py").addBoth(answers.append)
@@ -520,7 +523,7 @@ async def test_script_stalling_after_its_headers_is_killed_and_cut_off(
     cgi_dir: Path,
 ) -> None:
     clock = Clock()
-    live = await LiveServer.start(_args(cgi_dir, "--cgi-timeout", "5"), clock=clock)
+    live = await LiveServer.start(cgi_args(cgi_dir, "--cgi-timeout", "5"), clock=clock)
     try:
         response = await live.get("/cgi-bin/stall.py")
         assert response.code == 200
@@ -591,7 +594,7 @@ async def test_client_going_away_kills_the_script(
 @pytest_twisted.ensureDeferred
 async def test_shutdown_past_its_grace_kills_the_script(cgi_dir: Path) -> None:
     clock = Clock()
-    live = await LiveServer.start(_args(cgi_dir), clock=clock)
+    live = await LiveServer.start(cgi_args(cgi_dir), clock=clock)
     live.get("/cgi-bin/sleep.py").addErrback(lambda failure: None)
     pid = await eventually(lambda: _pid_from(cgi_dir / "sleep.pid"), "the script")
     stopped: list[None] = []

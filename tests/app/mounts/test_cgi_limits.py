@@ -22,6 +22,7 @@ from app.compat.twisted import spawn_process_group
 from app.http.request import Request
 from app.mounts.cgi import MAX_WAITING
 from app.testing import LiveServer
+from tests.app.mounts.test_cgi import cgi_args
 from tests.conftest import eventually, failures, process_gone, stop_on_clock
 from tests.rawhttp import RawClient, connect, parse_response
 
@@ -79,7 +80,7 @@ async def one_at_a_time(cgi_dir: Path) -> AsyncIterator[tuple[LiveServer, Clock]
     """
     clock = Clock()
     live = await LiveServer.start(
-        _args(cgi_dir, "--cgi-max", "1", "--cgi-timeout", "5"), clock=clock
+        cgi_args(cgi_dir, "--cgi-max", "1", "--cgi-timeout", "5"), clock=clock
     )
     try:
         yield live, clock
@@ -100,17 +101,6 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(SPAWN, recording)
     return names
-
-
-def _args(cgi_dir: Path, *more: str) -> list[str]:
-    return [
-        "--no-demo",
-        "--cgi-dir",
-        str(cgi_dir),
-        "--cgi-interpreter",
-        ".sh=/bin/sh",
-        *more,
-    ]
 
 
 def _in_flight(live: LiveServer) -> list[Request]:

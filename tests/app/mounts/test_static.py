@@ -150,14 +150,23 @@ async def _raw(
     """
     One request with exactly this target and these header lines.
     """
-    data = await exchange(
+    return parse_response(await _sent(live, method, target, headers))
+
+
+async def _sent(
+    live: LiveServer, method: bytes, target: bytes, headers: bytes
+) -> bytes:
+    """
+    The bytes answering one request with exactly this target and these
+    header lines.
+    """
+    return await exchange(
         live.reactor,
         live.port_number,
         method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         b"" + headers + b"\r\n",
         timeout=5,
     )
-    return parse_response(data)
 
 
 def _request(
@@ -1006,13 +1015,7 @@ def test_static_directory_resolves_its_root(tmp_path: Path) -> None:
 async def _exchange(
     live: LiveServer, method: bytes, target: bytes, headers: bytes
 ) -> bytes:
-    data = await exchange(
-        live.reactor,
-        live.port_number,
-        method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        b"" + headers + b"\r\n",
-        timeout=5,
-    )
+    data = await _sent(live, method, target, headers)
     return re.sub(rb"\r\nDate: [^\r]*", b"", data)
 
 
