@@ -14,6 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import bcrypt
 import pytest
@@ -337,6 +338,17 @@ def listening_url(process: subprocess.Popen[str], seen: list[str] | None = None)
             return found.group(1)
     assert process.stderr is not None
     raise AssertionError(f"no listening line; stderr: {process.stderr.read()}")
+
+
+def serving_port(process: subprocess.Popen[str]) -> int:
+    """
+    The port of the next endpoint C{process} says it listens on; what it
+    logs after that is drained (L{drain}).
+    """
+    port = urlsplit(listening_url(process)).port
+    assert port is not None
+    drain(process, [])
+    return port
 
 
 def resident_kib(pid: int) -> int:

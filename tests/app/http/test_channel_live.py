@@ -21,7 +21,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
@@ -37,10 +36,9 @@ from app.cli.options import config_from_args
 from app.http.forms import form_fields
 from app.testing import LiveServer
 from tests.conftest import (
-    drain,
     failures,
-    listening_url,
     resident_kib,
+    serving_port,
     start_app,
     stop_on_clock,
 )
@@ -248,9 +246,7 @@ def process_server(tmp_path: Path) -> Iterator[tuple[int, int]]:
         "tcp:0:interface=127.0.0.1",
     )
     try:
-        port = urlsplit(listening_url(process)).port
-        assert port is not None
-        drain(process, [])
+        port = serving_port(process)
         yield process.pid, port
     finally:
         process.kill()

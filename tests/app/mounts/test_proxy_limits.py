@@ -13,7 +13,6 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
@@ -30,12 +29,11 @@ from app.mounts.proxy.client import MAX_HEAD_BYTES, MAX_HEAD_LINES
 from app.mounts.proxy.policy import remove_dot_segments
 from app.testing import LiveServer
 from tests.conftest import (
-    drain,
     failures,
     listen,
-    listening_url,
     port_number,
     resident_kib,
+    serving_port,
     start_app,
 )
 from tests.fakes.upstream import CannedUpstream, UpstreamServer
@@ -238,9 +236,7 @@ def endless_head() -> Iterator[tuple[_EndlessHead, int, int]]:
         "tcp:0:interface=127.0.0.1",
     )
     try:
-        port = urlsplit(listening_url(process)).port
-        assert port is not None
-        drain(process, [])
+        port = serving_port(process)
         yield upstream, process.pid, port
     finally:
         process.kill()
