@@ -104,7 +104,7 @@ def build_site(
     secret = config.secret_key or os.urandom(32)
     backend = None
     if config.sessions not in (None, "memory"):
-        backend = open_backend(config.sessions, config.max_sessions)
+        backend = open_backend(config.sessions, config.max_sessions, clock)
         site.share_sessions(backend, secret)
     guard = build_guard(config, reactor, clock, site.service, secret, backend)
     if guard is not None:

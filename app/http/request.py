@@ -32,7 +32,7 @@ from app.http.forms import FormError, form_fields
 from app.http.forwarding import Forwarding, forwarding
 from app.http.limits import ALLOWED_METHODS
 from app.http.pages import HTML_TYPE, render_error
-from app.sessions.backend import Loaded
+from app.sessions.backend import Loaded, StoreUnavailable
 from app.sessions.records import UnpicklableAdapter
 from app.sessions.shared import RETRY_AFTER
 
@@ -64,7 +64,7 @@ class Request(server.Request):
     #: With a shared session store: the records its cookies name, fetched
     #: before it was routed, and whether a session it used is to be saved
     #: before its answer is written (see app.sessions.shared).
-    session_records: dict[bytes, Loaded | Failure | None] | None = None
+    session_records: dict[bytes, Loaded | StoreUnavailable | None] | None = None
     session_pending = False
     #: What the handler wrote while its sessions were being saved, and
     #: whether it finished meanwhile.
@@ -165,13 +165,11 @@ class Request(server.Request):
         if site.sessions.prefetches:
             # The store answers later: the session the cookie names is
             # fetched first, so that getSession() can answer at once.
-            fetching = site.sessions.prefetch(self)
-            if fetching is not None:
-                fetching.addCallback(self._route_unless_gone)
+            if site.sessions.prefetch(self, self._route_unless_gone):
                 return
         self._route()
 
-    def _route_unless_gone(self, _: object) -> None:
+    def _route_unless_gone(self) -> None:
         if not connection_gone(self):
             self._route()
 
@@ -248,7 +246,8 @@ class Request(server.Request):
         """
         self.session_pending = False
         try:
-            saving = self.site.sessions.settle(self)
+            if not self.site.sessions.settle(self, self._saved):
+                return data
         except HTTPException as error:
             return self._answer_instead(error.code or 503)
         except UnpicklableAdapter as error:
@@ -258,10 +257,7 @@ class Request(server.Request):
                 error=str(error),
             )
             return self._answer_instead(500)
-        if saving is None:
-            return data
         self._held = [data]
-        saving.addCallbacks(self._release, self._release_failed)
         return None
 
     def _save_sessions_late(self) -> None:
@@ -272,43 +268,39 @@ class Request(server.Request):
         """
         self.session_pending = False
         try:
-            saving = self.site.sessions.settle(self)
+            self.site.sessions.settle(self, self._saved_late)
         except (HTTPException, UnpicklableAdapter) as error:
+            self._saved_late(error)
+
+    def _saved_late(self, error: Exception | None) -> None:
+        if error is not None:
             log.error(
                 "Saving the session of {uri} failed: {error}",
                 uri=request_uri(self),
                 error=str(error),
             )
-            return
-        if saving is not None:
-            saving.addErrback(
-                lambda failure: log.failure(
-                    "Saving the session of {uri} failed", failure, uri=request_uri(self)
-                )
-            )
 
-    def _release(self, _: object) -> None:
+    def _saved(self, error: Exception | None) -> None:
+        """
+        The sessions are saved (or failed to be, with C{error}): write what
+        was held, or an error page instead.
+        """
         held, self._held = self._held or [], None
         if connection_gone(self):
             return
+        if error is not None:
+            if isinstance(error, HTTPException):
+                body = self._answer_instead(error.code or 503)
+            else:
+                log.failure(
+                    "Saving the session of {uri} failed",
+                    Failure(error),
+                    uri=request_uri(self),
+                )
+                body = self._answer_instead(500)
+            held = [body]
         for data in held:
             self.write(data)
-        if self._finish_held:
-            self.finish()
-
-    def _release_failed(self, failure: Failure) -> None:
-        self._held = None
-        if connection_gone(self):
-            return
-        error = failure.value
-        if isinstance(error, HTTPException):
-            body = self._answer_instead(error.code or 503)
-        else:
-            log.failure(
-                "Saving the session of {uri} failed", failure, uri=request_uri(self)
-            )
-            body = self._answer_instead(500)
-        self.write(body)
         if self._finish_held:
             self.finish()
 

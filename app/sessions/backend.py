@@ -7,11 +7,17 @@ they are returned (a local file answers in microseconds, and a request can
 then be served without a turn of the reactor); Redis's fire when its answer
 arrives, so a request that presents a session cookie has its record fetched
 before it is routed (see L{app.sessions.shared}).
+
+The operations on a request's path have leaner forms too: L{Immediate}, a
+return value (SQLite's loads), and L{Later}, a function called with the
+answer (Redis's loads and saves, SQLite's saves, which it gathers over a
+turn of the reactor).  A Deferred, and the links a caller adds to it, cost
+more than the command they wait for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -52,11 +58,33 @@ class Immediate(Protocol):
 
     def load_now(self, uid: bytes, now: float) -> Loaded | None: ...
 
-    def save_now(
-        self, uid: bytes, record: bytes, now: float, timeout: float | None, new: bool
+    def touch_now(self, uid: bytes, now: float, timeout: float) -> None: ...
+
+
+class Later(Protocol):
+    """
+    The operations on a request's path of an engine that answers later:
+    each calls C{then}, once, with the answer or the L{StoreUnavailable} it
+    failed with (never raised).  C{then} may be called before the operation
+    returns, when it fails at once.
+    """
+
+    def load_then(
+        self,
+        uid: bytes,
+        now: float,
+        then: Callable[[Loaded | StoreUnavailable | None], object],
     ) -> None: ...
 
-    def touch_now(self, uid: bytes, now: float, timeout: float) -> None: ...
+    def save_then(
+        self,
+        uid: bytes,
+        record: bytes,
+        now: float,
+        timeout: float | None,
+        new: bool,
+        then: Callable[[StoreUnavailable | None], object],
+    ) -> None: ...
 
 
 class Backend(Protocol):
@@ -65,11 +93,11 @@ class Backend(Protocol):
     every process that opens the same engine.
     """
 
-    #: Whether answers can come later than the call (a request's record is
-    #: then fetched before the request is routed).
-    asynchronous: bool
-    #: The engine's operations that answer at once, if it has them.
+    #: The engine's loads that answer at once, if it has them (if not, a
+    #: request's record is fetched before the request is routed).
     immediate: Immediate | None
+    #: The engine's saves (and loads) that answer later.
+    later: Later
     #: Whether the engine keeps each record's deadline itself (Redis's time
     #: to live) rather than a column the store reads (C{Loaded.expires}).
     keeps_deadlines: bool

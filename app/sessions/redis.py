@@ -2,12 +2,14 @@
 Session records in Redis, shared by every host that names the same server.
 
   - Through txredisapi's Redis protocol: non-blocking, on the reactor, its
-    replies parsed by hiredis and queued in order by txredisapi.  Each
-    process keeps one connection (commands are pipelined on it: Redis
-    answers in order), which reconnects by itself after 0.5 s, backing off
-    to at most L{RECONNECT_MAX_DELAY}.  txredisapi's own pool is not used,
-    nor its command builder: its Deferred queues, a timer per command and
-    the encoding of every argument in Python cost more than the command.
+    replies parsed by hiredis.  txredisapi logs in (AUTH, SELECT); after
+    that each reply goes straight to what waits for it, in the order the
+    commands went.  Each process keeps one connection (commands are
+    pipelined on it: Redis answers in order), which reconnects by itself
+    after 0.5 s, backing off to at most L{RECONNECT_MAX_DELAY}.
+    txredisapi's own pool is not used, nor its command builder or reply
+    queue: its Deferred queues, a timer per command and the encoding of
+    every argument in Python cost more than the command.
   - Each record is a string key with Redis's own time to live, which slides
     when a request uses the session.  Redis expires keys itself; how many
     it keeps is bounded by its C{maxmemory} and C{maxmemory-policy}
@@ -23,6 +25,7 @@ Session records in Redis, shared by every host that names the same server.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -36,7 +39,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from app.sessions.backend import Immediate, Loaded, StoreUnavailable, first_error
+from app.sessions.backend import (
+    Immediate,
+    Later,
+    Loaded,
+    StoreUnavailable,
+    first_error,
+)
 from app.sessions.locations import RedisAddress
 
 log = Logger()
@@ -53,18 +62,51 @@ CLAIM_PREFIX = b"app:claim:"
 
 class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     """
-    txredisapi's protocol, noting when it last made progress.
+    txredisapi's protocol, noting when it last made progress; once logged
+    in, its replies go straight to the commands that wait for them.
     """
 
     #: When a reply last arrived, or a command was sent with none waiting.
     progress = 0.0
+    #: Once logged in: what takes each reply awaited, in the order the
+    #: commands went.  txredisapi's own queue (a DeferredQueue, and a
+    #: conversion of each reply) serves its login, AUTH and SELECT.
+    awaited: deque[Callable[[Any], object]] | None = None
 
     def replyReceived(self, reply: Any) -> None:
         self.progress = reactor.seconds()
         super().replyReceived(reply)
 
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        awaited = self.awaited
+        if awaited is None:
+            super().dataReceived(data, unpause)
+            return
+        reader = self._reader
+        reader.feed(data)
+        try:
+            reply = reader.gets()
+            if reply is not False:
+                self.progress = reactor.seconds()
+            while reply is not False:
+                if not awaited:
+                    raise txredisapi.InvalidData("a reply no command awaits")
+                # An error reply is an exception object, not raised.
+                awaited.popleft()(reply)
+                reply = reader.gets()
+        except txredisapi.InvalidData as error:
+            log.error("Redis sent what is not a reply: {error}", error=error)
+            self.transport.abortConnection()
+
+    def connectionLost(self, why: Failure) -> None:
+        super().connectionLost(why)
+        awaited, self.awaited = self.awaited, None
+        while awaited:
+            awaited.popleft()(txredisapi.ConnectionError("Lost connection"))
+
     def waiting(self) -> int:
-        return len(self.replyQueue.waiting)
+        awaited = self.awaited
+        return len(self.replyQueue.waiting if awaited is None else awaited)
 
 
 class _Factory(Factory):
@@ -100,7 +142,6 @@ class RedisBackend:
     Session records and nonce claims in the Redis server at C{address}.
     """
 
-    asynchronous = True
     immediate: Immediate | None = None
     keeps_deadlines = True
 
@@ -126,6 +167,7 @@ class RedisBackend:
             prepareConnection=self._ready,  # type: ignore[arg-type]
         )
         self._service.startService()
+        self.later: Later = self
         self._watchdog = LoopingCall(self._watch)
         self._watchdog.start(WATCH_EVERY, now=False)
 
@@ -140,6 +182,7 @@ class RedisBackend:
         return _unavailable(failure)
 
     def _use(self, protocol: _Protocol) -> _Protocol:
+        protocol.awaited = deque()
         self._protocol = protocol
         self._down = False
         protocol.whenDisconnected().addCallback(self._lost)
@@ -180,15 +223,64 @@ class RedisBackend:
             connected.addTimeout(COMMAND_TIMEOUT, reactor)
             connected.addErrback(self._not_connected)
             return connected.addCallback(lambda _: self._command(*args, answer=answer))
-        if not protocol.waiting():
-            protocol.progress = reactor.seconds()
-        # The command is written here, in RESP, and its reply taken from
-        # txredisapi's queue, which its parser (hiredis's) fills in order:
-        # txredisapi's execute_command encodes every argument in Python and
-        # adds a Deferred of its own, more than the rest of the command costs.
-        protocol.transport.write(_resp(args))
-        reply: Deferred[Any] = protocol.replyQueue.get()
+        reply: Deferred[Any] = Deferred()
+        self._send(protocol, args, reply.callback)
         return reply.addCallbacks(answer or _checked, _unavailable)
+
+    def _send(
+        self,
+        protocol: _Protocol,
+        args: tuple[bytes, ...],
+        take: Callable[[Any], object],
+    ) -> None:
+        """
+        Write the command C{args} on C{protocol}; C{take} gets its reply.
+        """
+        awaited = protocol.awaited
+        assert awaited is not None  # logged in
+        if not awaited:
+            protocol.progress = reactor.seconds()
+        # The command is written here, in RESP, and its reply handed over by
+        # the protocol: txredisapi's execute_command encodes every argument
+        # in Python and adds a Deferred and a queue of its own, more than
+        # the rest of the command costs.
+        protocol.transport.write(_resp(args))
+        awaited.append(take)
+
+    # The Later interface: a request's load and save, without Deferreds.
+
+    def load_then(
+        self,
+        uid: bytes,
+        now: float,
+        then: Callable[[Loaded | StoreUnavailable | None], object],
+    ) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            self.load(uid, now).addBoth(_handing, then)
+            return
+        self._send(
+            protocol, (b"GET", SESSION_PREFIX + uid), lambda reply: then(_record(reply))
+        )
+
+    def save_then(
+        self,
+        uid: bytes,
+        record: bytes,
+        now: float,
+        timeout: float | None,
+        new: bool,
+        then: Callable[[StoreUnavailable | None], object],
+    ) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            self.save(uid, record, now, timeout, new).addBoth(_handing, then)
+            return
+        self._send(
+            protocol,
+            (b"SET", SESSION_PREFIX + uid, record, *_expiry(timeout)),
+            lambda reply: then(_error_of(reply)),
+        )
 
     def load(self, uid: bytes, now: float) -> Deferred[Loaded | None]:
         return self._command(b"GET", SESSION_PREFIX + uid, answer=_loaded)
@@ -196,9 +288,8 @@ class RedisBackend:
     def save(
         self, uid: bytes, record: bytes, now: float, timeout: float | None, new: bool
     ) -> Deferred[None]:
-        expiry = (b"KEEPTTL",) if timeout is None else (b"PX", _ms(timeout))
         return self._command(
-            b"SET", SESSION_PREFIX + uid, record, *expiry, answer=_done
+            b"SET", SESSION_PREFIX + uid, record, *_expiry(timeout), answer=_done
         )
 
     def touch(self, uid: bytes, now: float, timeout: float) -> Deferred[None]:
@@ -240,6 +331,29 @@ def _loaded(reply: Any) -> Loaded | None:
     return Loaded(_checked(reply))
 
 
+def _record(reply: Any) -> Loaded | StoreUnavailable | None:
+    # A GET's reply, as load_then hands it on.
+    if reply is None:
+        return None
+    if isinstance(reply, Exception):
+        return _refusal(reply)
+    return Loaded(reply)
+
+
+def _error_of(reply: Any) -> StoreUnavailable | None:
+    # A SET's reply, as save_then hands it on.
+    return _refusal(reply) if isinstance(reply, Exception) else None
+
+
+def _handing(result: Any, then: Callable[[Any], object]) -> None:
+    # A Deferred's result handed to a Later's C{then}.
+    then(result.value if isinstance(result, Failure) else result)
+
+
+def _expiry(timeout: float | None) -> tuple[bytes, ...]:
+    return (b"KEEPTTL",) if timeout is None else (b"PX", _ms(timeout))
+
+
 def _done(reply: Any) -> None:
     _checked(reply)
 
@@ -264,11 +378,15 @@ def _resp(args: tuple[bytes, ...]) -> bytes:
 
 
 def _checked(reply: Any) -> Any:
-    # txredisapi queues an error reply, or the loss of the connection, as
-    # the exception itself.
+    # An error reply, or the loss of the connection, comes as the exception
+    # itself.
     if isinstance(reply, Exception):
-        raise StoreUnavailable(f"Redis: {type(reply).__name__}: {reply}")
+        raise _refusal(reply)
     return reply
+
+
+def _refusal(reply: Exception) -> StoreUnavailable:
+    return StoreUnavailable(f"Redis: {type(reply).__name__}: {reply}")
 
 
 def _unavailable(failure: Failure) -> Failure:

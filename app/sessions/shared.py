@@ -24,11 +24,12 @@ records kept in SQLite or Redis (L{app.sessions.backend}).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -42,8 +43,6 @@ from app.sessions.backend import (
     Backend,
     Loaded,
     StoreUnavailable,
-    first_error,
-    settled,
 )
 from app.sessions.records import TAG_BYTES, Sealer, payload_of
 from app.sessions.sqlite import SQLiteBackend
@@ -87,7 +86,7 @@ class Request(Protocol):
     def cookies(self) -> list[bytes]: ...
 
     #: The records its cookies name, fetched before it was routed.
-    session_records: dict[bytes, Loaded | Failure | None] | None
+    session_records: dict[bytes, Loaded | StoreUnavailable | None] | None
     #: Whether a session was used since it was last saved: it is saved
     #: before the answer is written, and again when the answer finishes if
     #: it was used after that.
@@ -179,7 +178,7 @@ class SharedStore:
         self.sealer = sealer
         self.clock = clock
         self.timeout = timeout
-        self.prefetches = backend.asynchronous
+        self.prefetches = backend.immediate is None
         self.callbacks: dict[bytes, list[Callable[[], object]]] = {}
         self.available = True
         #: Uids of new sessions whose first save is under way.
@@ -225,46 +224,45 @@ class SharedStore:
 
     # -- requests -----------------------------------------------------------
 
-    def prefetch(self, request: Request) -> Deferred[None] | None:
+    def prefetch(self, request: Request, then: Callable[[], object]) -> bool:
         """
         Fetch the records that C{request}'s session cookies name, before it
-        is routed; L{None} when it names none.
+        is routed, and call C{then} once they are in; C{False} (and C{then}
+        is not called) when it names none.
         """
         headers = request.requestHeaders.getRawHeaders(b"cookie")
         if headers is None:
-            return None
-        uids = session_uids(headers)
+            return False
+        uids = session_uids(headers)[:MAX_LOOKUPS]
         if not uids:
-            return None
-        records: dict[bytes, Loaded | Failure | None] = {}
+            return False
+        later = self.backend.later
+        records: dict[bytes, Loaded | StoreUnavailable | None] = {}
         request.session_records = records
         now = self.clock.seconds()
-        loads = []
-        for uid in uids[:MAX_LOOKUPS]:
-            load = self.backend.load(uid, now)
-            loads.append(load.addBoth(self._fetched, records, uid))
-        if len(loads) == 1:
-            return loads[0]
-        return gatherResults(loads).addCallback(_nothing)
+        left = len(uids)
 
-    def _fetched(
-        self,
-        found: Loaded | Failure | None,
-        records: dict[bytes, Loaded | Failure | None],
-        uid: bytes,
-    ) -> None:
-        if isinstance(found, Failure):
-            self._failed(_error(found))
-        elif not self.available:
-            self._answered()
-        records[uid] = found
+        def fetched(uid: bytes, found: Loaded | StoreUnavailable | None) -> None:
+            nonlocal left
+            if isinstance(found, StoreUnavailable):
+                self._failed(found)
+            elif not self.available:
+                self._answered()
+            records[uid] = found
+            left -= 1
+            if not left:
+                then()
+
+        for uid in uids:
+            later.load_then(uid, now, partial(fetched, uid))
+        return True
 
     def _load(self, request: Request, uid: bytes) -> Loaded | None:
         records = request.session_records
         if records is not None:
             found = records.get(uid)
-            if isinstance(found, Failure):
-                raise self._unavailable(request, _error(found))
+            if isinstance(found, StoreUnavailable):
+                raise self._unavailable(request, found)
             return found
         immediate = self.backend.immediate
         if immediate is None:
@@ -340,59 +338,60 @@ class SharedStore:
         request.cookies.append(ending_cookie(secure))
         return True
 
-    def settle(self, request: Request) -> Deferred[None] | None:
+    def settle(
+        self, request: Request, then: Callable[[Exception | None], object]
+    ) -> bool:
         """
         Save the sessions C{request} used, before its answer is written:
-        L{None} when that is done (or nothing was to do), else a Deferred
-        that fires when it is.
+        C{False} when that is done (or nothing was to do), else C{True},
+        and C{then} is called, later, with L{None} or what to answer
+        instead (L{SessionsUnavailable}, or the error the save failed with).
 
         @raise SessionsUnavailable: when the engine cannot be reached.
         @raise app.sessions.records.UnpicklableAdapter: when a session's
             adapter cannot be pickled.
         """
-        waits = []
+        saves = _Saves()
         for secure in (False, True):
             session = kept_session(request, secure)
             if isinstance(session, SharedSession):
+                saves.started += 1
                 try:
-                    saving = self._save(session)
+                    self._save(session, saves.done)
                 except StoreUnavailable as error:
                     raise self._unavailable(request, error) from None
-                if saving is not None:
-                    waits.append(saving)
-        if not waits:
-            return None
-        pending = []
-        for saving in waits:
-            if saving.called:
-                try:
-                    settled(saving)
-                except StoreUnavailable as error:
-                    raise self._unavailable(request, error) from None
-            else:
-                pending.append(saving)
-        if not pending:
-            return None
-        both: Deferred[Any] = (
-            pending[0]
-            if len(pending) == 1
-            else gatherResults(pending, consumeErrors=True)
-        )
-        return both.addCallbacks(self._saved, self._not_saved, errbackArgs=(request,))
+        if saves.finished < saves.started:
+            saves.then = lambda error: then(self._outcome(request, error))
+            return True
+        outcome = self._outcome(request, saves.error)
+        if outcome is not None:
+            raise outcome
+        return False
 
-    def _saved(self, _: object) -> None:
-        if not self.available:
+    def _outcome(self, request: Request, error: Exception | None) -> Exception | None:
+        """
+        What a request whose sessions were saved, or failed to be with
+        C{error}, answers instead of its own answer (L{None}: its own).
+        """
+        if isinstance(error, StoreUnavailable):
+            return self._unavailable(request, error)
+        if error is None and not self.available:
             self._answered()
+        return error
 
-    def _not_saved(self, failure: Failure, request: Request) -> Failure:
-        failure = first_error(failure)
-        if failure.check(StoreUnavailable):
-            raise self._unavailable(request, _error(failure))
-        return failure
+    def _save(
+        self, session: SharedSession, done: Callable[[Exception | None], object]
+    ) -> None:
+        """
+        Save C{session} if it changed, or slide its deadline; C{done} is
+        called, at once or later, when that is done or has failed.
 
-    def _save(self, session: SharedSession) -> Deferred[None] | None:
+        @raise StoreUnavailable: from an engine that answers at once.
+        """
         if session.ended:
-            return session.ending
+            assert session.ending is not None
+            session.ending.addBoth(_handing, done)
+            return
         now = self.clock.seconds()
         uid = session.uid
         payload = payload_of(adapters_of(session))
@@ -412,7 +411,8 @@ class SharedStore:
                 # The engine keeps the deadline: slide it, without waiting.
                 touching = self._watch_outcome(backend.touch(uid, now, self.timeout))
                 touching.addErrback(lambda failure: None)
-                return None
+                done(None)
+                return
             kind = _CHANGED
         else:
             fresh = (
@@ -420,7 +420,8 @@ class SharedStore:
             )
             if record == loaded.record:
                 if fresh:
-                    return None
+                    done(None)
+                    return
                 kind = _SLID
             else:
                 kind = _CHANGED
@@ -429,26 +430,25 @@ class SharedStore:
                     timeout, deadline = None, loaded.expires
         # What a later save in the same request compares with.
         session.loaded = Loaded(record, deadline)
-        immediate = backend.immediate
-        if immediate is not None:
-            # @raise StoreUnavailable: for settle to answer.
-            if kind is _SLID:
-                immediate.touch_now(uid, now, self.timeout)
-            else:
-                immediate.save_now(uid, record, now, timeout, kind is _NEW)
-            if not self.available:
-                self._answered()
-            return None
         if kind is _SLID:
-            saving = backend.touch(uid, now, self.timeout)
+            immediate = backend.immediate
+            if immediate is None:
+                backend.touch(uid, now, self.timeout).addBoth(_handing, done)
+            else:
+                immediate.touch_now(uid, now, self.timeout)
+                done(None)
+            return
+        later = backend.later
+        if kind is _NEW:
+            self._unsaved.add(uid)
+
+            def saved(error: StoreUnavailable | None) -> None:
+                self._unsaved.discard(uid)
+                done(error)
+
+            later.save_then(uid, record, now, timeout, True, saved)
         else:
-            if kind is _NEW:
-                self._unsaved.add(uid)
-            saving = backend.save(uid, record, now, timeout, kind is _NEW)
-            if kind is _NEW:
-                saving.addBoth(_passing(self._unsaved.discard, uid))
-        # settle notes how the engine answered.
-        return saving
+            later.save_then(uid, record, now, timeout, False, done)
 
     # -- endings ------------------------------------------------------------
 
@@ -490,8 +490,37 @@ class SharedStore:
         self.backend.close()
 
 
-def _nothing(_: object) -> None:
-    return None
+class _Saves:
+    """
+    The saves of one request's sessions: how many started and finished, the
+    first error, and what to call when the last finishes after L{settle}
+    returned.
+    """
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.finished = 0
+        self.error: Exception | None = None
+        self.then: Callable[[Exception | None], object] | None = None
+
+    def done(self, error: Exception | None) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        self.finished += 1
+        if self.finished == self.started and self.then is not None:
+            self.then(self.error)
+
+
+def _handing(result: object, then: Callable[[Exception | None], object]) -> None:
+    """
+    A Deferred's outcome handed to C{then}: the error it failed with, or
+    L{None}.
+    """
+    if isinstance(result, Failure):
+        error = result.value
+        then(error if isinstance(error, Exception) else StoreUnavailable(str(error)))
+    else:
+        then(None)
 
 
 def _error(failure: Failure) -> BaseException:
@@ -508,14 +537,6 @@ def _run(callbacks: list[Callable[[], object]]) -> None:
             callback()
         except Exception:
             log.failure("An expiry callback of a session failed")
-
-
-def _passing(function: Callable[[bytes], object], uid: bytes) -> Callable[[Any], Any]:
-    def call(result: Any) -> Any:
-        function(uid)
-        return result
-
-    return call
 
 
 class SessionWatch(Service):
@@ -543,7 +564,7 @@ class SessionWatch(Service):
         self.store.close()
 
 
-def open_backend(spec: str, limit: int) -> Backend:
+def open_backend(spec: str, limit: int, clock: IReactorTime) -> Backend:
     """
     The engine that C{--sessions} names: C{sqlite:PATH}, C{redis://…} or
     C{redis+unix://…}.
@@ -552,7 +573,7 @@ def open_backend(spec: str, limit: int) -> Backend:
     @raise StoreUnavailable: when a SQLite file cannot be opened.
     """
     if spec.startswith("sqlite:"):
-        return SQLiteBackend(Path(spec.removeprefix("sqlite:")), limit)
+        return SQLiteBackend(Path(spec.removeprefix("sqlite:")), limit, clock)
     if spec.startswith(("redis://", "redis+unix://")):
         # txredisapi installs the global reactor when it is imported: it is
         # imported only for a Redis store.

@@ -32,11 +32,10 @@ import heapq
 import re
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web import server
@@ -61,9 +60,11 @@ class Sessions(Protocol):
 
     def forget(self, request: Any, force_not_secure: bool = False) -> bool: ...
 
-    def prefetch(self, request: Any) -> Deferred[None] | None: ...
+    def prefetch(self, request: Any, then: Callable[[], object]) -> bool: ...
 
-    def settle(self, request: Any) -> Deferred[None] | None: ...
+    def settle(
+        self, request: Any, then: Callable[[Exception | None], object]
+    ) -> bool: ...
 
     def __len__(self) -> int: ...
 
@@ -299,12 +300,14 @@ class SessionStore(MutableMapping[bytes, Session]):
     def forget(self, request: Request, force_not_secure: bool = False) -> bool:
         return _forget_held_session(request, force_not_secure)
 
-    def prefetch(self, request: Request) -> None:
-        return None
+    def prefetch(self, request: Request, then: Callable[[], object]) -> bool:
+        return False
 
-    def settle(self, request: Request) -> None:
+    def settle(
+        self, request: Request, then: Callable[[Exception | None], object]
+    ) -> bool:
         # A held session is saved as it changes.
-        return None
+        return False
 
     # -- the sweep ----------------------------------------------------------
 

@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import pickle
 import threading
+from collections.abc import Callable
 
 import pytest
 
-from app.sessions.records import TAG_BYTES, Sealer, UnpicklableAdapter
+from app.sessions.records import (
+    TAG_BYTES,
+    VOUCHED_RECORDS,
+    Sealer,
+    UnpicklableAdapter,
+)
 from routes.sessions import Counter, ICounter
 
 KEY = bytes(range(32))
@@ -48,7 +54,12 @@ def test_a_sealed_record_opens_to_its_adapters() -> None:
 def test_a_tampered_or_forged_record_is_no_session(damage: object) -> None:
     sealer = Sealer(KEY)
     record = sealer.seal(UID, _counter(1))
+    # The sealer remembers the record it sealed: that changes nothing for
+    # any other bytes, before or after the genuine record is opened.
     assert sealer.open(UID, damage(record)) is None  # type: ignore[operator]
+    assert sealer.open(UID, record) is not None
+    assert sealer.open(UID, damage(record)) is None  # type: ignore[operator]
+    assert Sealer(KEY).open(UID, damage(record)) is None  # type: ignore[operator]
 
 
 def test_a_record_moved_to_another_uid_is_no_session() -> None:
@@ -96,3 +107,40 @@ def test_the_tag_is_hmac_sha256_of_the_uid_and_the_payload(key: bytes) -> None:
     payload = record[TAG_BYTES:]
     expected = hmac.digest(key, b"64:" + UID + b":" + payload, "sha256")
     assert record[:TAG_BYTES] == expected
+
+
+def test_a_record_sealed_or_opened_here_is_not_checked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sealer, other = Sealer(KEY), Sealer(KEY)
+    record = sealer.seal(UID, _counter(4))
+    tags: list[bytes] = []
+
+    def counting(
+        tag: Callable[[bytes, bytes], bytes],
+    ) -> Callable[[bytes, bytes], bytes]:
+        def counted(uid: bytes, payload: bytes) -> bytes:
+            tags.append(uid)
+            return tag(uid, payload)
+
+        return counted
+
+    for each in (sealer, other):
+        monkeypatch.setattr(each, "_tag", counting(each._tag))
+    opened = sealer.open(UID, record)
+    assert opened is not None and opened["routes.sessions.ICounter"].value == 4
+    assert tags == []
+    # Another process checks it once, then knows it too.
+    assert other.open(UID, record) is not None
+    assert other.open(UID, record) is not None
+    assert tags == [UID]
+    # The same bytes under another uid are checked, and refused.
+    assert sealer.open(b"b" * 64, record) is None
+    assert tags == [UID, b"b" * 64]
+
+
+def test_a_sealer_remembers_a_bounded_number_of_records() -> None:
+    sealer = Sealer(KEY)
+    for number in range(VOUCHED_RECORDS + 10):
+        sealer.seal(b"%064d" % number, _counter(number))
+    assert 0 < len(sealer._vouched) <= VOUCHED_RECORDS

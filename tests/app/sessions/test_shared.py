@@ -1,7 +1,9 @@
 """
 Sessions shared through a SQLite file: two sites opening the same file stand
 for two workers (or hosts).  Pages are fetched in memory, on a L{Clock},
-which the file's deadlines are read on too.
+which the file's deadlines are read on too, and which is turned once after
+each request: the sessions a turn's requests changed are written at its end,
+and their answers wait for that.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import pytest
 from treq.testing import StubTreq
@@ -30,7 +33,7 @@ from app.sessions.shared import RETRY_AFTER, WATCH_INTERVAL, SharedStore
 from app.site import build_site
 from app.testing import stub_treq
 from routes.sessions import ICounter
-from tests.conftest import fetch, header_of, text_of
+from tests.conftest import MEMORY_ORIGIN, header_of, success_result_of, text_of
 
 SECRET = bytes(range(32))
 TIMEOUT = 60.0
@@ -45,13 +48,35 @@ class Pair:
         self.clock = clock
         self.path = path
         self.sites = [_site(path, clock, *args) for _ in range(2)]
-        self.clients = [stub_treq(site) for site in self.sites]
+        self.clients = [_client(site, clock) for site in self.sites]
         for site in self.sites:
             site.service.startService()
 
     def stop(self) -> None:
         for site in self.sites:
             site.service.stopService()
+
+
+#: The clock of each client's site.
+_clocks: WeakKeyDictionary[StubTreq, Clock] = WeakKeyDictionary()
+
+
+def _client(site: Site, clock: Clock) -> StubTreq:
+    client = stub_treq(site)
+    _clocks[client] = clock
+    return client
+
+
+def fetch(client: StubTreq, method: str, path: str, **kwargs: Any) -> Any:
+    """
+    The response to a request, once the clock of the client's site has
+    turned: the request's session is written then.
+    """
+    # StubTreq sets its methods at run time.
+    pending = client.request(method, MEMORY_ORIGIN + path, **kwargs)  # type: ignore[attr-defined]
+    _clocks[client].advance(0)
+    client.flush()
+    return success_result_of(pending)
 
 
 def _site(path: Path, clock: Clock, *args: str) -> Site:
@@ -248,7 +273,7 @@ def test_max_sessions_evicts_sessions_used_once_first(tmp_path: Path) -> None:
         _visits(second, kept)  # used by a second request: protected
         for _ in range(5):
             clock.advance(1)
-            fetch(stub_treq(shared.sites[1]), "GET", "/session")
+            fetch(_client(shared.sites[1], clock), "GET", "/session")
         assert _rows(shared.path) == 3
         assert _visits(first, kept) == 3
     finally:
@@ -283,7 +308,7 @@ def test_an_adapter_that_cannot_be_pickled_is_a_500_naming_its_class(
     clock = Clock()
     config = config_from_args(["--sessions", f"sqlite:{tmp_path / 's.sqlite3'}"])
     config = replace(config, route_apps=(Routes().app,))
-    client = stub_treq(build_site(config, MemoryReactor(), clock))
+    client = _client(build_site(config, MemoryReactor(), clock), clock)
     response = fetch(client, "GET", "/notes")
     assert response.code == 500
     assert "noted" not in text_of(response)
@@ -346,7 +371,7 @@ def test_a_resource_writing_its_own_response_saves_when_it_finishes(
     for _ in range(2):
         config = config_from_args(["--sessions", f"sqlite:{path}"])
         config = replace(config, route_apps=(Routes().app,), secret_key=SECRET)
-        clients.append(stub_treq(build_site(config, MemoryReactor(), clock)))
+        clients.append(_client(build_site(config, MemoryReactor(), clock), clock))
     uid = _cookie(fetch(clients[0], "GET", "/counter"))
     streamed = fetch(
         clients[1], "GET", "/stream", headers={"Cookie": f"app_session={uid}"}
@@ -385,10 +410,39 @@ def test_a_session_expired_during_a_request_is_not_found_again_by_it(
 ) -> None:
     config = config_from_args(["--sessions", f"sqlite:{tmp_path / 's.sqlite3'}"])
     config = replace(config, route_apps=(Renewing().app,))
-    client = stub_treq(build_site(config, MemoryReactor(), Clock()))
+    clock = Clock()
+    client = _client(build_site(config, MemoryReactor(), clock), clock)
     uid = _cookie(fetch(client, "GET", "/counter"))
     response = fetch(client, "GET", "/renew", headers={"Cookie": f"app_session={uid}"})
     old, new = text_of(response).split()
     assert old == uid
     assert new != uid
     assert new in _cookie(response)
+
+
+def test_an_answer_waits_for_its_session_to_be_written(pair: Pair) -> None:
+    first, second = pair.clients
+    uid = _cookie(fetch(first, "GET", "/counter"))
+    # Requests of one turn: their answers wait for the turn's transaction.
+    pending = [
+        first.get(  # type: ignore[attr-defined]
+            MEMORY_ORIGIN + path, headers={"Cookie": f"app_session={uid}"}
+        )
+        for path in ("/counter", "/health")
+    ]
+    first.flush()
+    answered: list[object] = []
+
+    def note(result: object) -> object:
+        answered.append(result)
+        return result
+
+    pending[0].addBoth(note)
+    assert answered == []
+    assert success_result_of(pending[1]).code == 200  # uses no session
+    assert _rows(pair.path) == 1
+    pair.clock.advance(0)
+    first.flush()
+    assert len(answered) == 1
+    assert "Visit #2 " in text_of(success_result_of(pending[0]))
+    assert _visits(second, uid) == 3
