@@ -54,6 +54,14 @@ def _save(
     return outcomes
 
 
+def _made(backend: SQLiteBackend, clock: Clock) -> None:
+    """
+    Session A made with record C{one}, and written.
+    """
+    assert _save(backend, A, b"one", new=True) == []
+    clock.advance(0)
+
+
 def _row(path: Path, uid: bytes) -> tuple[bytes, float, int] | None:
     with sqlite3.connect(path) as db:
         row: tuple[bytes, float, int] | None = db.execute(
@@ -84,8 +92,7 @@ def test_changes_of_one_session_in_a_turn_write_the_last(
     pair: tuple[SQLiteBackend, SQLiteBackend], path: Path, clock: Clock
 ) -> None:
     first, second = pair
-    _save(first, A, b"one", new=True)
-    clock.advance(0)
+    _made(first, clock)
     told = [_save(first, A, b"two"), _save(first, A, b"three", timeout=None)]
     clock.advance(0)
     assert told == [[None], [None]]
@@ -98,8 +105,7 @@ def test_a_deletion_between_changes_is_kept_in_order(
     pair: tuple[SQLiteBackend, SQLiteBackend], path: Path, clock: Clock
 ) -> None:
     first, _ = pair
-    _save(first, A, b"one", new=True)
-    clock.advance(0)
+    _made(first, clock)
     _save(first, A, b"two")
     deleted = first.delete(A)
     late = _save(first, A, b"three")
@@ -114,8 +120,7 @@ def test_a_record_kept_by_one_process_is_read_again_once_another_writes_it(
     pair: tuple[SQLiteBackend, SQLiteBackend], path: Path, clock: Clock
 ) -> None:
     first, second = pair
-    _save(first, A, b"one", new=True)
-    clock.advance(0)
+    _made(first, clock)
     assert second.load_now(A, NOW) == Loaded(b"one", NOW + TIMEOUT, False)
     # Kept: a change behind the store's back (no new stamp) is not seen ...
     with sqlite3.connect(path) as db:
@@ -135,8 +140,7 @@ def test_a_kept_record_past_its_deadline_is_read_again(
     pair: tuple[SQLiteBackend, SQLiteBackend], clock: Clock
 ) -> None:
     first, second = pair
-    _save(first, A, b"one", new=True)
-    clock.advance(0)
+    _made(first, clock)
     assert second.load_now(A, NOW) is not None
     # The other process slid it: this one's kept deadline has passed, and
     # the row is read again.
@@ -151,8 +155,7 @@ def test_a_session_evicted_by_another_process_is_gone_from_this_one(
 ) -> None:
     first, second = SQLiteBackend(path, 2, clock), SQLiteBackend(path, 2, clock)
     try:
-        _save(first, A, b"one", new=True)
-        clock.advance(0)
+        _made(first, clock)
         assert second.load_now(A, NOW) is not None
         _save(first, B, b"two", new=True)
         _save(first, C, b"three", new=True)
@@ -168,8 +171,7 @@ def test_a_turn_whose_transaction_fails_tells_each_writer(
     pair: tuple[SQLiteBackend, SQLiteBackend], path: Path, clock: Clock
 ) -> None:
     first, second = pair
-    _save(first, A, b"one", new=True)
-    clock.advance(0)
+    _made(first, clock)
     assert second.load_now(A, NOW) is not None
     told = [_save(first, A, b"two"), _save(first, B, b"new", new=True)]
     # Another connection holds the write lock for longer than a writer waits.
