@@ -156,6 +156,32 @@ def counter_cookie(base: str) -> dict[str, str]:
     return session_cookie(base, "/counter")
 
 
+#: Visitors of the many-visitor /counter cases.
+VISITORS = 200
+
+
+def visitors_script(base: str, tmp: Path, seconds: float) -> Path:
+    """
+    A wrk script whose requests take turns among L{VISITORS} sessions, each
+    made first by a visit of its own: many visitors rather than one on
+    every connection (whose concurrent changes a store may merge).
+    """
+    cookies = [counter_cookie(base)["Cookie"] for _ in range(VISITORS)]
+    listing = tmp / "visitors.txt"
+    listing.write_text("\n".join(cookies) + "\n")
+    script = tmp / "visitors.lua"
+    script.write_text(
+        "local cookies = {}\n"
+        f'for line in io.lines("{listing}") do cookies[#cookies + 1] = line end\n'
+        "local i = 0\n"
+        "request = function()\n"
+        "  i = i % #cookies + 1\n"
+        '  return wrk.format("GET", "/counter", {["Cookie"] = cookies[i]})\n'
+        "end\n"
+    )
+    return script
+
+
 def digest_script(base: str, tmp: Path, seconds: float) -> Path:
     """
     A wrk script sending a fresh nonce count with every request (each
@@ -265,6 +291,22 @@ def cases(fixtures: dict[str, Path]) -> list[Case]:
             redis,
             prepare=counter_cookie,
             versus=("/counter",),
+        ),
+        # The same with many visitors, each request another's.
+        Case("/counter, 200 visitors", "/counter", script=visitors_script),
+        Case(
+            "/counter, 200 visitors, --workers 2 (SQLite)",
+            "/counter",
+            ["--workers", "2"],
+            script=visitors_script,
+            versus=("/counter, 200 visitors",),
+        ),
+        Case(
+            "/counter, 200 visitors, Redis",
+            "/counter",
+            redis,
+            script=visitors_script,
+            versus=("/counter, 200 visitors",),
         ),
         Case(
             "/session no cookie, SQLite",
@@ -533,14 +575,15 @@ def add_ratios(results: dict[str, Result], all_cases: list[Case]) -> None:
 
 def print_results(results: dict[str, Result]) -> None:
     columns = ("req/s", "p50 ms", "p99 ms", "errors", "x plain")
-    print(f"{'case':28} " + " ".join(f"{c:>8}" for c in columns) + "  vs")
+    width = max([len("case"), *(len(r.name) for r in results.values())])
+    print(f"{'case':{width}} " + " ".join(f"{c:>8}" for c in columns) + "  vs")
     for r in results.values():
         versus = ", ".join(
             f"{ratio:.2f}x {name}" for name, ratio in r.ratio_to_versus.items()
         )
         print(
-            f"{r.name:28} {r.requests_per_second:8.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
-            f"{r.errors:8d} {r.ratio_to_plain:8.2f}  {versus}"
+            f"{r.name:{width}} {r.requests_per_second:8.0f} {r.p50_ms:8.2f} "
+            f"{r.p99_ms:8.2f} {r.errors:8d} {r.ratio_to_plain:8.2f}  {versus}"
         )
 
 
