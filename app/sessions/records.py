@@ -6,9 +6,9 @@ interface name) pickled, behind an HMAC-SHA256 tag over the session's uid
 and the pickle, under the server's secret.  The tag is checked before
 anything is unpickled, so a record that was forged, tampered with, or moved
 to another uid is no session at all: the store's contents are never trusted
-further than the secret.  A process remembers the record it last sealed or
-opened for each uid: the very same bytes again (the usual case: the next
-request of a session) are not checked twice.
+further than the secret.  A process remembers the records it last sealed
+and opened for each uid: the very same bytes again (the usual case: the
+next request of a session) are not checked twice.
 """
 
 from __future__ import annotations
@@ -58,15 +58,30 @@ class Sealer:
         key = key.ljust(_BLOCK, b"\0")
         self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
         self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
-        #: The record last sealed, or opened, for each uid: the same bytes
-        #: again carry a tag already checked.
-        self._vouched: dict[bytes, bytes] = {}
+        #: The records last sealed and last opened for each uid: the same
+        #: bytes again carry a tag already checked.  (Two: requests of one
+        #: session that overlap open the record one wrote before them while
+        #: sealing the next.)
+        self._vouched: dict[bytes, tuple[bytes, bytes]] = {}
 
-    def _vouch(self, uid: bytes, record: bytes) -> None:
+    def _vouch(self, uid: bytes, record: bytes, sealed: bool) -> None:
         vouched = self._vouched
-        if len(vouched) >= VOUCHED_RECORDS and uid not in vouched:
-            vouched.clear()
-        vouched[uid] = record
+        known = vouched.get(uid)
+        if known is None:
+            if len(vouched) >= VOUCHED_RECORDS:
+                vouched.clear()
+            vouched[uid] = (record, record)
+        elif sealed:
+            vouched[uid] = (record, known[1])
+        else:
+            vouched[uid] = (known[0], record)
+
+    def _vouched_for(self, uid: bytes, record: bytes) -> bool:
+        known = self._vouched.get(uid)
+        return known is not None and (
+            hmac.compare_digest(known[0], record)
+            or hmac.compare_digest(known[1], record)
+        )
 
     def _tag(self, uid: bytes, payload: bytes) -> bytes:
         inner = self._inner.copy()
@@ -90,7 +105,7 @@ class Sealer:
         C{payload} (L{payload_of}).
         """
         record = self._tag(uid, payload) + payload
-        self._vouch(uid, record)
+        self._vouch(uid, record, sealed=True)
         return record
 
     def open(self, uid: bytes, record: bytes) -> dict[str, Any] | None:
@@ -99,13 +114,12 @@ class Sealer:
         C{uid}, else L{None}.
         """
         tag, payload = record[:TAG_BYTES], record[TAG_BYTES:]
-        vouched = self._vouched.get(uid)
-        if vouched is None or not hmac.compare_digest(vouched, record):
+        if not self._vouched_for(uid, record):
             if len(tag) != TAG_BYTES or not hmac.compare_digest(
                 tag, self._tag(uid, payload)
             ):
                 return None
-            self._vouch(uid, record)
+            self._vouch(uid, record, sealed=False)
         try:
             # Unpickled only once the tag proved this server sealed it.
             adapters = pickle.loads(payload)  # noqa: S301

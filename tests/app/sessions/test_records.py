@@ -29,6 +29,26 @@ def _counter(value: int) -> dict[str, object]:
     return {ICounter.__module__ + ".ICounter": counter}
 
 
+def _tags_computed(monkeypatch: pytest.MonkeyPatch, *sealers: Sealer) -> list[bytes]:
+    """
+    The uids whose tags C{sealers} compute from now on, in order.
+    """
+    tags: list[bytes] = []
+
+    def counting(
+        tag: Callable[[bytes, bytes], bytes],
+    ) -> Callable[[bytes, bytes], bytes]:
+        def counted(uid: bytes, payload: bytes) -> bytes:
+            tags.append(uid)
+            return tag(uid, payload)
+
+        return counted
+
+    for sealer in sealers:
+        monkeypatch.setattr(sealer, "_tag", counting(sealer._tag))
+    return tags
+
+
 def test_a_sealed_record_opens_to_its_adapters() -> None:
     sealer = Sealer(KEY)
     opened = sealer.open(UID, sealer.seal(UID, _counter(7)))
@@ -144,3 +164,18 @@ def test_a_sealer_remembers_a_bounded_number_of_records() -> None:
     for number in range(VOUCHED_RECORDS + 10):
         sealer.seal(b"%064d" % number, _counter(number))
     assert 0 < len(sealer._vouched) <= VOUCHED_RECORDS
+
+
+def test_the_record_last_opened_stays_known_while_the_next_is_sealed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Overlapping requests of one session: each opens the record written
+    # before them while one of them seals the next.
+    writer, reader = Sealer(KEY), Sealer(KEY)
+    first = writer.seal(UID, _counter(1))
+    assert reader.open(UID, first) is not None
+    second = reader.seal(UID, _counter(2))
+    tags = _tags_computed(monkeypatch, reader)
+    assert reader.open(UID, first) is not None
+    assert reader.open(UID, second) is not None
+    assert tags == []
