@@ -596,7 +596,8 @@ class Channel(Protocol):
         if self._in_next:
             return
         self._in_next = True
-        self._out = []
+        if self._out is None:
+            self._out = []
         try:
             self._next_request()
         finally:
@@ -731,6 +732,23 @@ class Channel(Protocol):
     #: What the answers given at once have written so far, and its size.
     _out: list[bytes] | None = None
     _out_size = 0
+
+    def gather(self) -> bool:
+        """
+        Gather what is written from now on, to hand it to the transport in
+        one go at L{flush} (an answer released later, as answers given at
+        once are gathered); C{False} when writes are gathered already.
+        """
+        if self._out is not None:
+            return False
+        self._out = []
+        return True
+
+    def flush(self) -> None:
+        """
+        Hand what was gathered to the transport.
+        """
+        self._flush()
 
     def _flush(self) -> None:
         out, self._out = self._out, None

@@ -299,10 +299,17 @@ class Request(server.Request):
                 )
                 body = self._answer_instead(500)
             held = [body]
-        for data in held:
-            self.write(data)
-        if self._finish_held:
-            self.finish()
+        # The head and body go out in one send, as an answer given at once.
+        channel = self.channel
+        gathering = channel.gather()
+        try:
+            for data in held:
+                self.write(data)
+            if self._finish_held:
+                self.finish()
+        finally:
+            if gathering:
+                channel.flush()
 
     def _answer_instead(self, code: int) -> bytes:
         """

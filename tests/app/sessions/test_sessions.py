@@ -370,6 +370,8 @@ class _TrustOnly:
 async def test_cookie_is_secure_over_tls(tmp_path: Path) -> None:
     certificate = _self_signed(tmp_path)
     site = build_site(config_from_args([]), reactor)
+    # Started, so that shutdown stops the store's sweep on the global reactor.
+    site.service.startService()
     port = IReactorSSL(reactor).listenSSL(
         0, site, certificate.options(), interface="127.0.0.1"
     )
