@@ -18,7 +18,7 @@ from weakref import WeakKeyDictionary
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import LogEvent, formatEvent
 from twisted.python.components import registerAdapter
 from twisted.web.resource import Resource
@@ -446,3 +446,33 @@ def test_an_answer_waits_for_its_session_to_be_written(pair: Pair) -> None:
     assert len(answered) == 1
     assert "Visit #2 " in text_of(success_result_of(pending[0]))
     assert _visits(second, uid) == 3
+
+
+class _Writes(StringTransport):
+    """
+    A transport that keeps each write apart.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+
+def test_an_answer_released_after_its_save_goes_out_in_one_write(pair: Pair) -> None:
+    uid = _cookie(fetch(pair.clients[0], "GET", "/counter"))
+    channel = pair.sites[1].buildProtocol(None)
+    transport = _Writes()
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        b"GET /counter HTTP/1.1\r\nHost: example.invalid\r\n"
+        b"Cookie: app_session=" + uid.encode() + b"\r\n\r\n"
+    )
+    assert transport.writes == []
+    pair.clock.advance(0)
+    [answer] = transport.writes
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Visit #2 " in answer
