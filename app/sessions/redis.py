@@ -92,7 +92,7 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
                 if not awaited:
                     raise txredisapi.InvalidData("a reply no command awaits")
                 # An error reply is an exception object, not raised.
-                awaited.popleft()(reply)
+                _hand(awaited.popleft(), reply)
                 reply = reader.gets()
         except txredisapi.InvalidData as error:
             log.error("Redis sent what is not a reply: {error}", error=error)
@@ -102,11 +102,22 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
         super().connectionLost(why)
         awaited, self.awaited = self.awaited, None
         while awaited:
-            awaited.popleft()(txredisapi.ConnectionError("Lost connection"))
+            _hand(awaited.popleft(), txredisapi.ConnectionError("Lost connection"))
 
     def waiting(self) -> int:
         awaited = self.awaited
         return len(self.replyQueue.waiting if awaited is None else awaited)
+
+
+def _hand(take: Callable[[Any], object], reply: Any) -> None:
+    """
+    Give C{reply} to what awaits it: what that raises is logged, and the
+    replies after it still reach theirs.
+    """
+    try:
+        take(reply)
+    except Exception:
+        log.failure("Handling a reply from Redis failed")
 
 
 class _Factory(Factory):
