@@ -554,6 +554,15 @@ def run_case(
     return result
 
 
+def median_run(runs: list[Result]) -> Result:
+    """
+    The run of a case with the median rate (the lower of the two middle
+    ones for an even count).
+    """
+    ordered = sorted(runs, key=lambda run: run.requests_per_second)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def add_ratios(results: dict[str, Result], all_cases: list[Case]) -> None:
     plain = next(
         (results[c.name] for c in all_cases if c.plain and c.name in results), None
@@ -615,6 +624,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--only", action="append", default=[])
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the cases this many times over, in turn, and keep each "
+        "case's median: ratios then hold against a machine whose speed drifts",
+    )
     parser.add_argument("--json", default=str(ROOT / "bench-results.json"))
     parser.add_argument(
         "--peer-python",
@@ -639,13 +655,17 @@ def main() -> int:
         redis = RedisServer(fixtures["redis"])
         redis.start()
         try:
-            for case in chosen(all_cases, options.only, versions is not None):
-                result = run_case(case, options, tmp, options.peer_python)
-                results[case.name] = result
-                print(
-                    f"  {case.name}: {result.requests_per_second:.0f} req/s",
-                    flush=True,
-                )
+            runs: dict[str, list[Result]] = {}
+            for _ in range(max(1, options.rounds)):
+                for case in chosen(all_cases, options.only, versions is not None):
+                    result = run_case(case, options, tmp, options.peer_python)
+                    runs.setdefault(case.name, []).append(result)
+                    print(
+                        f"  {case.name}: {result.requests_per_second:.0f} req/s",
+                        flush=True,
+                    )
+            for name, case_runs in runs.items():
+                results[name] = median_run(case_runs)
         finally:
             redis.stop()
         for hostile_case in hostile_cases(fixtures):
@@ -686,6 +706,7 @@ def main() -> int:
             "threads": 1,
             "connections": options.connections,
             "seconds": options.seconds,
+            "rounds": options.rounds,
         },
         "peers": versions,
         "results": [vars(r) for r in results.values()],
