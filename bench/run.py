@@ -167,16 +167,27 @@ def visitors_script(base: str, tmp: Path, seconds: float) -> Path:
     every connection (whose concurrent changes a store may merge).
     """
     cookies = [counter_cookie(base)["Cookie"] for _ in range(VISITORS)]
-    listing = tmp / "visitors.txt"
-    listing.write_text("\n".join(cookies) + "\n")
-    script = tmp / "visitors.lua"
+    return rotating_script(tmp, "visitors", "/counter", "Cookie", cookies)
+
+
+def rotating_script(
+    tmp: Path, name: str, uri: str, header: str, values: list[str], start: int = 0
+) -> Path:
+    """
+    A wrk script whose requests for C{uri} send C{values} in turn as
+    C{header}, from the one after C{start} (wrk's start-up request, built
+    and never sent, takes one too).
+    """
+    listing = tmp / f"{name}.txt"
+    listing.write_text("\n".join(values) + "\n")
+    script = tmp / f"{name}.lua"
     script.write_text(
-        "local cookies = {}\n"
-        f'for line in io.lines("{listing}") do cookies[#cookies + 1] = line end\n'
-        "local i = 0\n"
+        "local values = {}\n"
+        f'for line in io.lines("{listing}") do values[#values + 1] = line end\n'
+        f"local i = {start}\n"
         "request = function()\n"
-        "  i = i % #cookies + 1\n"
-        '  return wrk.format("GET", "/counter", {["Cookie"] = cookies[i]})\n'
+        "  i = i % #values + 1\n"
+        f'  return wrk.format("GET", "{uri}", {{["{header}"] = values[i]}})\n'
         "end\n"
     )
     return script
@@ -215,21 +226,11 @@ def digest_script(base: str, tmp: Path, seconds: float) -> Path:
         if opaque:
             header += f', opaque="{opaque}"'
         lines.append(header)
-    listing = tmp / f"digest-{nonce[:16]}.txt"
-    listing.write_text("\n".join(lines) + "\n")
-    script = tmp / "digest.lua"
-    script.write_text(
-        "local headers = {}\n"
-        f'for line in io.lines("{listing}") do headers[#headers + 1] = line end\n'
-        # wrk builds one request at start-up that it never sends: let that
-        # one take the last header, so that the counts sent start at 1.
-        "local i = -1\n"
-        "request = function()\n"
-        "  i = i % #headers + 1\n"
-        f'  return wrk.format("GET", "{uri}", {{["Authorization"] = headers[i]}})\n'
-        "end\n"
+    # wrk builds one request at start-up that it never sends: let that one
+    # take the last header, so that the counts sent start at 1.
+    return rotating_script(
+        tmp, f"digest-{nonce[:16]}", uri, "Authorization", lines, start=-1
     )
-    return script
 
 
 def cases(fixtures: dict[str, Path]) -> list[Case]:

@@ -134,19 +134,7 @@ def test_a_record_sealed_or_opened_here_is_not_checked_again(
 ) -> None:
     sealer, other = Sealer(KEY), Sealer(KEY)
     record = sealer.seal(UID, _counter(4))
-    tags: list[bytes] = []
-
-    def counting(
-        tag: Callable[[bytes, bytes], bytes],
-    ) -> Callable[[bytes, bytes], bytes]:
-        def counted(uid: bytes, payload: bytes) -> bytes:
-            tags.append(uid)
-            return tag(uid, payload)
-
-        return counted
-
-    for each in (sealer, other):
-        monkeypatch.setattr(each, "_tag", counting(each._tag))
+    tags = _tags_computed(monkeypatch, sealer, other)
     opened = sealer.open(UID, record)
     assert opened is not None and opened["routes.sessions.ICounter"].value == 4
     assert tags == []
