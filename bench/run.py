@@ -555,6 +555,29 @@ def run_case(
     return result
 
 
+def session_costs(fixtures: dict[str, Path], tmp: Path) -> dict[str, float]:
+    """
+    The server's time per /counter request with each session store, in
+    process (bench/session_cost.py, a fresh process for each store).
+    """
+    stores = {
+        "memory": "memory",
+        "SQLite": f"sqlite:{tmp / 'cost.sqlite3'}",
+        "Redis": f"redis+unix://{fixtures['redis'] / 'redis.sock'}",
+    }
+    costs = {}
+    for name, store in stores.items():
+        output = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "session_cost.py"), store],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
+        costs[name] = float(output.strip())
+    return costs
+
+
 def median_run(runs: list[Result]) -> Result:
     """
     The run of a case with the median rate (the lower of the two middle
@@ -667,6 +690,9 @@ def main() -> int:
                     )
             for name, case_runs in runs.items():
                 results[name] = median_run(case_runs)
+            costs = None
+            if any("/counter" in name for name in results):
+                costs = session_costs(fixtures, tmp)
         finally:
             redis.stop()
         for hostile_case in hostile_cases(fixtures):
@@ -695,6 +721,10 @@ def main() -> int:
             f"{memory['first_requests']} requests, {memory['after_second_kib']} KiB "
             f"after {memory['second_requests']} more ({memory['growth']:+.1%})"
         )
+    if costs is not None:
+        print("\nserver time per /counter request, in process, without sockets:")
+        for store, microseconds in costs.items():
+            print(f"  {store:8} {microseconds:6.1f} us")
     if figures:
         print_hostile(figures)
     report = {
@@ -712,6 +742,7 @@ def main() -> int:
         "peers": versions,
         "results": [vars(r) for r in results.values()],
         "memory": memory,
+        "session_costs_us": costs,
         "hostile": [
             {
                 "case": case.name,
