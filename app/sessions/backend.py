@@ -2,12 +2,12 @@
 What a shared session store asks of the engine that keeps its records:
 SQLite (L{app.sessions.sqlite}) or Redis (L{app.sessions.redis}).
 
-Every operation answers with a L{Deferred}.  SQLite's reads have fired by
-the time they are returned (a local file answers in microseconds), and its
-writes fire at the end of the reactor's turn, when it writes the turn's
-together; Redis's fire when its answer arrives, so a request that presents
-a session cookie has its record fetched before it is routed (see
-L{app.sessions.shared}).
+Every operation answers with a L{Deferred}.  SQLite's have fired by the
+time they are returned (a local file answers in microseconds), but for its
+saves and deletions, which fire at the end of the reactor's turn, when it
+writes the turn's together; Redis's fire when its answer arrives, so a
+request that presents a session cookie has its record fetched before it is
+routed (see L{app.sessions.shared}).
 
 The operations on a request's path have leaner forms too: L{Immediate}, a
 return value (SQLite's loads), and L{Later}, a function called with the
