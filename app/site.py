@@ -85,11 +85,15 @@ def build_site(
         builtin.append(ContentRoutes(clock).app)
         builtin.append(AsynchronousRoutes(clock).app)
         builtin.append(SessionRoutes().app)
-    builtin.append(FileRoutes(config).app)
+    files = FileRoutes(config)
+    builtin.append(files.app)
+    # The mounts' paths: none of them uses a session (see Site).
+    sessionless = list(files.paths)
     metrics = None if config.metrics is None else SiteMetrics(site)
     if config.cgi_root is not None:
         cgi = CGIRoutes(config, reactor, clock)
         builtin.append(cgi.app)
+        sessionless.append(CGIRoutes.PATH)
         if metrics is not None:
             slots = cgi.slots
             metrics.add_queue("cgi", lambda: slots.waiting, "/cgi-bin/")
@@ -98,6 +102,8 @@ def build_site(
     if config.wsgi_prefix is not None:
         wsgi = WSGIRoutes(config, reactor, clock, site.service)
         (builtin if config.wsgi_prefix else last).append(wsgi.app)
+        if config.wsgi_prefix:
+            sessionless.append(wsgi.path)
         if metrics is not None:
             pool = wsgi.pool
             metrics.add_queue("wsgi", lambda: pool.waiting, wsgi.path)
@@ -109,11 +115,14 @@ def build_site(
     guard = build_guard(config, reactor, clock, site.service, secret, backend)
     if guard is not None:
         builtin.append(PrivateRoutes(guard).app)
+        sessionless.append(PrivateRoutes.PATH)
         if metrics is not None and HashPool.name in site.service.namedServices:
             hashing = site.service.getServiceNamed(HashPool.name)
             metrics.add_queue("bcrypt", lambda: hashing.queued, "/private/")
     if config.proxy is not None:
         builtin.append(ProxyRoutes(config.proxy, reactor, clock, site.service).app)
+        sessionless.append(ProxyRoutes.PATH)
+    site.sessionless_paths = tuple(path.encode() for path in sessionless)
     site.resource = Router(
         builtin,
         (*config.extra_apps, *last),

@@ -26,6 +26,8 @@ class FileRoutes:
 
     def __init__(self, config: Config) -> None:
         self.app = new_app()
+        #: Where the directories are served.
+        self.paths: list[str] = []
         if config.static_root is not None:
             self._serve(self.STATIC, config.static_root)
         for prefix, directory in config.mounts:
@@ -38,4 +40,5 @@ class FileRoutes:
         def files(request: IRequest) -> IResource:
             return resource
 
+        self.paths.append(f"/{prefix}/")
         self.app.route(f"/{prefix}/", branch=True, endpoint=f"files:{prefix}")(files)

@@ -25,6 +25,8 @@ class CGIRoutes:
     of them at most running at once.
     """
 
+    #: Where it is served.
+    PATH = "/cgi-bin/"
     app = new_app()
 
     def __init__(self, config: Config, reactor: Any, clock: IReactorTime) -> None:
@@ -40,7 +42,7 @@ class CGIRoutes:
         #: How many scripts run, and how many requests wait for one.
         self.slots = self._scripts.slots
 
-    @app.route("/cgi-bin/", branch=True)
+    @app.route(PATH, branch=True)
     def cgi_bin(self, request: IRequest) -> IResource:
         return self._scripts
 

@@ -89,11 +89,13 @@ class PrivateRoutes:
     C{/private/…}: the guard, which renders the logged-in user's home.
     """
 
+    #: Where it is served.
+    PATH = "/private/"
     app = new_app()
 
     def __init__(self, guard: IResource) -> None:
         self._guard = guard
 
-    @app.route("/private/", branch=True)
+    @app.route(PATH, branch=True)
     def private(self, request: IRequest) -> IResource:
         return self._guard

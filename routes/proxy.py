@@ -24,6 +24,8 @@ class ProxyRoutes:
         connections at shutdown) is added.
     """
 
+    #: Where it is served.
+    PATH = "/proxy/"
     app = new_app()
 
     def __init__(
@@ -36,6 +38,6 @@ class ProxyRoutes:
         self.proxy = ReverseProxy(Upstream.from_url(upstream_url), reactor, clock)
         ProxyService(self.proxy).setServiceParent(services)
 
-    @app.route("/proxy/", branch=True)
+    @app.route(PATH, branch=True)
     def proxy_branch(self, request: IRequest) -> IResource:
         return self.proxy

@@ -6,6 +6,7 @@ C{make test} installs when it is missing).
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -75,6 +76,24 @@ class RedisServer:
             client.connect(str(self.socket))
             client.sendall(" ".join(words).encode() + b"\r\n")
             return client.recv(65536).split(b"\r\n", 1)[0]
+
+    def calls(self, command: str) -> int:
+        """
+        How many times the server has run C{command} (C{INFO commandstats}).
+        """
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(5.0)
+            client.connect(str(self.socket))
+            client.sendall(b"INFO commandstats\r\n")
+            answer = b""
+            while b"\r\n" not in answer:
+                answer += client.recv(65536)
+            head, _, body = answer.partition(b"\r\n")
+            while len(body) < int(head[1:]):  # a bulk string: $LENGTH
+                body += client.recv(65536)
+        pattern = rb"cmdstat_%s:calls=(\d+)" % command.lower().encode()
+        found = re.search(pattern, body)
+        return int(found.group(1)) if found else 0
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -162,7 +162,9 @@ class Request(server.Request):
             self.write(b"")
             self.finish()
             return
-        if site.sessions.prefetches:
+        if site.sessions.prefetches and not self.path.startswith(
+            site.sessionless_paths
+        ):
             # The store answers later: the session the cookie names is
             # fetched first, so that getSession() can answer at once.
             if site.sessions.prefetch(self, self._route_unless_gone):

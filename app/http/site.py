@@ -92,6 +92,11 @@ class Site(server.Site):
         self.trusted_proxies = (
             TrustedProxies(trusted_proxies) if trusted_proxies else None
         )
+        #: Where the mounts that never use a session are served (a static
+        #: directory, CGI, a WSGI application, the proxy, the guarded
+        #: homes): a store that answers later fetches no record for these
+        #: paths, a browser's requests for its page's files among them.
+        self.sessionless_paths: tuple[bytes, ...] = ()
 
     sessionFactory = Session
 

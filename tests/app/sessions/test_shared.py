@@ -34,6 +34,7 @@ from app.site import build_site
 from app.testing import stub_treq
 from routes.sessions import ICounter
 from tests.conftest import MEMORY_ORIGIN, header_of, success_result_of, text_of
+from tests.paths import TESTS
 
 SECRET = bytes(range(32))
 TIMEOUT = 60.0
@@ -476,3 +477,36 @@ def test_an_answer_released_after_its_save_goes_out_in_one_write(pair: Pair) -> 
     [answer] = transport.writes
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"Visit #2 " in answer
+
+
+@pytest.mark.parametrize(
+    ("args", "paths"),
+    [
+        ([], (b"/static/", b"/cgi-bin/", b"/wsgi/")),
+        (
+            [
+                "--no-demo",
+                "--static",
+                str(TESTS / "data"),
+                "--mount",
+                f"docs={TESTS / 'data'}",
+                "--wsgi",
+                "api/v1=app.demo_wsgi:application",
+                "--proxy",
+                "http://127.0.0.1:9/",
+                "--htpasswd",
+                str(TESTS / "data" / "auth" / "users.htpasswd"),
+                "--homes",
+                str(TESTS / "data" / "auth" / "homes"),
+            ],
+            (b"/static/", b"/docs/", b"/api/v1/", b"/private/", b"/proxy/"),
+        ),
+        # A WSGI application at / takes whatever no route takes: sessions too.
+        (["--no-demo", "--wsgi", "/=app.demo_wsgi:application"], ()),
+    ],
+)
+def test_the_mounts_paths_fetch_no_session(
+    args: list[str], paths: tuple[bytes, ...]
+) -> None:
+    site = build_site(config_from_args(args), MemoryReactor(), Clock())
+    assert sorted(site.sessionless_paths) == sorted(paths)

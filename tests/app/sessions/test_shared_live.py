@@ -306,3 +306,27 @@ async def test_a_session_expired_during_a_request_stays_ended_with_redis(
         assert new != uid
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_for_mounted_files_fetch_no_session_from_redis(
+    spawn: list[subprocess.Popen[str]],
+    redis: RedisServer,
+    secret: str,
+    tmp_path: Path,
+) -> None:
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "style.css").write_text("body { color: black }\n")
+    host = Host(spawn, "127.0.0.2", "--sessions", redis.url, "--static", str(static))
+    _, _, headers = await _get(host.url + "counter")
+    uid = _uid(headers)
+    before = redis.calls("get")
+    # A browser sends its cookie with every request for the page's files.
+    for _ in range(3):
+        code, text, _ = await _get(host.url + "static/style.css", uid)
+        assert (code, text) == (200, "body { color: black }\n")
+    assert redis.calls("get") == before
+    code, text, _ = await _get(host.url + "counter", uid)
+    assert _visit(text) == 2
+    assert redis.calls("get") == before + 1
