@@ -122,7 +122,17 @@ def build_site(
     if config.proxy is not None:
         builtin.append(ProxyRoutes(config.proxy, reactor, clock, site.service).app)
         sessionless.append(ProxyRoutes.PATH)
-    site.sessionless_paths = tuple(path.encode() for path in sessionless)
+    # Unless a built-in page that uses sessions lies below one (a mount
+    # named like it, which only a Config made in Python can ask for).
+    sessions_first = {
+        rule.rule.lstrip("/").split("/", 1)[0]
+        for rule in SessionRoutes.app.url_map.iter_rules()
+    }
+    site.sessionless_paths = tuple(
+        path.encode()
+        for path in sessionless
+        if path.strip("/").split("/", 1)[0] not in sessions_first
+    )
     site.resource = Router(
         builtin,
         (*config.extra_apps, *last),
