@@ -54,14 +54,25 @@ class RedisServer:
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.02)
 
+    def _connection(self, timeout: float = 5.0) -> socket.socket:
+        """
+        A connection to the server's socket (to use in a C{with}).
+        """
+        client = socket.socket(socket.AF_UNIX)
+        client.settimeout(timeout)
+        try:
+            client.connect(str(self.socket))
+        except OSError:
+            client.close()
+            raise
+        return client
+
     def answers(self) -> bool:
         """
         Whether the server answers a PING on its socket.
         """
         try:
-            with socket.socket(socket.AF_UNIX) as client:
-                client.settimeout(1.0)
-                client.connect(str(self.socket))
+            with self._connection(1.0) as client:
                 client.sendall(b"PING\r\n")
                 return client.recv(16).startswith(b"+PONG")
         except OSError:
@@ -71,9 +82,7 @@ class RedisServer:
         """
         Send one inline command; return the first line of its answer.
         """
-        with socket.socket(socket.AF_UNIX) as client:
-            client.settimeout(5.0)
-            client.connect(str(self.socket))
+        with self._connection() as client:
             client.sendall(" ".join(words).encode() + b"\r\n")
             return client.recv(65536).split(b"\r\n", 1)[0]
 
@@ -81,9 +90,7 @@ class RedisServer:
         """
         How many times the server has run C{command} (C{INFO commandstats}).
         """
-        with socket.socket(socket.AF_UNIX) as client:
-            client.settimeout(5.0)
-            client.connect(str(self.socket))
+        with self._connection() as client:
             client.sendall(b"INFO commandstats\r\n")
             answer = b""
             while b"\r\n" not in answer:

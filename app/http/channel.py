@@ -302,7 +302,7 @@ class Channel(Protocol):
         self._closing = self._no_more = True
         transport: Any = self.transport
         if transport is not None:
-            self._flush()
+            self.flush()
             self._unregister()
             transport.loseConnection()
 
@@ -602,7 +602,7 @@ class Channel(Protocol):
             self._next_request()
         finally:
             self._in_next = False
-            self._flush()
+            self.flush()
 
     _in_next = False
 
@@ -748,9 +748,6 @@ class Channel(Protocol):
         """
         Hand what was gathered to the transport.
         """
-        self._flush()
-
-    def _flush(self) -> None:
         out, self._out = self._out, None
         self._out_size = 0
         if out and self.transport is not None:
@@ -984,7 +981,7 @@ class Channel(Protocol):
         response = closing_response(code, detail)
         body_length = len(response) - response.index(b"\r\n\r\n") - 4
         self._send([response])
-        self._flush()
+        self.flush()
         log.info(
             "Refused request from {peer}: {code} {reason}",
             peer=_peer(transport),

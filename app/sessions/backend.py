@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, FirstError
 from twisted.python.failure import Failure
@@ -176,6 +176,18 @@ def _pass_on(_: object, box: list[T | Failure]) -> T:
     if isinstance(result, Failure):
         result.raiseException()
     return result
+
+
+def handing(result: object, then: Callable[[Any], object]) -> None:
+    """
+    A Deferred's outcome handed to a L{Later}'s C{then}: its result, or the
+    error it failed with.
+    """
+    if isinstance(result, Failure):
+        error = result.value
+        then(error if isinstance(error, Exception) else StoreUnavailable(str(error)))
+    else:
+        then(result)
 
 
 def first_error(failure: Failure) -> Failure:

@@ -45,6 +45,7 @@ from app.sessions.backend import (
     Loaded,
     StoreUnavailable,
     first_error,
+    handing,
 )
 from app.sessions.locations import RedisAddress
 
@@ -268,7 +269,7 @@ class RedisBackend:
     ) -> None:
         protocol = self._protocol
         if protocol is None:
-            self.load(uid, now).addBoth(_handing, then)
+            self.load(uid, now).addBoth(handing, then)
             return
         self._send(
             protocol, (b"GET", SESSION_PREFIX + uid), lambda reply: then(_record(reply))
@@ -285,7 +286,7 @@ class RedisBackend:
     ) -> None:
         protocol = self._protocol
         if protocol is None:
-            self.save(uid, record, now, timeout, new).addBoth(_handing, then)
+            self.save(uid, record, now, timeout, new).addBoth(handing, then)
             return
         self._send(
             protocol,
@@ -354,11 +355,6 @@ def _record(reply: Any) -> Loaded | StoreUnavailable | None:
 def _error_of(reply: Any) -> StoreUnavailable | None:
     # A SET's reply, as save_then hands it on.
     return _refusal(reply) if isinstance(reply, Exception) else None
-
-
-def _handing(result: Any, then: Callable[[Any], object]) -> None:
-    # A Deferred's result handed to a Later's C{then}.
-    then(result.value if isinstance(result, Failure) else result)
 
 
 def _expiry(timeout: float | None) -> tuple[bytes, ...]:

@@ -43,6 +43,7 @@ from app.sessions.backend import (
     Backend,
     Loaded,
     StoreUnavailable,
+    handing,
 )
 from app.sessions.records import TAG_BYTES, Sealer, payload_of
 from app.sessions.sqlite import SQLiteBackend
@@ -390,7 +391,7 @@ class SharedStore:
         """
         if session.ended:
             assert session.ending is not None
-            session.ending.addBoth(_handing, done)
+            session.ending.addBoth(handing, done)
             return
         now = self.clock.seconds()
         uid = session.uid
@@ -433,7 +434,7 @@ class SharedStore:
         if kind is _SLID:
             immediate = backend.immediate
             if immediate is None:
-                backend.touch(uid, now, self.timeout).addBoth(_handing, done)
+                backend.touch(uid, now, self.timeout).addBoth(handing, done)
             else:
                 immediate.touch_now(uid, now, self.timeout)
                 done(None)
@@ -509,18 +510,6 @@ class _Saves:
         self.finished += 1
         if self.finished == self.started and self.then is not None:
             self.then(self.error)
-
-
-def _handing(result: object, then: Callable[[Exception | None], object]) -> None:
-    """
-    A Deferred's outcome handed to C{then}: the error it failed with, or
-    L{None}.
-    """
-    if isinstance(result, Failure):
-        error = result.value
-        then(error if isinstance(error, Exception) else StoreUnavailable(str(error)))
-    else:
-        then(None)
 
 
 def _error(failure: Failure) -> BaseException:

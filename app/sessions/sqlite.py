@@ -334,21 +334,21 @@ class SQLiteBackend:
                 " VALUES (?, ?, ?, ?)",
                 (uid, write.record, write.expires or 0.0, write.stamp),
             )
-        elif write.expires is None:
-            write.found = bool(
+        else:
+            # Without a new deadline, the row only (no index entry moves).
+            changed = (
                 execute(
                     "UPDATE sessions SET record = ?, stamp = ? WHERE uid = ?",
                     (write.record, write.stamp, uid),
-                ).rowcount
-            )
-        else:
-            write.found = bool(
-                execute(
+                )
+                if write.expires is None
+                else execute(
                     "UPDATE sessions SET record = ?, expires = ?, promoted = 1,"
                     " stamp = ? WHERE uid = ?",
                     (write.record, write.expires, write.stamp, uid),
-                ).rowcount
+                )
             )
+            write.found = bool(changed.rowcount)
         self._stamps.set(uid, write.stamp)
 
     def _kept_after(self, write: _Write) -> None:
