@@ -252,13 +252,6 @@ class Request(server.Request):
                 return data
         except HTTPException as error:
             return self._answer_instead(error.code or 503)
-        except UnpicklableAdapter as error:
-            log.error(
-                "Saving the session of {uri} failed: {error}",
-                uri=request_uri(self),
-                error=str(error),
-            )
-            return self._answer_instead(500)
         self._held = [data]
         return None
 
@@ -271,7 +264,7 @@ class Request(server.Request):
         self.session_pending = False
         try:
             self.site.sessions.settle(self, self._saved_late)
-        except (HTTPException, UnpicklableAdapter) as error:
+        except HTTPException as error:
             self._saved_late(error)
 
     def _saved_late(self, error: Exception | None) -> None:
@@ -293,6 +286,9 @@ class Request(server.Request):
         if error is not None:
             if isinstance(error, HTTPException):
                 body = self._answer_instead(error.code or 503)
+            elif isinstance(error, UnpicklableAdapter):
+                self._saved_late(error)
+                body = self._answer_instead(500)
             else:
                 log.failure(
                     "Saving the session of {uri} failed",

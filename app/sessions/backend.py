@@ -87,6 +87,11 @@ class Later(Protocol):
         then: Callable[[StoreUnavailable | None], object],
     ) -> None: ...
 
+    def flush(self) -> None:
+        """
+        Write now what the engine gathered to write at the end of the turn.
+        """
+
 
 class Backend(Protocol):
     """

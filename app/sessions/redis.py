@@ -294,6 +294,10 @@ class RedisBackend:
             lambda reply: then(_error_of(reply)),
         )
 
+    def flush(self) -> None:
+        # Each command is sent as it is made.
+        pass
+
     def load(self, uid: bytes, now: float) -> Deferred[Loaded | None]:
         return self._command(b"GET", SESSION_PREFIX + uid, answer=_loaded)
 

@@ -7,11 +7,21 @@ records kept in SQLite or Redis (L{app.sessions.backend}).
     answers come later, the record named by a request's cookie is fetched
     before the request is routed (L{SharedStore.prefetch}), so that
     C{getSession()} stays synchronous as handlers expect.
+  - A process serves the requests of one session with one L{SharedSession}
+    object, as the memory store does, while the engine holds the record
+    that object was loaded from or last saved as; once another process
+    changed the record, the next request makes the object anew from it.
+    Requests of one session that overlap in a process see each other's
+    changes.
   - Its adapters are saved, sealed (L{app.sessions.records}), once the
     handler has produced its answer and before the answer is written, and
     only if they changed: the client's next request, on any process or
-    host, sees them.  A session used but unchanged has its time to live
-    slid instead, and SQLite only writes that when a second has passed.
+    host, sees them.  The saves of a reactor's turn are made at its end,
+    one per session, of what all of its requests in the turn left.  A
+    session used but unchanged has its time to live slid instead (SQLite
+    only writes that when a second has passed); a request that used it
+    unchanged while a save of it is under way, whose changes it may have
+    shown, waits for that save.
   - C{expire()} deletes the record; the answer waits for the deletion.
   - C{notifyOnExpire} callbacks stay in the process that registered them,
     which asks the engine every L{WATCH_INTERVAL} seconds whether their
@@ -30,7 +40,7 @@ from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -68,6 +78,9 @@ RETRY_AFTER = b"5"
 #: A session used but unchanged has its deadline written again only when
 #: it would move by more than this (seconds).
 TOUCH_SLACK = 1.0
+#: Sessions a process keeps for their next requests, at most (past it, it
+#: forgets them all).
+LIVE_SESSIONS = 4096
 #: Uids a request's cookies may name that are looked up, at most.
 MAX_LOOKUPS = 4
 #: What a session's save writes: a new record, a changed one, or only a
@@ -108,10 +121,17 @@ class SessionsUnavailable(ServiceUnavailable):
 
 class SharedSession(server.Session):
     """
-    A session whose state lives in a shared store: this object lasts one
-    request, the record in the engine lasts as the session does.
+    A session whose state lives in a shared store.  The record in the engine
+    lasts as the session does; this object serves the requests of it that
+    a process handles while the engine holds what it holds (as the memory
+    store's sessions serve all of them), and is made again from the record
+    once another process changed it.
 
-    @ivar loaded: the record it was loaded from, or L{None} if it is new.
+    @ivar loaded: the record it was loaded from or last saved as (a save
+        may be under way), or L{None} if it is new and unsaved.
+    @ivar held: the record the engine is known to hold of it: the one it was
+        loaded from, or the last one saved.
+    @ivar saves: its saves under way.
     @ivar ended: whether C{expire()} was called.
     """
 
@@ -124,6 +144,15 @@ class SharedSession(server.Session):
     ) -> None:
         self.store = store
         self.loaded = loaded
+        self.held = None if loaded is None else loaded.record
+        self.saves = 0
+        #: What waits for the saves under way: requests that used the
+        #: session unchanged, since what they showed is not saved yet.
+        self.waiting: list[Callable[[Exception | None], object]] = []
+        #: The first error of the saves under way.
+        self.failed: Exception | None = None
+        #: What waits for its save at the end of this turn of the reactor.
+        self.settling: list[Callable[[Exception | None], object]] = []
         self.ended = False
         #: The deletion that C{expire()} started, until it is done.
         self.ending: Deferred[None] | None = None
@@ -184,6 +213,13 @@ class SharedStore:
         self.available = True
         #: Uids of new sessions whose first save is under way.
         self._unsaved: set[bytes] = set()
+        #: The session object last loaded or made for each uid, by uid: the
+        #: next request of it reuses it while the engine holds the very
+        #: record it was loaded from or last saved as (L{_holds}).
+        self._live: dict[bytes, SharedSession] = {}
+        #: The sessions to save at the end of this turn of the reactor.
+        self._settling: list[SharedSession] = []
+        self._settle_call: IDelayedCall | None = None
         self._checks = 0
 
     def __len__(self) -> int:
@@ -292,11 +328,27 @@ class SharedStore:
             if uid == gone:
                 continue
             loaded = self._load(request, uid)
-            if loaded is not None:
-                adapters = self.sealer.open(uid, loaded.record)
-                if adapters is not None:
-                    return SharedSession(self, uid, loaded, adapters)
+            if loaded is None:
+                continue
+            live = self._live.get(uid)
+            if live is not None and _holds(live, loaded.record):
+                if not live.saves:
+                    live.loaded = loaded
+                return live
+            adapters = self.sealer.open(uid, loaded.record)
+            if adapters is not None:
+                return self._hold(SharedSession(self, uid, loaded, adapters))
         return None
+
+    def _hold(self, session: SharedSession) -> SharedSession:
+        """
+        Keep C{session} for the next requests of it in this process.
+        """
+        live = self._live
+        if len(live) >= LIVE_SESSIONS and session.uid not in live:
+            live.clear()
+        live[session.uid] = session
+        return session
 
     def session_for(
         self, request: Request, interface: Any = None, force_not_secure: bool = False
@@ -312,7 +364,7 @@ class SharedStore:
         if not isinstance(session, SharedSession) or session.ended:
             session = self._found(request, secure, kept)
             if session is None:
-                session = SharedSession(self, new_uid())
+                session = self._hold(SharedSession(self, new_uid()))
                 request.cookies.append(new_cookie(secure, session.uid))
             keep_session(request, secure, session)
         else:
@@ -346,21 +398,19 @@ class SharedStore:
         Save the sessions C{request} used, before its answer is written:
         C{False} when that is done (or nothing was to do), else C{True},
         and C{then} is called, later, with L{None} or what to answer
-        instead (L{SessionsUnavailable}, or the error the save failed with).
+        instead (L{SessionsUnavailable}, an
+        L{app.sessions.records.UnpicklableAdapter}, or the error the save
+        failed with).
 
-        @raise SessionsUnavailable: when the engine cannot be reached.
-        @raise app.sessions.records.UnpicklableAdapter: when a session's
-            adapter cannot be pickled.
+        @raise SessionsUnavailable: when the engine could not be reached to
+            end a session.
         """
         saves = _Saves()
         for secure in (False, True):
             session = kept_session(request, secure)
             if isinstance(session, SharedSession):
                 saves.started += 1
-                try:
-                    self._save(session, saves.done)
-                except StoreUnavailable as error:
-                    raise self._unavailable(request, error) from None
+                self._save(session, saves.done)
         if saves.finished < saves.started:
             saves.then = lambda error: then(self._outcome(request, error))
             return True
@@ -384,10 +434,48 @@ class SharedStore:
         self, session: SharedSession, done: Callable[[Exception | None], object]
     ) -> None:
         """
+        Save C{session} at the end of the reactor's turn if it changed by
+        then, or slide its deadline; C{done} is called, later, when that is
+        done or has failed.  The requests of one session in one turn make
+        one save, of what they all left.
+        """
+        if session.ended:
+            assert session.ending is not None
+            session.ending.addBoth(handing, done)
+            return
+        session.settling.append(done)
+        if len(session.settling) == 1:
+            self._settling.append(session)
+            if self._settle_call is None:
+                self._settle_call = self.clock.callLater(0, self._settle_turn)
+
+    def _settle_turn(self) -> None:
+        """
+        Save the sessions that the turn's requests used, then write what
+        the engine gathered.
+        """
+        self._settle_call = None
+        sessions, self._settling = self._settling, []
+        for session in sessions:
+            dones, session.settling = session.settling, []
+            done = partial(_answer_all, dones)
+            try:
+                self._write(session, done)
+            except Exception as error:
+                # StoreUnavailable, UnpicklableAdapter, or a fault: each
+                # request that waits is answered for it.
+                done(error)
+        self.backend.later.flush()
+
+    def _write(
+        self, session: SharedSession, done: Callable[[Exception | None], object]
+    ) -> None:
+        """
         Save C{session} if it changed, or slide its deadline; C{done} is
         called, at once or later, when that is done or has failed.
 
         @raise StoreUnavailable: from an engine that answers at once.
+        @raise UnpicklableAdapter: when an adapter cannot be pickled.
         """
         if session.ended:
             assert session.ending is not None
@@ -412,7 +500,7 @@ class SharedStore:
                 # The engine keeps the deadline: slide it, without waiting.
                 touching = self._watch_outcome(backend.touch(uid, now, self.timeout))
                 touching.addErrback(lambda failure: None)
-                done(None)
+                self._unchanged(session, done)
                 return
             kind = _CHANGED
         else:
@@ -421,7 +509,7 @@ class SharedStore:
             )
             if record == loaded.record:
                 if fresh:
-                    done(None)
+                    self._unchanged(session, done)
                     return
                 kind = _SLID
             else:
@@ -429,27 +517,66 @@ class SharedStore:
                 if fresh:
                     # Changed within a second of the last slide: the row only.
                     timeout, deadline = None, loaded.expires
-        # What a later save in the same request compares with.
+        # What the session's next save compares with.
         session.loaded = Loaded(record, deadline)
         if kind is _SLID:
             immediate = backend.immediate
             if immediate is None:
-                backend.touch(uid, now, self.timeout).addBoth(handing, done)
+                backend.touch(uid, now, self.timeout).addBoth(
+                    handing, partial(self._unchanged, session, done)
+                )
             else:
                 immediate.touch_now(uid, now, self.timeout)
-                done(None)
+                self._unchanged(session, done)
             return
-        later = backend.later
-        if kind is _NEW:
+        new = kind is _NEW
+        if new:
             self._unsaved.add(uid)
+        session.saves += 1
 
-            def saved(error: StoreUnavailable | None) -> None:
+        def saved(error: StoreUnavailable | None) -> None:
+            if new:
                 self._unsaved.discard(uid)
-                done(error)
+            self._saved(session, record, error)
+            done(error)
 
-            later.save_then(uid, record, now, timeout, True, saved)
+        backend.later.save_then(uid, record, now, timeout, new, saved)
+
+    def _unchanged(
+        self,
+        session: SharedSession,
+        done: Callable[[Exception | None], object],
+        error: Exception | None = None,
+    ) -> None:
+        """
+        C{session} was used unchanged: C{done} once its saves under way (which
+        hold what the request saw) are done.
+        """
+        if error is None and session.saves:
+            session.waiting.append(done)
         else:
-            later.save_then(uid, record, now, timeout, False, done)
+            done(error)
+
+    def _saved(
+        self, session: SharedSession, record: bytes, error: Exception | None
+    ) -> None:
+        """
+        A save of C{session}, of C{record}, is done (or failed with C{error}).
+        """
+        session.saves -= 1
+        if error is None:
+            session.held = record
+        else:
+            session.failed = session.failed or error
+            # Its state holds what was not saved: the next request reads
+            # the engine's.
+            if self._live.get(session.uid) is session:
+                del self._live[session.uid]
+        if session.saves:
+            return
+        failed, session.failed = session.failed, None
+        waiting, session.waiting = session.waiting, []
+        _answer_all(waiting, failed)
 
     # -- endings ------------------------------------------------------------
 
@@ -458,6 +585,8 @@ class SharedStore:
         Delete C{session}'s record and run this process's callbacks of it;
         return the deletion, which the request's answer waits for.
         """
+        if self._live.get(session.uid) is session:
+            del self._live[session.uid]
         deleting = self._watch_outcome(self.backend.delete(session.uid))
         callbacks = self.callbacks.pop(session.uid, session.expireCallbacks)
         _run(callbacks)
@@ -488,6 +617,10 @@ class SharedStore:
         return alive.addCallbacks(run_ended, lambda _: None)
 
     def close(self) -> None:
+        settling = self._settle_call
+        if settling is not None and settling.active():
+            settling.cancel()
+            self._settle_turn()
         self.backend.close()
 
 
@@ -510,6 +643,29 @@ class _Saves:
         self.finished += 1
         if self.finished == self.started and self.then is not None:
             self.then(self.error)
+
+
+def _holds(session: SharedSession, record: bytes) -> bool:
+    """
+    Whether C{session} is what C{record}, the engine's record of it, holds
+    (with the changes of its saves under way, if any).
+    """
+    held = session.held
+    return not session.ended and (held is record or held == record)
+
+
+def _answer_all(
+    dones: list[Callable[[Exception | None], object]], error: Exception | None
+) -> None:
+    """
+    Tell each of C{dones} that the save they wait for is done (C{error}:
+    failed).
+    """
+    for done in dones:
+        try:
+            done(error)
+        except Exception:
+            log.failure("Answering a request that used a session failed")
 
 
 def _error(failure: Failure) -> BaseException:

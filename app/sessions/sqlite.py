@@ -268,6 +268,12 @@ class SQLiteBackend:
         expires = None if timeout is None else now + timeout
         self._write(_Write(uid, record, _stamp(), expires, new, [then]))
 
+    def flush(self) -> None:
+        writing = self._writing
+        if writing is not None:
+            writing.cancel()
+            self._commit()
+
     def touch_now(self, uid: bytes, now: float, timeout: float) -> None:
         # The stamp stays: a kept record with an earlier deadline is read
         # again once that passes.

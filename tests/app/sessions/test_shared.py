@@ -522,3 +522,203 @@ def test_a_mount_below_which_a_session_page_lies_still_fetches_sessions(
     site = build_site(config, MemoryReactor(), Clock())
     assert b"/notes/" in site.sessionless_paths
     assert b"/session/" not in site.sessionless_paths
+
+
+def _pending(client: StubTreq, path: str, uid: str, method: str = "GET") -> Any:
+    """
+    A request sent, not yet answered: its answer waits for the clock.
+    """
+    pending = client.request(  # type: ignore[attr-defined]
+        method, MEMORY_ORIGIN + path, headers={"Cookie": f"app_session={uid}"}
+    )
+    client.flush()
+    return pending
+
+
+def _answered(pending: Any) -> list[object]:
+    answered: list[object] = []
+
+    def note(result: object) -> object:
+        answered.append(result)
+        return result
+
+    pending.addBoth(note)
+    return answered
+
+
+def test_requests_of_one_session_in_one_turn_each_count_and_save_once(
+    pair: Pair,
+) -> None:
+    first, second = pair.clients
+    uid = _cookie(fetch(first, "GET", "/counter"))
+    later = _store(pair.sites[0]).backend.later
+    saves: list[bytes] = []
+    save_then = later.save_then
+
+    def counted(uid: bytes, *args: Any) -> None:
+        saves.append(uid)
+        save_then(uid, *args)
+
+    later.save_then = counted  # type: ignore[method-assign,assignment]
+    pending = [_pending(first, "/counter", uid) for _ in range(3)]
+    pair.clock.advance(0)
+    first.flush()
+    # Each saw the others' visits, as with the memory store; one write.
+    visits = sorted(
+        re.search(r"Visit #(\d+)", text_of(success_result_of(each))).group(1)  # type: ignore[union-attr]
+        for each in pending
+    )
+    assert visits == ["2", "3", "4"]
+    assert saves == [uid.encode()]
+    assert _visits(second, uid) == 5
+
+
+class Gate:
+    """
+    The saves of a real engine, held until the test lets them through.
+    """
+
+    def __init__(self, later: Any) -> None:
+        self.later = later
+        self.held: list[tuple[Any, ...]] = []
+
+    def load_then(self, *args: Any) -> None:
+        self.later.load_then(*args)
+
+    def save_then(self, *args: Any) -> None:
+        self.held.append(args)
+
+    def flush(self) -> None:
+        self.later.flush()
+
+    def release(self, failing: Exception | None = None) -> None:
+        held, self.held = self.held, []
+        for *args, then in held:
+            if failing is None:
+                self.later.save_then(*args, then)
+            else:
+                then(failing)
+        self.later.flush()
+
+
+def _store(site: Site) -> SharedStore:
+    store = site.sessions
+    assert isinstance(store, SharedStore)
+    return store
+
+
+def _gate(site: Site) -> Gate:
+    backend = _store(site).backend
+    gate = Gate(backend.later)
+    backend.later = gate
+    return gate
+
+
+def test_a_request_that_showed_a_change_under_way_waits_for_its_save(
+    pair: Pair,
+) -> None:
+    first = pair.clients[0]
+    uid = _cookie(fetch(first, "GET", "/counter"))
+    gated = _gate(pair.sites[0])
+    changing = _answered(_pending(first, "/counter", uid))
+    pair.clock.advance(0)
+    assert len(gated.held) == 1
+    # A later turn reads the session, with the change, and changes nothing.
+    reading = _answered(_pending(first, "/counter", uid, method="HEAD"))
+    pair.clock.advance(0)
+    first.flush()
+    assert (changing, reading, len(gated.held)) == ([], [], 1)
+    gated.release()
+    first.flush()
+    assert [response.code for response in changing + reading] == [200, 200]  # type: ignore[attr-defined]
+    assert _visits(pair.clients[1], uid) == 3
+
+
+def test_a_failed_save_fails_those_that_showed_it_and_is_forgotten(
+    pair: Pair,
+) -> None:
+    from app.sessions.backend import StoreUnavailable
+
+    first = pair.clients[0]
+    uid = _cookie(fetch(first, "GET", "/counter"))
+    gated = _gate(pair.sites[0])
+    changing = _pending(first, "/counter", uid)
+    pair.clock.advance(0)
+    reading = _pending(first, "/counter", uid, method="HEAD")
+    pair.clock.advance(0)
+    gated.release(StoreUnavailable("the file is gone"))
+    first.flush()
+    for pending in (changing, reading):
+        response = success_result_of(pending)
+        assert response.code == 503
+        assert header_of(response, b"retry-after") == RETRY_AFTER
+    # The change that was not saved is not this process's session any more.
+    visit = _pending(first, "/counter", uid)
+    pair.clock.advance(0)
+    gated.release()
+    first.flush()
+    assert "Visit #2 " in text_of(success_result_of(visit))
+
+
+class Marks:
+    """
+    A route that answers with the identity of its session's L{ICounter}.
+    """
+
+    app = new_app()
+
+    @app.route("/mark")
+    def mark(self, request: Any) -> bytes:
+        counter = ICounter(request.getSession())
+        counter.value += 1
+        return b"%d" % (id(counter),)
+
+
+def test_a_process_serves_a_session_with_one_object_until_another_changes_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    clock = Clock()
+    clients = []
+    for _ in range(2):
+        config = config_from_args(["--sessions", f"sqlite:{path}"])
+        config = replace(config, route_apps=(Marks().app,), secret_key=SECRET)
+        clients.append(_client(build_site(config, MemoryReactor(), clock), clock))
+    first, second = clients
+    uid = _cookie(fetch(first, "GET", "/counter"))
+
+    def mark(client: StubTreq) -> str:
+        return text_of(
+            fetch(client, "GET", "/mark", headers={"Cookie": f"app_session={uid}"})
+        )
+
+    kept = mark(first)
+    assert mark(first) == kept
+    mark(second)
+    assert mark(first) != kept
+    assert _visits(first, uid) == 6
+
+
+def test_the_sessions_a_process_keeps_are_bounded(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.sessions.shared.LIVE_SESSIONS", 3)
+    site = pair.sites[0]
+    uids = [
+        _cookie(fetch(_client(site, pair.clock), "GET", "/counter")) for _ in range(7)
+    ]
+    first = pair.clients[0]
+    assert 0 < len(_store(site)._live) <= 3
+    assert [_visits(first, uid) for uid in uids] == [2] * 7
+
+
+def test_stopping_saves_what_the_turn_used_and_answers(pair: Pair) -> None:
+    first = pair.clients[0]
+    uid = _cookie(fetch(first, "GET", "/counter"))
+    waiting = _answered(_pending(first, "/counter", uid))
+    assert waiting == []
+    pair.sites.pop(0).service.stopService()
+    first.flush()
+    [response] = waiting
+    assert "Visit #2 " in text_of(response)
+    assert _visits(pair.clients[1], uid) == 3

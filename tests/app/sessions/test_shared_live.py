@@ -18,6 +18,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -330,3 +331,20 @@ async def test_requests_for_mounted_files_fetch_no_session_from_redis(
     code, text, _ = await _get(host.url + "counter", uid)
     assert _visit(text) == 2
     assert redis.calls("get") == before + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_overlapping_requests_of_one_visitor_on_one_host_each_count(
+    spawn: list[subprocess.Popen[str]], redis: RedisServer, secret: str
+) -> None:
+    host = Host(spawn, "127.0.0.2", "--sessions", redis.url)
+    code, _, headers = await _get(host.url + "counter")
+    uid = _uid(headers)
+    # Twenty at once, each on its own connection: however their fetches,
+    # turns and saves interleave, one process counts each, as in memory.
+    answers = await gatherResults(
+        [ensureDeferred(_get(host.url + "counter", uid)) for _ in range(20)]
+    )
+    assert sorted(_visit(text) for _, text, _ in answers) == list(range(2, 22))
+    code, text, _ = await _get(host.url + "counter", uid)
+    assert (code, _visit(text)) == (200, 22)
