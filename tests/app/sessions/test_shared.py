@@ -28,6 +28,7 @@ from zope.interface import Attribute, Interface, implementer
 from app.cli.options import config_from_args
 from app.http.router import new_app
 from app.http.site import Site
+from app.sessions.backend import StoreUnavailable
 from app.sessions.records import Sealer
 from app.sessions.shared import RETRY_AFTER, WATCH_INTERVAL, SharedStore
 from app.site import build_site
@@ -93,6 +94,21 @@ def pair(tmp_path: Path) -> Any:
     shared = Pair(tmp_path / "sessions.sqlite3", Clock())
     yield shared
     shared.stop()
+
+
+def _clients_with(tmp_path: Path, routes: Any) -> list[StubTreq]:
+    """
+    Clients of two sites sharing a SQLite file in C{tmp_path}, each serving
+    C{routes} too, on one clock.
+    """
+    path = tmp_path / "s.sqlite3"
+    clock = Clock()
+    clients = []
+    for _ in range(2):
+        config = config_from_args(["--sessions", f"sqlite:{path}"])
+        config = replace(config, route_apps=(routes,), secret_key=SECRET)
+        clients.append(_client(build_site(config, MemoryReactor(), clock), clock))
+    return clients
 
 
 def _cookie(response: Any) -> str:
@@ -366,13 +382,7 @@ def test_a_resource_writing_its_own_response_saves_when_it_finishes(
         def stream(self, request: Any) -> Resource:
             return Streaming()
 
-    path = tmp_path / "s.sqlite3"
-    clock = Clock()
-    clients = []
-    for _ in range(2):
-        config = config_from_args(["--sessions", f"sqlite:{path}"])
-        config = replace(config, route_apps=(Routes().app,), secret_key=SECRET)
-        clients.append(_client(build_site(config, MemoryReactor(), clock), clock))
+    clients = _clients_with(tmp_path, Routes().app)
     uid = _cookie(fetch(clients[0], "GET", "/counter"))
     streamed = fetch(
         clients[1], "GET", "/stream", headers={"Cookie": f"app_session={uid}"}
@@ -607,19 +617,23 @@ def _store(site: Site) -> SharedStore:
     return store
 
 
-def _gate(site: Site) -> Gate:
-    backend = _store(site).backend
+def _gated_visitor(pair: Pair) -> tuple[StubTreq, str, Gate]:
+    """
+    The first client, the uid of a session it made, and a gate on the saves
+    of its site from then on.
+    """
+    first = pair.clients[0]
+    uid = _cookie(fetch(first, "GET", "/counter"))
+    backend = _store(pair.sites[0]).backend
     gate = Gate(backend.later)
     backend.later = gate
-    return gate
+    return first, uid, gate
 
 
 def test_a_request_that_showed_a_change_under_way_waits_for_its_save(
     pair: Pair,
 ) -> None:
-    first = pair.clients[0]
-    uid = _cookie(fetch(first, "GET", "/counter"))
-    gated = _gate(pair.sites[0])
+    first, uid, gated = _gated_visitor(pair)
     changing = _answered(_pending(first, "/counter", uid))
     pair.clock.advance(0)
     assert len(gated.held) == 1
@@ -637,11 +651,7 @@ def test_a_request_that_showed_a_change_under_way_waits_for_its_save(
 def test_a_failed_save_fails_those_that_showed_it_and_is_forgotten(
     pair: Pair,
 ) -> None:
-    from app.sessions.backend import StoreUnavailable
-
-    first = pair.clients[0]
-    uid = _cookie(fetch(first, "GET", "/counter"))
-    gated = _gate(pair.sites[0])
+    first, uid, gated = _gated_visitor(pair)
     changing = _pending(first, "/counter", uid)
     pair.clock.advance(0)
     reading = _pending(first, "/counter", uid, method="HEAD")
@@ -677,14 +687,7 @@ class Marks:
 def test_a_process_serves_a_session_with_one_object_until_another_changes_it(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "s.sqlite3"
-    clock = Clock()
-    clients = []
-    for _ in range(2):
-        config = config_from_args(["--sessions", f"sqlite:{path}"])
-        config = replace(config, route_apps=(Marks().app,), secret_key=SECRET)
-        clients.append(_client(build_site(config, MemoryReactor(), clock), clock))
-    first, second = clients
+    first, second = _clients_with(tmp_path, Marks().app)
     uid = _cookie(fetch(first, "GET", "/counter"))
 
     def mark(client: StubTreq) -> str:

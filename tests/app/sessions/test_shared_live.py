@@ -93,6 +93,15 @@ def _uid(headers: Any) -> str:
     return found.group(1)
 
 
+async def _visitor(host: Host) -> str:
+    """
+    The uid of a new session, made by a first visit to C{host}'s counter.
+    """
+    code, text, headers = await _get(host.url + "counter")
+    assert (code, _visit(text)) == (200, 1)
+    return _uid(headers)
+
+
 def _visit(text: str) -> int:
     found = re.search(r"Visit #(\d+)", text)
     assert found is not None
@@ -169,8 +178,7 @@ async def test_redis_down_is_503_for_session_pages_then_recovers(
     spawn: list[subprocess.Popen[str]], redis: RedisServer, secret: str
 ) -> None:
     host = Host(spawn, "127.0.0.2", "--sessions", redis.url)
-    code, _, headers = await _get(host.url + "counter")
-    uid = _uid(headers)
+    uid = await _visitor(host)
     redis.stop()
     for _ in range(3):
         code, text, headers = await _get(host.url + "counter", uid)
@@ -338,8 +346,7 @@ async def test_overlapping_requests_of_one_visitor_on_one_host_each_count(
     spawn: list[subprocess.Popen[str]], redis: RedisServer, secret: str
 ) -> None:
     host = Host(spawn, "127.0.0.2", "--sessions", redis.url)
-    code, _, headers = await _get(host.url + "counter")
-    uid = _uid(headers)
+    uid = await _visitor(host)
     # Twenty at once, each on its own connection: however their fetches,
     # turns and saves interleave, one process counts each, as in memory.
     answers = await gatherResults(
