@@ -11,7 +11,7 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
-from app.config import WSGI_PREFIX, Config
+from app.config import WSGI_PREFIX, Config, ConfigError
 from app.http.access_log import install_access_log
 from app.http.metrics import SiteMetrics
 from app.http.router import Router
@@ -51,6 +51,16 @@ def reserved_prefixes() -> frozenset[str]:
     return frozenset(prefixes)
 
 
+def check_mount(prefix: str) -> None:
+    """
+    Raise L{ConfigError} if the mount C{prefix} would take a path the
+    server's own routes take.
+    """
+    first = prefix.strip("/").split("/", 1)[0]
+    if first in reserved_prefixes():
+        raise ConfigError("--mount", f"/{first}/ is served by the server itself")
+
+
 def build_site(
     config: Config,
     reactor: Any,
@@ -68,6 +78,9 @@ def build_site(
     @param warn_shadowed: whether to log the routes of C{--routes} modules
         that built-in routes shadow (every worker but the first is quiet).
     """
+    # The command line refuses these at once; a Config made in Python too.
+    for prefix, _ in config.mounts:
+        check_mount(prefix)
     clock = reactor if clock is None else clock
     site = Site(
         Resource(),
@@ -122,17 +135,7 @@ def build_site(
     if config.proxy is not None:
         builtin.append(ProxyRoutes(config.proxy, reactor, clock, site.service).app)
         sessionless.append(ProxyRoutes.PATH)
-    # Unless a built-in page that uses sessions lies below one (a mount
-    # named like it, which only a Config made in Python can ask for).
-    sessions_first = {
-        rule.rule.lstrip("/").split("/", 1)[0]
-        for rule in SessionRoutes.app.url_map.iter_rules()
-    }
-    site.sessionless_paths = tuple(
-        path.encode()
-        for path in sessionless
-        if path.strip("/").split("/", 1)[0] not in sessions_first
-    )
+    site.sessionless_paths = tuple(path.encode() for path in sessionless)
     site.resource = Router(
         builtin,
         (*config.extra_apps, *last),

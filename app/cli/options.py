@@ -31,7 +31,7 @@ from app.config import (
 )
 from app.http.forwarding import trusted_network
 from app.sessions.locations import parse_redis_url
-from app.site import reserved_prefixes
+from app.site import check_mount, reserved_prefixes
 from auth import (
     NoSuchRealm,
     PasswordFileError,
@@ -364,8 +364,7 @@ def _mount(text: str) -> tuple[str, Path]:
     segments = prefix.split("/")
     if not all(PLAIN_SEGMENT.fullmatch(s) for s in segments):
         raise ConfigError("--mount", f"{prefix!r} is not a plain path prefix")
-    if segments[0] in reserved_prefixes():
-        raise ConfigError("--mount", f"/{segments[0]}/ is served by the server itself")
+    check_mount(prefix)
     return prefix, _directory("--mount", directory)
 
 

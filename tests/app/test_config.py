@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 
 from app.cli.options import config_from_args
 from app.config import DEMO_CGI, DEMO_DIR, Config, ConfigError
+from app.site import build_site
 from app.testing import LiveServer
 from tests.paths import ROOT
 
@@ -127,6 +130,18 @@ def test_bad_values_are_the_command_lines_errors(
     with pytest.raises(ConfigError) as raised:
         Config(**fields)  # type: ignore[arg-type]
     assert raised.value.option == option
+
+
+@pytest.mark.parametrize("prefix", ["session", "counter/more", "static", "cgi-bin"])
+def test_a_config_made_in_python_may_not_mount_over_the_servers_pages(
+    prefix: str,
+) -> None:
+    config = Config(mounts=((prefix, ROOT),))
+    with pytest.raises(ConfigError) as raised:
+        build_site(config, MemoryReactor(), Clock())
+    assert raised.value.option == "--mount"
+    first = prefix.split("/")[0]
+    assert raised.value.message == f"/{first}/ is served by the server itself"
 
 
 def test_a_user_module_is_found_in_the_working_directory_last(

@@ -522,18 +522,6 @@ def test_the_mounts_paths_fetch_no_session(
     assert sorted(site.sessionless_paths) == sorted(paths)
 
 
-def test_a_mount_below_which_a_session_page_lies_still_fetches_sessions(
-    tmp_path: Path,
-) -> None:
-    # Only a Config made in Python can name a mount after a built-in page.
-    config = replace(
-        config_from_args([]), mounts=(("session", tmp_path), ("notes", tmp_path))
-    )
-    site = build_site(config, MemoryReactor(), Clock())
-    assert b"/notes/" in site.sessionless_paths
-    assert b"/session/" not in site.sessionless_paths
-
-
 def _pending(client: StubTreq, path: str, uid: str, method: str = "GET") -> Any:
     """
     A request sent, not yet answered: its answer waits for the clock.
