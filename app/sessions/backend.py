@@ -12,7 +12,8 @@ routed (see L{app.sessions.shared}).
 The operations on a request's path have leaner forms too: L{Immediate}, a
 return value (SQLite's loads), and L{Later}, a function called with the
 answer (Redis's loads and saves, SQLite's saves, which it gathers over a
-turn of the reactor).  A Deferred, and the links a caller adds to it, cost
+turn of the reactor and writes together when the store has made the turn's
+saves, L{Later.flush}).  A Deferred, and the links a caller adds to it, cost
 more than the command they wait for.
 """
 
