@@ -5,6 +5,7 @@ Site assembly: one function from a L{Config} to a ready L{Site}.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from klein import Klein
@@ -61,6 +62,33 @@ def check_mount(prefix: str) -> None:
         raise ConfigError("--mount", f"/{first}/ is served by the server itself")
 
 
+def check_wsgi_prefix(prefix: str, mounts: Sequence[str]) -> None:
+    """
+    Raise L{ConfigError} if the WSGI application's C{prefix} is one the
+    server or one of C{mounts} takes (its default, C{/wsgi/}, is its own).
+    """
+    first = prefix.split("/", 1)[0]
+    if prefix and prefix != WSGI_PREFIX and first in reserved_prefixes():
+        raise ConfigError("--wsgi", f"/{first}/ is served by the server itself")
+    if any(first == mount.split("/", 1)[0] for mount in mounts):
+        raise ConfigError("--wsgi", f"/{first}/ is a --mount already")
+
+
+def _check_paths(config: Config) -> None:
+    """
+    Refuse what the command line refuses of the paths a C{config} made in
+    Python serves: mounts over the server's own pages or each other, a
+    WSGI prefix over either.
+    """
+    prefixes = [prefix for prefix, _ in config.mounts]
+    for prefix in prefixes:
+        check_mount(prefix)
+    if len(set(prefixes)) != len(prefixes):
+        raise ConfigError("--mount", "the same prefix is mounted twice")
+    if config.wsgi_prefix is not None:
+        check_wsgi_prefix(config.wsgi_prefix, prefixes)
+
+
 def build_site(
     config: Config,
     reactor: Any,
@@ -78,9 +106,7 @@ def build_site(
     @param warn_shadowed: whether to log the routes of C{--routes} modules
         that built-in routes shadow (every worker but the first is quiet).
     """
-    # The command line refuses these at once; a Config made in Python too.
-    for prefix, _ in config.mounts:
-        check_mount(prefix)
+    _check_paths(config)
     clock = reactor if clock is None else clock
     site = Site(
         Resource(),

@@ -24,14 +24,13 @@ from app.config import (
     DIGEST_KEY_VARIABLE,
     PLAIN_SEGMENT,
     SECRET_KEY_VARIABLE,
-    WSGI_PREFIX,
     Config,
     ConfigError,
     wsgi_prefix_of,
 )
 from app.http.forwarding import trusted_network
 from app.sessions.locations import parse_redis_url
-from app.site import check_mount, reserved_prefixes
+from app.site import check_mount, check_wsgi_prefix
 from auth import (
     NoSuchRealm,
     PasswordFileError,
@@ -378,19 +377,6 @@ def _interpreter(text: str) -> tuple[str, str]:
     return extension, found
 
 
-def _wsgi_prefix(text: str, mounts: Sequence[str]) -> None:
-    """
-    Raise L{ConfigError} where C{--wsgi}'s prefix is one the server or a
-    C{--mount} takes (its default, C{/wsgi/}, is its own).
-    """
-    prefix, _ = wsgi_prefix_of(text)
-    first = prefix.split("/", 1)[0]
-    if prefix and prefix != WSGI_PREFIX and first in reserved_prefixes():
-        raise ConfigError("--wsgi", f"/{first}/ is served by the server itself")
-    if any(first == mount.split("/", 1)[0] for mount in mounts):
-        raise ConfigError("--wsgi", f"/{first}/ is a --mount already")
-
-
 #: The --proxy value that mounts this server's own /static/ at /proxy/.
 PROXY_SELF = "self"
 #: A colon that separates endpoint-string arguments: not one escaped by \\.
@@ -563,7 +549,7 @@ def config_from_args(argv: Sequence[str], prog: str = "python -m app") -> Config
         raise ConfigError("--mount", "the same prefix is mounted twice")
 
     if args.wsgi is not None:
-        _wsgi_prefix(args.wsgi, prefixes)
+        check_wsgi_prefix(wsgi_prefix_of(args.wsgi)[0], prefixes)
 
     htpasswd = _readable_file("--htpasswd", args.htpasswd) if args.htpasswd else None
     htdigest = _readable_file("--htdigest", args.htdigest) if args.htdigest else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -142,6 +143,28 @@ def test_a_config_made_in_python_may_not_mount_over_the_servers_pages(
     assert raised.value.option == "--mount"
     first = prefix.split("/")[0]
     assert raised.value.message == f"/{first}/ is served by the server itself"
+
+
+@pytest.mark.parametrize(
+    ("fields", "option", "message"),
+    [
+        ({"mounts": (("docs", ROOT), ("docs", ROOT))}, "--mount", "mounted twice"),
+        ({"wsgi": f"counter={DEMO_APP}"}, "--wsgi", "/counter/ is served by"),
+        (
+            {"wsgi": f"docs/api={DEMO_APP}", "mounts": (("docs", ROOT),)},
+            "--wsgi",
+            "/docs/ is a --mount already",
+        ),
+    ],
+)
+def test_a_config_made_in_python_serves_no_path_twice(
+    fields: dict[str, Any], option: str, message: str
+) -> None:
+    config = Config(**fields)
+    with pytest.raises(ConfigError) as raised:
+        build_site(config, MemoryReactor(), Clock())
+    assert raised.value.option == option
+    assert message in raised.value.message
 
 
 def test_a_user_module_is_found_in_the_working_directory_last(
