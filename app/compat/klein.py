@@ -24,6 +24,8 @@ from twisted.python.reflect import qual
 from twisted.web.iweb import IRequest
 from werkzeug.routing import Map, MapAdapter, RuleFactory
 
+from app.compat.twisted import public_port
+
 #: One of an app's C{@handle_errors} handlers: the exception types it
 #: takes, and the function Klein calls with the request and the failure.
 ErrorHandler = tuple[Sequence[type[BaseException]], Callable[..., Any]]
@@ -159,10 +161,11 @@ def bind_map(
     is the scheme's default, the script name and path info as text.
     """
     secure = bool(request.isSecure())
-    host = request.getHost()
-    port: int = getattr(host, "port", 0)
+    port = public_port(request)
     server_name = request.getRequestHostname()
-    if port not in (0, 443 if secure else 80):
+    if b":" in server_name:  # an IPv6 address, which twisted.web unbrackets
+        server_name = b"[%s]" % (server_name,)
+    if port != (443 if secure else 80):
         server_name = b"%s:%d" % (server_name, port)
     return url_map.bind(
         server_name.decode("utf-8", "replace"),

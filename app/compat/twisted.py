@@ -136,6 +136,25 @@ def raw_headers(headers: Headers) -> dict[bytes, list[bytes]]:
     return headers._rawHeaders
 
 
+def public_port(request: Any) -> int:
+    """
+    The port of this server as C{request}'s client reached it, for the
+    absolute URLs built for it: what the request says (a request from a
+    trusted proxy has a C{public_port} method), else the port it came in
+    on, else (a UNIX socket) the scheme's default.  twisted.web and Klein
+    read C{getHost().port}, the listening port, which behind a proxy is
+    not the client's.
+    """
+    own = getattr(request, "public_port", None)
+    if own is not None:
+        port: int = own()
+        return port
+    local = getattr(request.getHost(), "port", None)
+    if isinstance(local, int):
+        return local
+    return 443 if request.isSecure() else 80
+
+
 def set_request_internals(request: http.Request) -> None:
     """
     Set on C{request} the private attributes that twisted.web's

@@ -19,6 +19,9 @@ this server trusts, the address itself by the last one of them.
     element chosen), C{http} or C{https}: with one value per hop, the
     chosen hop's; otherwise the right-most, written by the peer itself.
     Any other value leaves the connection's own scheme.
+  - The port the client's request was made to, for the absolute URLs the
+    server builds, is C{X-Forwarded-Port}, chosen as the scheme is; else
+    the C{Host} header's; else the scheme's default, as gunicorn does.
 """
 
 from __future__ import annotations
@@ -125,11 +128,14 @@ class Forwarding:
     @ivar secure: whether the client's own request was over TLS.
     @ivar hops: the entries of the chain before the peer, left to right,
         as the headers spell them.
+    @ivar port: the port the client's own request was made to, as
+        C{X-Forwarded-Port} says, or L{None} where it says none.
     """
 
     client: IAddress
     secure: bool
     hops: tuple[bytes, ...]
+    port: int | None = None
 
     def chain(self) -> list[bytes]:
         """
@@ -192,7 +198,21 @@ def forwarding(
             secure = True
         elif scheme == b"http":
             secure = False
-    return Forwarding(client, secure, tuple(hops))
+    return Forwarding(client, secure, tuple(hops), _port(raw, hop, len(hops)))
+
+
+def _port(raw: dict[bytes, list[bytes]], hop: int, hops: int) -> int | None:
+    """
+    The port C{X-Forwarded-Port} names for the chosen hop (with one value
+    per hop, the hop's; otherwise the right-most), if it is one.
+    """
+    ports = _items(raw.get(b"X-Forwarded-Port"))
+    if not ports:
+        return None
+    port = ports[hop] if len(ports) == hops and hop >= 0 else ports[-1]
+    if not port.isdigit() or len(port) > 5 or not 0 < int(port) <= 65535:
+        return None
+    return int(port)
 
 
 def _items(lines: Sequence[bytes] | None) -> list[bytes]:

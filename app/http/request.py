@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
@@ -19,7 +19,12 @@ from twisted.web import http, server
 from twisted.web.http_headers import Headers
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
-from app.compat.twisted import connection_gone, raw_headers, set_request_internals
+from app.compat.twisted import (
+    connection_gone,
+    public_port,
+    raw_headers,
+    set_request_internals,
+)
 from app.http.compression import (
     MIN_SIZE,
     Compressor,
@@ -371,6 +376,20 @@ class Request(server.Request):
         compressor = self._compressor = Compressor()
         return compressor.compress(data)
 
+    def _prePathURL(self, prepath: list[bytes]) -> bytes:
+        # twisted.web's (behind prePathURL, URLPath and rememberRootURL),
+        # with the port the client reached (see public_port) rather than the
+        # listening one, and an IPv6 host in brackets.
+        secure = self.isSecure()
+        host = self.getRequestHostname()
+        if b":" in host:
+            host = b"[%s]" % (host,)
+        port = public_port(self)
+        if port != (443 if secure else 80):
+            host += b":%d" % (port,)
+        path = b"/".join(quote(segment, safe="").encode("ascii") for segment in prepath)
+        return b"%s://%s/%s" % (b"https" if secure else b"http", host, path)
+
     def getSession(
         self, sessionInterface: Any = None, forceNotSecure: bool = False
     ) -> Any:
@@ -422,6 +441,23 @@ class ForwardedRequest(Request):
     def isSecure(self) -> bool:
         return self.forwarding().secure
 
+    def public_port(self) -> int:
+        """
+        The port the client's own request was made to (see
+        L{app.http.forwarding}).
+        """
+        port = self.forwarding().port
+        if port is not None:
+            return port
+        host = self.getHeader(b"host")
+        found = None if host is None else _HOST_PORT.search(host)
+        if found is not None and 0 < int(found.group(1)) <= 65535:
+            return int(found.group(1))
+        return 443 if self.isSecure() else 80
+
+
+#: The port at the end of a C{Host} header.
+_HOST_PORT = re.compile(rb":([0-9]{1,5})$")
 
 #: Statuses whose body, if any, is never compressed: a part of the
 #: representation (206), or none at all.

@@ -22,6 +22,7 @@ import re
 
 from twisted.web.server import Request
 
+from app.compat.twisted import public_port
 from app.http.limits import SERVER_NAME
 
 _REQUEST_HEADER_NAME = re.compile(rb"[A-Za-z0-9-]+")
@@ -73,14 +74,12 @@ def request_variables(request: Request, hidden: frozenset[bytes]) -> dict[str, b
 def _server_address(request: Request) -> tuple[bytes, bytes]:
     """
     C{SERVER_NAME} from the C{Host} header (the local address without one)
-    and C{SERVER_PORT}, the port the request came in on.
+    and C{SERVER_PORT}, the port the client reached this server on.
     """
     local = request.getHost()
-    port = getattr(local, "port", None)
-    if isinstance(port, int):
-        server_port = b"%d" % (port,)
-    else:  # a UNIX socket: the port the client believes it reached
-        server_port = b"443" if request.isSecure() else b"80"
+    # Behind a trusted proxy, the port the client reached it on; on a UNIX
+    # socket, the scheme's default.
+    server_port = b"%d" % (public_port(request),)
     host = request.getHeader(b"host")
     if host is not None:
         match = _HOST.fullmatch(host)

@@ -20,6 +20,7 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from klein import Klein
+from klein.interfaces import IKleinRequest
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
@@ -328,6 +329,7 @@ def _shown(request: IRequest) -> str:
             "client": getattr(client, "host", None),
             "secure": request.isSecure(),
             "url": request.prePathURL().decode(),
+            "external": IKleinRequest(request).url_for("_shown", force_external=True),
         }
     )
 
@@ -363,6 +365,37 @@ def test_a_trusted_peer_names_the_client_and_scheme() -> None:
 
 
 @pytest.mark.parametrize(
+    ("headers", "url"),
+    [
+        # A proxy that terminates TLS on 443, and one on another port.
+        ({}, "https://example.invalid/shown"),
+        ({"X-Forwarded-Port": ["8443"]}, "https://example.invalid:8443/shown"),
+        ({"Host": ["example.invalid:8443"]}, "https://example.invalid:8443/shown"),
+        ({"Host": ["[2001:db8::1]:8443"]}, "https://[2001:db8::1]:8443/shown"),
+        # One port a hop, the chosen hop's; what is not a port, nothing.
+        (
+            {
+                "X-Forwarded-For": ["192.0.2.7, 127.0.0.1"],
+                "X-Forwarded-Port": ["444, 8443"],
+            },
+            "https://example.invalid:444/shown",
+        ),
+        ({"X-Forwarded-Port": ["99999"]}, "https://example.invalid/shown"),
+        ({"X-Forwarded-Port": ["0x50"]}, "https://example.invalid/shown"),
+        (
+            {"X-Forwarded-Proto": ["http"], "X-Forwarded-Port": ["8080"]},
+            "http://example.invalid:8080/shown",
+        ),
+    ],
+)
+def test_urls_behind_a_trusted_peer_name_the_port_the_client_reached(
+    headers: dict[str, list[str]], url: str
+) -> None:
+    shown = _shown_to(_client("--trusted-proxy", "127.0.0.1"), {**_FORGED, **headers})
+    assert (shown["url"], shown["external"]) == (url, url)
+
+
+@pytest.mark.parametrize(
     "args", [(), ("--trusted-proxy", "10.0.0.0/8"), ("--trusted-proxy", "::1")]
 )
 def test_other_peers_forwarding_headers_change_nothing(args: Sequence[str]) -> None:
@@ -372,6 +405,7 @@ def test_other_peers_forwarding_headers_change_nothing(args: Sequence[str]) -> N
     assert shown["client"] == "127.0.0.1"
     assert shown["secure"] is False
     assert shown["url"].startswith("http://example.invalid")
+    assert _shown_to(client, {"X-Forwarded-Port": ["8443"]}) == shown
 
 
 async def _gateway_variables(path: str, *args: str) -> dict[str, str]:
@@ -383,7 +417,9 @@ async def _gateway_variables(path: str, *args: str) -> dict[str, str]:
     config = dataclasses.replace(config_from_args(list(args)), wsgi_app=echo_app)
     live = await LiveServer.start(config)
     try:
-        response = await live.get(path, headers=_FORGED)
+        response = await live.get(
+            path, headers={**_FORGED, "X-Forwarded-Port": ["8443"]}
+        )
         assert response.code == 200
         text = await response.text()
     finally:
@@ -400,6 +436,8 @@ async def test_gateways_get_the_forwarded_client_and_scheme(path: str) -> None:
     variables = await _gateway_variables(path, "--trusted-proxy", "127.0.0.0/8")
     assert variables["REMOTE_ADDR"] == "192.0.2.7"
     assert variables["HTTPS"] == "on"
+    # The port the client reached the proxy on.
+    assert variables["SERVER_PORT"] == "8443"
     if path == "/wsgi/":
         assert variables["wsgi.url_scheme"] == "https"
         # The proxy forwarded no port of the client's.
@@ -411,6 +449,7 @@ async def test_gateways_get_the_forwarded_client_and_scheme(path: str) -> None:
 async def test_gateways_behind_an_untrusted_peer_get_the_peer(path: str) -> None:
     variables = await _gateway_variables(path, "--trusted-proxy", "10.0.0.0/8")
     assert variables["REMOTE_ADDR"] == "127.0.0.1"
+    assert variables["SERVER_PORT"] == variables["HTTP_HOST"].rpartition(":")[2]
     assert "HTTPS" not in variables
     if path == "/wsgi/":
         assert variables["wsgi.url_scheme"] == "http"
