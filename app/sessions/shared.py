@@ -350,6 +350,14 @@ class SharedStore:
         live[session.uid] = session
         return session
 
+    def _forget(self, session: SharedSession) -> None:
+        """
+        Serve no more requests with C{session}: the next makes its session
+        anew from the engine's record.
+        """
+        if self._live.get(session.uid) is session:
+            del self._live[session.uid]
+
     def session_for(
         self, request: Request, interface: Any = None, force_not_secure: bool = False
     ) -> Any:
@@ -463,7 +471,9 @@ class SharedStore:
                 self._write(session, done)
             except Exception as error:
                 # StoreUnavailable, UnpicklableAdapter, or a fault: each
-                # request that waits is answered for it.
+                # request that waits is answered for it, and the session's
+                # state, not saved, is not served again.
+                self._forget(session)
                 done(error)
         self.backend.later.flush()
 
@@ -570,8 +580,7 @@ class SharedStore:
             session.failed = session.failed or error
             # Its state holds what was not saved: the next request reads
             # the engine's.
-            if self._live.get(session.uid) is session:
-                del self._live[session.uid]
+            self._forget(session)
         if session.saves:
             return
         failed, session.failed = session.failed, None
@@ -585,8 +594,7 @@ class SharedStore:
         Delete C{session}'s record and run this process's callbacks of it;
         return the deletion, which the request's answer waits for.
         """
-        if self._live.get(session.uid) is session:
-            del self._live[session.uid]
+        self._forget(session)
         deleting = self._watch_outcome(self.backend.delete(session.uid))
         callbacks = self.callbacks.pop(session.uid, session.expireCallbacks)
         _run(callbacks)

@@ -332,6 +332,11 @@ def test_an_adapter_that_cannot_be_pickled_is_a_500_naming_its_class(
     assert header_of(response, b"set-cookie") is None
     lines = [formatEvent(event) for event in captured_log]
     assert any("Notes" in line and "cannot be pickled" in line for line in lines)
+    # A session that took one on one page goes on, without it, on the next.
+    uid = _cookie(fetch(client, "GET", "/counter"))
+    noted = fetch(client, "GET", "/notes", headers={"Cookie": f"app_session={uid}"})
+    assert noted.code == 500
+    assert _visits(client, uid) == 2
 
 
 def test_a_store_that_cannot_be_reached_is_a_503_for_session_pages_only(
