@@ -109,6 +109,10 @@ class Result:
     ratio_to_plain: float = 0.0
     #: This case's requests per second over each of its versus cases'.
     ratio_to_versus: dict[str, float] = field(default_factory=dict)
+    #: The processor time of the server's processes (its workers included,
+    #: Redis not) per request, in microseconds: a figure that wrk's and the
+    #: machine's other tenants' share of the cores moves less than the rate.
+    cpu_us: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -548,11 +552,34 @@ def run_case(
         script = make(base, tmp, options.warmup) if make else None
         wrk(url, options.warmup, options.connections, headers, script)
         script = make(base, tmp, options.seconds) if make else None
+        before = processor_seconds(process.pid)
         result = wrk(url, options.seconds, options.connections, headers, script)
+        used = processor_seconds(process.pid) - before
     finally:
         stop(process)
     result.name = case.name
+    served = result.requests_per_second * max(1, round(options.seconds))
+    result.cpu_us = used * 1e6 / served if served else 0.0
     return result
+
+
+def processor_seconds(pid: int) -> float:
+    """
+    The processor time (user and system) that process C{pid} and its
+    children (a server's workers) have used so far, in seconds.
+    """
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        # After the name: state, ppid, ..., utime and stime (fields 14, 15).
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def session_costs(fixtures: dict[str, Path], tmp: Path) -> dict[str, float]:
@@ -607,7 +634,7 @@ def add_ratios(results: dict[str, Result], all_cases: list[Case]) -> None:
 
 
 def print_results(results: dict[str, Result]) -> None:
-    columns = ("req/s", "p50 ms", "p99 ms", "errors", "x plain")
+    columns = ("req/s", "p50 ms", "p99 ms", "errors", "cpu us", "x plain")
     width = max([len("case"), *(len(r.name) for r in results.values())])
     print(f"{'case':{width}} " + " ".join(f"{c:>8}" for c in columns) + "  vs")
     for r in results.values():
@@ -616,7 +643,8 @@ def print_results(results: dict[str, Result]) -> None:
         )
         print(
             f"{r.name:{width}} {r.requests_per_second:8.0f} {r.p50_ms:8.2f} "
-            f"{r.p99_ms:8.2f} {r.errors:8d} {r.ratio_to_plain:8.2f}  {versus}"
+            f"{r.p99_ms:8.2f} {r.errors:8d} {r.cpu_us:8.1f} "
+            f"{r.ratio_to_plain:8.2f}  {versus}"
         )
 
 
