@@ -7,10 +7,8 @@ from __future__ import annotations
 import gc
 import os
 import resource
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -32,6 +30,7 @@ from app.cli.log import start_logging
 from app.cli.metrics import WorkerMetrics, metrics_endpoint
 from app.cli.options import config_from_args
 from app.cli.passwd import passwd_main
+from app.cli.private import PrivateDirectory
 from app.cli.workers import (
     InheritedSocket,
     Supervisor,
@@ -319,6 +318,15 @@ def tune_garbage_collector() -> None:
 SHARED_MEMORY = "/dev/shm"  # noqa: S108 (mkdtemp makes a private directory in it)
 
 
+def said_swept(directory: PrivateDirectory) -> None:
+    """
+    Log the directories that killed parents left and C{directory}'s making
+    removed.
+    """
+    for path in directory.swept:
+        log.info("removed {path}, left by a server that was killed", path=path)
+
+
 def supervise(
     reactor: Any,
     config: Config,
@@ -342,9 +350,12 @@ def supervise(
         # removed when the server stops: in memory (tmpfs) where there is
         # one, as nothing in it outlives the server.
         shared_memory = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else None
-        private = tempfile.mkdtemp(prefix="app-sessions-", dir=shared_memory)
-        argv = [*argv, "--sessions", f"sqlite:{private}/sessions.sqlite3"]
+        private = PrivateDirectory("app-sessions-", shared_memory)
+        argv = [*argv, "--sessions", f"sqlite:{private.path}/sessions.sqlite3"]
+        said_swept(private)
     shared = None if metrics is None else WorkerMetrics()
+    if shared is not None:
+        said_swept(shared.directory)
     metrics_ports: list[IListeningPort] = []
 
     async def start() -> None:
@@ -402,5 +413,5 @@ def supervise(
     if shared is not None:
         shared.remove()
     if private is not None:
-        shutil.rmtree(private, ignore_errors=True)
+        private.remove()
     return status[0]

@@ -5,13 +5,12 @@ One process serves its site's own registry there.  With C{--workers}, the
 parent serves instead: it makes a private directory for
 prometheus-client's multiprocess mode, hands it to the workers in
 C{PROMETHEUS_MULTIPROC_DIR}, reads the workers' files when scraped, drops
-the gauges of a worker that ended, and removes the directory at exit.
+the gauges of a worker that ended, and removes the directory at exit
+(L{app.cli.private}).
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -20,6 +19,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 
 from app.cli.endpoints import check_endpoint, parse_problem, with_unix_mode
+from app.cli.private import PrivateDirectory
 from app.config import Config, ConfigError
 from app.http.metrics import MULTIPROCESS_VARIABLE
 
@@ -53,21 +53,21 @@ class WorkerMetrics:
     """
 
     def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="app-metrics-")
+        self.directory = PrivateDirectory("app-metrics-")
         self.registry = CollectorRegistry()
-        MultiProcessCollector(self.registry, path=self.directory)
+        MultiProcessCollector(self.registry, path=self.directory.path)
 
     def environment(self) -> dict[str, str]:
         """
         What a worker's environment needs to write its metrics here.
         """
-        return {MULTIPROCESS_VARIABLE: self.directory}
+        return {MULTIPROCESS_VARIABLE: self.directory.path}
 
     def worker_ended(self, pid: int) -> None:
         """
         Drop the live gauges of worker C{pid}; its counts stay.
         """
-        mark_process_dead(pid, self.directory)
+        mark_process_dead(pid, self.directory.path)
 
     def remove(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.remove()

@@ -98,8 +98,8 @@ def _children_alive(pids: set[int]) -> set[int]:
 async def test_workers_stop_when_the_parent_is_killed(
     spawn: list[subprocess.Popen[str]],
 ) -> None:
-    # Sessions in each worker's memory: a parent killed outright leaves the
-    # private directory of a shared store behind (README says so).
+    # Sessions in each worker's memory: no private directory to leave (the
+    # next test kills a parent that made some).
     process = start_app(
         spawn,
         "--listen",
@@ -120,3 +120,48 @@ async def test_workers_stop_when_the_parent_is_killed(
     await eventually(
         lambda: not _children_alive(workers), "the workers to stop", timeout=15
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_a_killed_parent_leaves_the_next_parent_removes(
+    spawn: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    # The shared session file's directory (in /dev/shm, here tmp_path) and
+    # the metrics' (in the temporary directory, here tmp_path too).
+    prelude = (
+        "import tempfile, app.cli.main;"
+        f" tempfile.tempdir = {str(tmp_path)!r};"
+        f" app.cli.main.SHARED_MEMORY = {str(tmp_path)!r}"
+    )
+    argv = (
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--metrics",
+        "tcp:0:interface=127.0.0.1",
+        "--workers",
+        "2",
+        "--no-demo",
+    )
+    killed = start_app(spawn, *argv, prelude=prelude)
+    listening_url(killed)
+    await eventually(lambda: len(_children(killed.pid)) == 2, "two workers", 15)
+    workers = _children(killed.pid)
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert [name.rpartition("-")[0] for name in left] == ["app-metrics", "app-sessions"]
+    killed.kill()
+    killed.wait(timeout=10)
+    await eventually(lambda: not _children_alive(workers), "the workers to stop", 15)
+    assert sorted(path.name for path in tmp_path.iterdir()) == left
+
+    process = start_app(spawn, *argv, prelude=prelude)
+    log: list[str] = []
+    listening_url(process, log)
+    made = sorted(path.name for path in tmp_path.iterdir())
+    assert len(made) == 2 and not set(made) & set(left)
+    for name in left:
+        assert f"removed {tmp_path / name}, left by a server that was killed" in (
+            "".join(log)
+        )
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert list(tmp_path.iterdir()) == []
