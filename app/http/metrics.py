@@ -11,7 +11,8 @@ With several worker processes (prometheus-client's multiprocess mode,
 C{PROMETHEUS_MULTIPROC_DIR} set), a scrape reads the workers' files rather
 than their objects: there each worker copies the same readings into
 gauges of mode C{livesum} once every L{SAMPLE_SECONDS}, and the parent sums
-the live workers'.
+the live workers' (but for the sessions of a shared store, which every
+worker counts alike: C{livemax}).
 """
 
 from __future__ import annotations
@@ -162,17 +163,25 @@ class _LiveGauges(Collector):
         self._site = site
         self._queues = queues
 
-    def readings(self) -> tuple[int, int, dict[str, int]]:
+    def readings(self) -> tuple[int, int | None, dict[str, int]]:
         return (
             len(self._site.channels),
-            len(self._site.sessions),
+            self._site.sessions.live_count(),
             {name: depth() for name, depth in self._queues.items()},
         )
+
+    def sessions_counted_together(self) -> bool:
+        """
+        Whether every process reads the same count of sessions (a shared
+        store's engine), rather than its own.
+        """
+        return self._site.sessions.counted_together
 
     def collect(self) -> Iterator[Metric]:
         connections, sessions, queues = self.readings()
         yield GaugeMetricFamily("http_open_connections", _CONNECTIONS, connections)
-        yield GaugeMetricFamily("http_live_sessions", _SESSIONS, sessions)
+        if sessions is not None:
+            yield GaugeMetricFamily("http_live_sessions", _SESSIONS, sessions)
         family = GaugeMetricFamily("http_queue_depth", _QUEUES, labels=["queue"])
         for name, depth in queues.items():
             family.add_metric([name], depth)
@@ -180,7 +189,10 @@ class _LiveGauges(Collector):
 
 
 _CONNECTIONS = "Connections open."
-_SESSIONS = "Sessions live."
+_SESSIONS = (
+    "Sessions live: in this process's memory, or in a SQLite store's file"
+    " (expired ones not yet swept among them); not reported with Redis."
+)
 _QUEUES = "Requests waiting: bcrypt checks, CGI scripts, WSGI calls."
 
 
@@ -196,9 +208,7 @@ def _sampled_gauges(gauges: _LiveGauges, registry: CollectorRegistry) -> TimerSe
         registry=registry,
         multiprocess_mode=mode,
     )
-    sessions = Gauge(
-        "http_live_sessions", _SESSIONS, registry=registry, multiprocess_mode=mode
-    )
+    sessions: list[Gauge] = []
     queues = Gauge(
         "http_queue_depth",
         _QUEUES,
@@ -210,7 +220,21 @@ def _sampled_gauges(gauges: _LiveGauges, registry: CollectorRegistry) -> TimerSe
     def sample() -> None:
         open_, live, depths = gauges.readings()
         connections.set(open_)
-        sessions.set(live)
+        if live is not None:
+            if not sessions:
+                # Made at the first sample, once the site has its store: the
+                # engine of a shared one gives every worker the same count.
+                sessions.append(
+                    Gauge(
+                        "http_live_sessions",
+                        _SESSIONS,
+                        registry=registry,
+                        multiprocess_mode=(
+                            "livemax" if gauges.sessions_counted_together() else mode
+                        ),
+                    )
+                )
+            sessions[0].set(live)
         for name, depth in depths.items():
             queues.labels(name).set(depth)
 

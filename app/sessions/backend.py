@@ -153,6 +153,12 @@ class Backend(Protocol):
         itself.
         """
 
+    def count(self) -> int | None:
+        """
+        How many sessions the engine holds (those expired but not yet swept
+        among them), if it can tell at once and cheaply; else L{None}.
+        """
+
     def close(self) -> None:
         """
         Let go of the engine.

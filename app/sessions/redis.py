@@ -335,6 +335,11 @@ class RedisBackend:
         # Redis expires keys by itself.
         return succeed(None)
 
+    def count(self) -> None:
+        # Redis counts the keys of a database, not those of one prefix; a
+        # SCAN would read them all.
+        return None
+
     def close(self) -> None:
         if self._watchdog.running:
             self._watchdog.stop()

@@ -222,10 +222,15 @@ class SharedStore:
         self._settle_call: IDelayedCall | None = None
         self._checks = 0
 
-    def __len__(self) -> int:
-        # The sessions this process holds: none (the engine holds them, and
-        # workers that each counted its table would add it up N times).
-        return 0
+    #: Every process that shares the engine reads the same count.
+    counted_together = True
+
+    def live_count(self) -> int | None:
+        """
+        The sessions the engine holds, if it can count them cheaply (SQLite
+        can, Redis cannot).
+        """
+        return self.backend.count()
 
     # -- the engine's health ----------------------------------------------
 

@@ -464,6 +464,14 @@ class SQLiteBackend:
             return fail()
         return succeed(None)
 
+    def count(self) -> int | None:
+        # The tally the triggers keep: one row, not the table.
+        try:
+            row = self._run("SELECT n FROM tally WHERE name = 'sessions'").fetchone()
+        except StoreUnavailable:
+            return None
+        return int(row[0]) if row else 0
+
     def close(self) -> None:
         if self._writing is not None and self._writing.active():
             self._writing.cancel()

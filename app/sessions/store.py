@@ -66,7 +66,15 @@ class Sessions(Protocol):
         self, request: Any, then: Callable[[Exception | None], object]
     ) -> bool: ...
 
-    def __len__(self) -> int: ...
+    #: Whether L{live_count} is the count of every process that shares the
+    #: store (an engine's), rather than of this process's sessions alone.
+    counted_together: bool
+
+    def live_count(self) -> int | None:
+        """
+        The sessions live, as far as the store can tell cheaply; L{None}
+        when it cannot.
+        """
 
 
 class Site(Protocol):
@@ -224,6 +232,11 @@ class SessionStore(MutableMapping[bytes, Session]):
 
     def __len__(self) -> int:
         return len(self._probation) + len(self._protected)
+
+    counted_together = False
+
+    def live_count(self) -> int:
+        return len(self)
 
     # -- what sessions and requests tell the store ---------------------------
 

@@ -136,6 +136,30 @@ def test_live_sessions_are_read_when_scraped() -> None:
     assert _value(metrics.text(), "http_live_sessions") == 3
 
 
+def test_live_sessions_of_a_sqlite_store_are_the_files(tmp_path: Any) -> None:
+    clock = Clock()
+    config = config_from_args([*METRICS, "--sessions", f"sqlite:{tmp_path}/s.db"])
+    site, other = (build_site(config, MemoryReactor(), clock) for _ in range(2))
+    for each in (site, other):
+        each.service.startService()
+    try:
+        assert _value(_metrics(site).text(), "http_live_sessions") == 0
+        for each in (site, other, other):
+            client = stub_treq(each)
+            pending = client.get(BASE + "/session")  # type: ignore[attr-defined]
+            clock.advance(0)  # the turn's saves
+            client.flush()
+            assert success_result_of(pending).code == 200
+        # Each process reads the file's count, its own sessions and the
+        # other's alike.
+        for each in (site, other):
+            assert _value(_metrics(each).text(), "http_live_sessions") == 3
+        assert len(site.held_sessions) == 0
+    finally:
+        for each in (site, other):
+            each.service.stopService()
+
+
 def test_open_connections_are_read_when_scraped() -> None:
     site = _site()
     metrics = _metrics(site)

@@ -150,8 +150,9 @@ def test_a_session_and_its_adapters_follow_the_client_between_processes(
         5,
     ]
     assert _rows(pair.path) == 1
-    # The metrics count what a process holds: a shared session is the file's.
-    assert [len(site.sessions) for site in pair.sites] == [0, 0]
+    # Each process counts the file's sessions, none of its own.
+    assert [site.sessions.live_count() for site in pair.sites] == [1, 1]
+    assert [len(site.held_sessions) for site in pair.sites] == [0, 0]
 
 
 def test_a_page_that_uses_no_session_stores_none(pair: Pair) -> None:

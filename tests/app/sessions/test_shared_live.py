@@ -24,14 +24,17 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from app.cli.options import config_from_args
+from app.http.metrics import MULTIPROCESS_VARIABLE
 from app.testing import LiveServer
 from tests.app.sessions.test_shared import Renewing
+from tests.app.test_metrics import METRICS, METRICS_LISTENING, _value
 from tests.auth.test_digest import digest_authorization
 from tests.conftest import drain, eventually, listening_url, start_app
 from tests.engines import RedisServer
 from tests.paths import TESTS
 
 SECRET = "5e" * 32
+LOOPBACK = "tcp:0:interface=127.0.0.1"
 HTDIGEST = str(TESTS / "data" / "auth" / "users.htdigest")
 
 
@@ -235,6 +238,54 @@ async def test_workers_share_sessions_in_a_private_sqlite_file(
     assert not store.parent.exists()
 
 
+async def _scraped(log: list[str], name: str) -> float | None:
+    """
+    The value of metric C{name} that the server whose output is C{log}
+    serves on its metrics endpoint, or L{None} if it serves none.
+    """
+    found = await eventually(
+        lambda: next(
+            (m for line in list(log) if (m := METRICS_LISTENING.search(line))), None
+        ),
+        "the metrics endpoint",
+    )
+    _, text, _ = await _get(found.group(1) + "metrics")
+    return _value(text, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_workers_report_the_sessions_of_their_file_once(
+    spawn: list[subprocess.Popen[str]],
+) -> None:
+    parent = start_app(spawn, "--workers", "2", *METRICS, "--listen", LOOPBACK)
+    log: list[str] = []
+    url = listening_url(parent, log)
+    drain(parent, log)
+    for _ in range(3):
+        assert (await _get(url + "counter"))[0] == 200
+    workers = _children(parent.pid)
+    assert len(workers) == 2
+    directory = Path(_environment(workers[0])[MULTIPROCESS_VARIABLE])
+
+    # Each worker samples the file's count (every second); the parent keeps
+    # the largest of them, not their sum.
+    def sampled_by_both() -> bool:
+        return all((directory / f"gauge_livemax_{pid}.db").exists() for pid in workers)
+
+    await eventually(sampled_by_both, "both workers' samples")
+    assert await _scraped(log, "http_live_sessions") == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_store_reports_no_count_of_sessions(
+    spawn: list[subprocess.Popen[str]], redis: RedisServer, secret: str
+) -> None:
+    host = Host(spawn, "127.0.0.2", "--sessions", redis.url, *METRICS)
+    await _visitor(host)
+    assert await _scraped(host.log, "http_open_connections") is not None
+    assert await _scraped(host.log, "http_live_sessions") is None
+
+
 async def _until_served(url: str) -> list[int]:
     """
     The statuses of GETs of C{url} until one is a 200: the server reconnects
@@ -270,6 +321,11 @@ def _children(pid: int) -> list[int]:
             if int(stat[1]) == pid:
                 children.append(int(entry.name))
     return sorted(children)
+
+
+def _environment(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(line.decode().partition("=")[::2] for line in lines if line)
 
 
 def _sessions_option(pid: int) -> str:
