@@ -305,7 +305,8 @@ def cases(fixtures: dict[str, Path]) -> list[Case]:
             "/counter",
             ["--workers", "2"],
             prepare=counter_cookie,
-            versus=("/counter",),
+            # Against the ceiling too: the share of it that sharing leaves.
+            versus=("/counter", "/counter --workers 2, memory"),
         ),
         # The ceiling of two workers here: each keeps its own sessions, so
         # nothing is shared; the visitor has one session on each.
