@@ -162,12 +162,13 @@ def build_site(
         builtin.append(ProxyRoutes(config.proxy, reactor, clock, site.service).app)
         sessionless.append(ProxyRoutes.PATH)
     site.sessionless_paths = tuple(path.encode() for path in sessionless)
-    site.resource = Router(
+    router = site.resource = Router(
         builtin,
         (*config.extra_apps, *last),
         display_tracebacks=config.display_tracebacks,
         warn_shadowed=warn_shadowed,
     )
+    site.takes_no_session = router.takes_no_session
     if config.access_log is not None:
         install_access_log(site, config.access_log, clock, config.access_log_format)
     if metrics is not None:

@@ -17,6 +17,7 @@ from werkzeug.exceptions import BadRequest, NotFound
 
 from app.http.pages import HOME_LINK, page
 from app.http.router import new_app
+from app.sessions import sessionless
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ class HealthRoutes:
 
     app = new_app()
 
+    @sessionless
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -186,16 +188,19 @@ class ContentRoutes:
         self._index = page("Twisted Web in 60 seconds", index_html())
         self._calendar = lru_cache(maxsize=CALENDAR_CACHE)(_calendar_text)
 
+    @sessionless
     @app.route("/", methods=["GET"])
     def index(self, request: IRequest) -> bytes:
         return self._index
 
+    @sessionless
     @app.route("/clock", methods=["GET"])
     def clock(self, request: IRequest) -> bytes:
         request.setHeader(b"cache-control", b"no-store")
         now = escape(time.ctime(self._clock.seconds()))
         return page("Clock", f"<h1>Clock</h1>\n<p>The time is {now}.</p>\n{HOME_LINK}")
 
+    @sessionless
     @app.route("/calendar/<int:year>", methods=["GET"])
     def calendar_page(self, request: IRequest, year: int) -> bytes:
         if not 1 <= year <= 9999:

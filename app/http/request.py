@@ -40,6 +40,7 @@ from app.http.pages import HTML_TYPE, render_error
 from app.sessions.backend import Loaded, StoreUnavailable
 from app.sessions.records import UnpicklableAdapter
 from app.sessions.shared import RETRY_AFTER
+from app.sessions.store import refuse_if_sessionless
 
 log = Logger()
 
@@ -71,6 +72,9 @@ class Request(server.Request):
     #: before its answer is written (see app.sessions.shared).
     session_records: dict[bytes, Loaded | StoreUnavailable | None] | None = None
     session_pending = False
+    #: Whether its route is marked as never using its session
+    #: (L{app.sessions.sessionless}).
+    session_refused = False
     #: What the handler wrote while its sessions were being saved, and
     #: whether it finished meanwhile.
     _held: list[bytes] | None = None
@@ -167,8 +171,10 @@ class Request(server.Request):
             self.write(b"")
             self.finish()
             return
-        if site.sessions.prefetches and not self.path.startswith(
-            site.sessionless_paths
+        if (
+            site.sessions.prefetches
+            and not self.path.startswith(site.sessionless_paths)
+            and not site.takes_no_session(self)
         ):
             # The store answers later: the session the cookie names is
             # fetched first, so that getSession() can answer at once.
@@ -396,6 +402,8 @@ class Request(server.Request):
         # twisted.web's touches a session found by its cookie only on the
         # second lookup within a request, and its cookie lacks HttpOnly and
         # SameSite: see app.sessions.store and app.sessions.shared.
+        if self.session_refused:
+            refuse_if_sessionless(self)
         return self.site.sessions.session_for(self, sessionInterface, forceNotSecure)
 
 

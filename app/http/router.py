@@ -82,6 +82,7 @@ from app.http.pages import (
 )
 from app.http.request import Request as ServerRequest
 from app.http.request import request_uri
+from app.sessions.store import is_sessionless
 
 log = Logger()
 
@@ -128,6 +129,8 @@ class _Found:
     direct: Callable[..., Any] | None = None
     #: The rule as written (a branch route's: its prefix).
     template: str = ""
+    #: Whether the route is marked as never using its session.
+    sessionless: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ class _Layer:
     exact: dict[tuple[str, str], _Found]
     #: The layer's apps, in order.
     members: tuple[Klein, ...]
+    #: The endpoints whose routes are marked as never using their session.
+    sessionless: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,7 @@ class _Fast:
     segment_count: int
     template: str
     app: Klein
+    sessionless: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,7 @@ def _layer(apps: Sequence[Klein]) -> _Layer:
     direct: dict[str, Callable[..., Any]] = {}
     templates: dict[str, str] = {}
     exact: dict[tuple[str, str], _Found] = {}
+    quiet: set[str] = set()
     for index, app in enumerate(apps):
         for rule in app.url_map.iter_rules():
             name = f"{index}:{rule.endpoint}"
@@ -200,18 +207,23 @@ def _layer(apps: Sequence[Klein]) -> _Layer:
             owners[name] = app
             templates[name] = _template(copy.rule)
             endpoint = str(rule.endpoint)
+            marked = is_sessionless(app.endpoints.get(endpoint))
+            if marked:
+                quiet.add(name)
             call = _direct_call(app, endpoint)
             if call is not None and "__rest__" in copy.arguments:
                 call = partial(_call_branch, call)
             if call is not None:
                 direct[name] = call
             if _is_exact(copy):
-                found = _Found(app, endpoint, {}, call, templates[name])
+                found = _Found(app, endpoint, {}, call, templates[name], marked)
                 for method in copy.methods or ():
                     exact.setdefault((copy.rule, method), found)
     # Matching never looks at the host; bind once instead of per request.
     adapter = url_map.bind("localhost")
-    return _Layer(adapter, owners, direct, templates, exact, tuple(apps))
+    return _Layer(
+        adapter, owners, direct, templates, exact, tuple(apps), frozenset(quiet)
+    )
 
 
 def _handling_app(apps: Sequence[Klein], failure: Failure) -> Klein | None:
@@ -256,7 +268,9 @@ def _fast_routes(layers: Sequence[_Layer]) -> dict[tuple[bytes, bytes], _Fast]:
                 continue
             handler = found.app.endpoints[found.endpoint]
             count: int = handler.segment_count  # type: ignore[attr-defined]
-            fast[key] = _Fast(found.direct, count, found.template, found.app)
+            fast[key] = _Fast(
+                found.direct, count, found.template, found.app, found.sessionless
+            )
     return fast
 
 
@@ -477,6 +491,7 @@ class Router(Resource):
                 dict(arguments),
                 layer.direct.get(endpoint),
                 layer.templates[endpoint],
+                endpoint in layer.sessionless,
             )
         return None
 
@@ -502,6 +517,28 @@ class Router(Resource):
                 return _Redirect(quote(trimmed, safe=PATH_SAFE))
         return found
 
+    def takes_no_session(self, request: Request) -> bool:
+        """
+        Whether the route that will take C{request} is marked as never using
+        its session (so that a store which fetches sessions before routing
+        need fetch none for it); C{False} where that is not plain at once.
+        """
+        if self._watch.stale:
+            self._build()
+        fast = (
+            None if request.prepath else self._fast.get((request.path, request.method))
+        )
+        if fast is not None:
+            return fast.sessionless
+        raw: bytes = request.path or b""
+        if request.prepath or raw[:2] == b"//" or raw[:1] != b"/" or b"%" in raw:
+            return False
+        try:
+            match = self._match(raw.decode("utf-8"), request.method.decode("latin-1"))
+        except Exception:
+            return False  # matching fails again, and is answered, when routed
+        return isinstance(match, _Found) and match.sessionless
+
     # -- rendering --------------------------------------------------------
 
     def render(self, request: Request) -> bytes | int:
@@ -514,6 +551,8 @@ class Router(Resource):
             body = self._dispatch(request)
         else:
             request.route = fast.template  # type: ignore[attr-defined]
+            if fast.sessionless:
+                request.session_refused = True  # type: ignore[attr-defined]
             _route(request, fast.app, fast.segment_count)
             body = self._call(request, fast.function, {}, fast.app)
         if body is NOT_DONE_YET or request.method != b"HEAD":
@@ -557,6 +596,8 @@ class Router(Resource):
             return self._failed(request, failure, app, error_handlers(app))
 
         request.route = match.template  # type: ignore[attr-defined]
+        if match.sessionless:
+            request.session_refused = True  # type: ignore[attr-defined]
         app = match.app
         handler = app.endpoints[match.endpoint]
         _route(request, app, handler.segment_count)  # type: ignore[attr-defined]

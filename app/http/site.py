@@ -97,6 +97,9 @@ class Site(server.Site):
         #: homes): a store that answers later fetches no record for these
         #: paths, a browser's requests for its page's files among them.
         self.sessionless_paths: tuple[bytes, ...] = ()
+        #: Whether the route that will take a request is marked as never
+        #: using its session (the router's answer, once it has one).
+        self.takes_no_session: Callable[[Any], bool] = _not_known_sessionless
 
     sessionFactory = Session
 
@@ -219,3 +222,8 @@ class Site(server.Site):
                 await maybeDeferred(self.service.stopService)
 
         return Deferred.fromCoroutine(stop())
+
+
+def _not_known_sessionless(request: object) -> bool:
+    # Until the site has its router: every route may use its session.
+    return False

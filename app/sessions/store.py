@@ -33,7 +33,7 @@ import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -546,7 +546,10 @@ def forget_session(request: Any, force_not_secure: bool = False) -> bool:
     """
     Expire the request's session, if it has one, and tell the browser to
     drop its cookie.  Returns whether there was a session.
+
+    @raise SessionlessRoute: in a route marked L{sessionless}.
     """
+    refuse_if_sessionless(request)
     sessions: Sessions = request.site.sessions
     return sessions.forget(request, force_not_secure)
 
@@ -559,3 +562,62 @@ def _forget_held_session(request: Request, force_not_secure: bool = False) -> bo
     secure = _is_secure(request, force_not_secure)
     request.cookies.append(ending_cookie(secure))
     return True
+
+
+# -- routes that never use a session ------------------------------------------
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: The attribute by which L{sessionless} marks a route's function.
+SESSIONLESS = "app_sessionless"
+
+
+class SessionlessRoute(RuntimeError):
+    """
+    A route marked L{sessionless} asked for the request's session.
+    """
+
+
+def sessionless(route: _F) -> _F:
+    """
+    Mark C{route}, the function of a Klein route (above or below its
+    C{@route}), as one that never asks for the request's session.  A store
+    that fetches a request's session before routing it (Redis) fetches none
+    for such a route; with every store, C{getSession()} in it raises
+    L{SessionlessRoute} (a 500 whose log names the route), so that a wrong
+    mark shows wherever it runs rather than as a lost session with Redis.
+    """
+    setattr(route, SESSIONLESS, True)
+    return route
+
+
+def is_sessionless(function: object) -> bool:
+    """
+    Whether C{function} is marked L{sessionless}, or wraps one that is
+    (Klein's route executors, C{functools.wraps}, C{partial}, a bound
+    method).
+    """
+    for _ in range(8):
+        if function is None:
+            return False
+        if getattr(function, SESSIONLESS, False) is True:
+            return True
+        function = (
+            getattr(function, "__original__", None)
+            or getattr(function, "__wrapped__", None)
+            or getattr(function, "__func__", None)
+            or getattr(function, "func", None)
+        )
+    return False
+
+
+def refuse_if_sessionless(request: object) -> None:
+    """
+    @raise SessionlessRoute: if C{request} was routed to a route marked
+        L{sessionless}.
+    """
+    if getattr(request, "session_refused", False):
+        route = getattr(request, "route", "?")
+        raise SessionlessRoute(
+            f"the route {route} is marked sessionless, yet asked for its session"
+        )

@@ -404,6 +404,29 @@ async def test_requests_for_mounted_files_fetch_no_session_from_redis(
 
 
 @pytest_twisted.ensureDeferred
+async def test_requests_for_sessionless_routes_fetch_no_session_from_redis(
+    spawn: list[subprocess.Popen[str]], redis: RedisServer, secret: str
+) -> None:
+    routes = ("--routes", "tests.sessionless_routes")
+    host = Host(spawn, "127.0.0.2", "--sessions", redis.url, *routes)
+    _, _, headers = await _get(host.url + "counter")
+    uid = _uid(headers)
+    before = redis.calls("get")
+    for path, answer in (("quiet", "quiet"), ("quiet/x", "quiet x"), ("health", "ok")):
+        assert (await _get(host.url + path, uid))[:2] == (200, answer)
+    assert redis.calls("get") == before
+    # A route not marked may use its session: it is fetched.
+    assert (await _get(host.url + "talkative", uid))[:2] == (200, "talkative")
+    assert redis.calls("get") == before + 1
+    _, text, _ = await _get(host.url + "counter", uid)
+    assert _visit(text) == 2
+    # A marked route that asks for its session anyway: a 500, logged.
+    assert (await _get(host.url + "greedy", uid))[0] == 500
+    await eventually(lambda: host.lines("/greedy is marked sessionless"), "the log")
+    assert _visit((await _get(host.url + "counter", uid))[1]) == 3
+
+
+@pytest_twisted.ensureDeferred
 async def test_overlapping_requests_of_one_visitor_on_one_host_each_count(
     spawn: list[subprocess.Popen[str]], redis: RedisServer, secret: str
 ) -> None:
