@@ -523,15 +523,15 @@ class Router(Resource):
         its session (so that a store which fetches sessions before routing
         need fetch none for it); C{False} where that is not plain at once.
         """
+        if request.prepath:
+            return False  # the path is another resource's to route
         if self._watch.stale:
             self._build()
-        fast = (
-            None if request.prepath else self._fast.get((request.path, request.method))
-        )
+        fast = self._fast.get((request.path, request.method))
         if fast is not None:
             return fast.sessionless
         raw: bytes = request.path or b""
-        if request.prepath or raw[:2] == b"//" or raw[:1] != b"/" or b"%" in raw:
+        if raw[:2] == b"//" or raw[:1] != b"/" or b"%" in raw:
             return False
         try:
             match = self._match(raw.decode("utf-8"), request.method.decode("latin-1"))
