@@ -215,7 +215,7 @@ class SharedStore:
         self._unsaved: set[bytes] = set()
         #: The session object last loaded or made for each uid, by uid: the
         #: next request of it reuses it while the engine holds the very
-        #: record it was loaded from or last saved as (L{_holds}).
+        #: record it was loaded from or last saved as.
         self._live: dict[bytes, SharedSession] = {}
         #: The sessions to save at the end of this turn of the reactor.
         self._settling: list[SharedSession] = []
@@ -299,24 +299,6 @@ class SharedStore:
             later.load_then(uid, now, partial(fetched, uid))
         return True
 
-    def _load(self, request: Request, uid: bytes) -> Loaded | None:
-        records = request.session_records
-        if records is not None:
-            found = records.get(uid)
-            if isinstance(found, StoreUnavailable):
-                raise self._unavailable(request, found)
-            return found
-        immediate = self.backend.immediate
-        if immediate is None:
-            return None  # past MAX_LOOKUPS: not looked up
-        try:
-            loaded = immediate.load_now(uid, self.clock.seconds())
-        except StoreUnavailable as error:
-            raise self._unavailable(request, error) from None
-        if not self.available:
-            self._answered()
-        return loaded
-
     def _found(
         self, request: Request, secure: bool, ended: object = None
     ) -> SharedSession | None:
@@ -329,17 +311,38 @@ class SharedStore:
         if headers is None:
             return None
         gone = ended.uid if isinstance(ended, SharedSession) else None
+        # Fetched before routing (Redis), else looked up now (SQLite).
+        records = request.session_records
+        immediate = self.backend.immediate
+        now = self.clock.seconds()
         for uid in cookie_uids(headers, cookie_name(secure))[:MAX_LOOKUPS]:
             if uid == gone:
                 continue
-            loaded = self._load(request, uid)
+            loaded: Loaded | StoreUnavailable | None
+            if records is not None:
+                loaded = records.get(uid)
+                if isinstance(loaded, StoreUnavailable):
+                    raise self._unavailable(request, loaded)
+            elif immediate is not None:
+                try:
+                    loaded = immediate.load_now(uid, now)
+                except StoreUnavailable as error:
+                    raise self._unavailable(request, error) from None
+                if not self.available:
+                    self._answered()
+            else:
+                loaded = None  # past MAX_LOOKUPS: not fetched
             if loaded is None:
                 continue
+            # The object of it this process serves, if the engine holds
+            # what that holds (with its saves under way).
             live = self._live.get(uid)
-            if live is not None and _holds(live, loaded.record):
-                if not live.saves:
-                    live.loaded = loaded
-                return live
+            if live is not None and not live.ended:
+                held = live.held
+                if held is loaded.record or held == loaded.record:
+                    if not live.saves:
+                        live.loaded = loaded
+                    return live
             adapters = self.sealer.open(uid, loaded.record)
             if adapters is not None:
                 return self._hold(SharedSession(self, uid, loaded, adapters))
@@ -418,9 +421,21 @@ class SharedStore:
         @raise SessionsUnavailable: when the engine could not be reached to
             end a session.
         """
+        first = kept_session(request, False)
+        second = kept_session(request, True)
+        if not isinstance(first, SharedSession):
+            first, second = second, None
+        if (
+            isinstance(first, SharedSession)
+            and not isinstance(second, SharedSession)
+            and not first.ended
+        ):
+            # The usual case: one session, whose save is made at the end of
+            # the turn (never at once), so no tally is needed.
+            self._save(first, partial(self._settled, request, then))
+            return True
         saves = _Saves()
-        for secure in (False, True):
-            session = kept_session(request, secure)
+        for session in (first, second):
             if isinstance(session, SharedSession):
                 saves.started += 1
                 self._save(session, saves.done)
@@ -431,6 +446,21 @@ class SharedStore:
         if outcome is not None:
             raise outcome
         return False
+
+    def _settled(
+        self,
+        request: Request,
+        then: Callable[[Exception | None], object],
+        error: Exception | None,
+    ) -> None:
+        """
+        The one session of C{request} is saved (or failed to be with
+        C{error}): tell C{then}, as L{settle} says.
+        """
+        if error is None and self.available:
+            then(None)
+        else:
+            then(self._outcome(request, error))
 
     def _outcome(self, request: Request, error: Exception | None) -> Exception | None:
         """
@@ -656,15 +686,6 @@ class _Saves:
         self.finished += 1
         if self.finished == self.started and self.then is not None:
             self.then(self.error)
-
-
-def _holds(session: SharedSession, record: bytes) -> bool:
-    """
-    Whether C{session} is what C{record}, the engine's record of it, holds
-    (with the changes of its saves under way, if any).
-    """
-    held = session.held
-    return not session.ended and (held is record or held == record)
 
 
 def _answer_all(

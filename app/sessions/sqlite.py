@@ -49,6 +49,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -113,16 +114,19 @@ class Stamps:
             self._map = mmap.mmap(descriptor, size)
         finally:
             os.close(descriptor)
+        #: The stamp at a slot's offset (L{slot}), as a one-item tuple.
+        self.at: Callable[[int], tuple[int]] = partial(
+            self._slot.unpack_from, self._map
+        )
 
-    def _offset(self, uid: bytes) -> int:
+    def slot(self, uid: bytes) -> int:
+        """
+        The offset of C{uid}'s slot.
+        """
         return (zlib.crc32(uid) % STAMP_SLOTS) * 8
 
-    def of(self, uid: bytes) -> int:
-        stamp: int = self._slot.unpack_from(self._map, self._offset(uid))[0]
-        return stamp
-
     def set(self, uid: bytes, stamp: int) -> None:
-        self._slot.pack_into(self._map, self._offset(uid), stamp)
+        self._slot.pack_into(self._map, self.slot(uid), stamp)
 
     def close(self) -> None:
         self._map.close()
@@ -179,8 +183,9 @@ class SQLiteBackend:
         self.path = path
         self.limit = limit
         self._clock = clock
-        #: uid -> (stamp, record) for the records this process read or wrote.
-        self._kept: dict[bytes, tuple[int, Loaded]] = {}
+        #: uid -> (stamp, record, offset of its stamp's slot) for the
+        #: records this process read or wrote.
+        self._kept: dict[bytes, tuple[int, Loaded, int]] = {}
         self._writes: list[_Write] = []
         #: The last of the gathered writes of each session.
         self._last_writes: dict[bytes, _Write] = {}
@@ -218,17 +223,17 @@ class SQLiteBackend:
         kept = self._kept
         if len(kept) >= KEPT_RECORDS and uid not in kept:
             kept.clear()
-        kept[uid] = (stamp, loaded)
+        kept[uid] = (stamp, loaded, self._stamps.slot(uid))
 
     # What the shared store calls on a request's path.
 
     def load_now(self, uid: bytes, now: float) -> Loaded | None:
         kept = self._kept.get(uid)
         if kept is not None:
-            stamp, loaded = kept
+            stamp, loaded, slot = kept
             expires = loaded.expires
             assert expires is not None
-            if expires > now and stamp == self._stamps.of(uid):
+            if expires > now and stamp == self._stamps.at(slot)[0]:
                 return loaded
         row = self._run(
             "SELECT record, expires, promoted, stamp FROM sessions"
@@ -284,7 +289,8 @@ class SQLiteBackend:
         )
         kept = self._kept.get(uid)
         if kept is not None:
-            self._kept[uid] = (kept[0], Loaded(kept[1].record, now + timeout, True))
+            stamp, loaded, slot = kept
+            self._kept[uid] = (stamp, Loaded(loaded.record, now + timeout, True), slot)
 
     def _write(self, write: _Write) -> None:
         last = self._last_writes.get(write.uid)
