@@ -94,6 +94,10 @@ CREATE TABLE IF NOT EXISTS claims (
 CREATE INDEX IF NOT EXISTS claims_by_expiry ON claims (expires);
 """
 
+#: The sessions in the file, from the tally the triggers keep (one row, not
+#: the table).
+_COUNT = "SELECT n FROM tally WHERE name = 'sessions'"
+
 
 class Stamps:
     """
@@ -385,7 +389,7 @@ class SQLiteBackend:
         Evict sessions until one more fits under the limit.
         """
         execute = self._db.execute
-        count = execute("SELECT n FROM tally WHERE name = 'sessions'").fetchone()
+        count = execute(_COUNT).fetchone()
         excess = (count[0] if count else 0) - self.limit + 1
         if excess > 0:
             evicted = execute(
@@ -471,9 +475,8 @@ class SQLiteBackend:
         return succeed(None)
 
     def count(self) -> int | None:
-        # The tally the triggers keep: one row, not the table.
         try:
-            row = self._run("SELECT n FROM tally WHERE name = 'sessions'").fetchone()
+            row = self._run(_COUNT).fetchone()
         except StoreUnavailable:
             return None
         return int(row[0]) if row else 0
